@@ -1,0 +1,49 @@
+//! Errors of the catalog crate.
+
+use std::path::PathBuf;
+
+use snafu::Snafu;
+
+use crate::command::Rejection;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Snafu)]
+#[snafu(visibility(pub(crate)))]
+pub enum Error {
+    #[snafu(display("cannot open catalog storage in {}: {source}", dir.display()))]
+    OpenStorage {
+        dir: PathBuf,
+        source: openraft::StorageError<u64>,
+    },
+
+    #[snafu(display("cannot start the catalog's Raft node: {source}"))]
+    StartRaft { source: openraft::error::Fatal<u64> },
+
+    #[snafu(display("cannot initialize the catalog cluster: {message}"))]
+    Bootstrap { message: String },
+
+    #[snafu(display("cannot listen on {addr}: {source}"))]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+
+    #[snafu(display("catalog at {addr} is unreachable: {source}"))]
+    Unreachable {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+
+    #[snafu(display("catalog request to {addr} failed: {}", source.message()))]
+    Rpc { addr: String, source: tonic::Status },
+
+    #[snafu(display("catalog sent an undecodable {what}: {source}"))]
+    Decode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+
+    #[snafu(display("{rejection}"))]
+    Rejected { rejection: Rejection },
+}

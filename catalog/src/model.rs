@@ -1,0 +1,281 @@
+//! The catalog's data: databases, tables and their columns, shard groups,
+//! shards with their replica owners, and storage nodes.
+//!
+//! Everything here is plain data that the Raft state machine changes only
+//! through [`CatalogData::apply`], so every voter computes the same result
+//! from the same log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds in one hour.
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+/// Nanoseconds in one day.
+pub const DAY_NS: i64 = 24 * HOUR_NS;
+
+/// Name of the time column every table has.
+pub const TIME_COLUMN: &str = "time";
+
+/// The Arrow type of tag columns.
+pub fn tag_data_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// The Arrow type of the time column: nanoseconds, UTC, no zone attached (as
+/// InfluxDB 3 does), so that `date_bin`/`date_trunc` and string literals
+/// compare without casts.
+pub fn time_data_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, None)
+}
+
+/// The whole catalog state, versioned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogData {
+    /// Bumped by every applied command that changed something.
+    pub version: u64,
+    pub databases: BTreeMap<String, Database>,
+    pub nodes: BTreeMap<u64, StorageNodeInfo>,
+    /// Next id handed to a shard group or shard (ids are never reused).
+    pub next_id: u64,
+}
+
+/// A storage node as registered with the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageNodeInfo {
+    pub id: u64,
+    /// Address of the node's Flight service, `host:port`.
+    pub flight_addr: String,
+}
+
+/// Options a database is created with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseOptions {
+    /// Rows older than this are rejected and eventually dropped; `None` keeps
+    /// data forever.
+    pub retention_ns: Option<i64>,
+    /// Width of one shard group's time window.
+    pub shard_group_duration_ns: i64,
+    pub replication_factor: u32,
+    /// Shards per shard group; `None` lets the catalog choose from the number
+    /// of storage nodes at the time a group is created.
+    pub shards_per_group: Option<u32>,
+}
+
+impl Default for DatabaseOptions {
+    fn default() -> Self {
+        Self::with_retention(None)
+    }
+}
+
+impl DatabaseOptions {
+    /// Options for a retention period, with the shard-group duration InfluxDB
+    /// would pick for it: 1h under two days, 1d under six months, else 7d.
+    pub fn with_retention(retention_ns: Option<i64>) -> Self {
+        Self {
+            retention_ns,
+            shard_group_duration_ns: default_shard_group_duration(retention_ns),
+            replication_factor: 1,
+            shards_per_group: None,
+        }
+    }
+}
+
+/// InfluxDB's rule for the shard-group duration of a retention period.
+pub fn default_shard_group_duration(retention_ns: Option<i64>) -> i64 {
+    match retention_ns {
+        Some(r) if r < 2 * DAY_NS => HOUR_NS,
+        Some(r) if r < 180 * DAY_NS => DAY_NS,
+        _ => 7 * DAY_NS,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Database {
+    pub name: String,
+    pub options: DatabaseOptions,
+    pub tables: BTreeMap<String, Table>,
+    /// Ordered by `start_ns`.
+    pub shard_groups: Vec<ShardGroup>,
+}
+
+impl Database {
+    /// The start of the shard-group window that holds `time_ns`.
+    pub fn window_start(&self, time_ns: i64) -> i64 {
+        time_ns.div_euclid(self.options.shard_group_duration_ns) * self.options.shard_group_duration_ns
+    }
+
+    pub fn shard_group_for(&self, time_ns: i64) -> Option<&ShardGroup> {
+        self.shard_groups
+            .iter()
+            .find(|g| g.start_ns <= time_ns && time_ns < g.end_ns)
+    }
+
+    /// Shard groups whose window overlaps `[min_ns, max_ns]` (inclusive).
+    pub fn shard_groups_overlapping(
+        &self,
+        min_ns: i64,
+        max_ns: i64,
+    ) -> impl Iterator<Item = &ShardGroup> {
+        self.shard_groups
+            .iter()
+            .filter(move |g| g.start_ns <= max_ns && min_ns < g.end_ns)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FieldType {
+    Float,
+    Integer,
+    UInteger,
+    String,
+    Boolean,
+}
+
+impl FieldType {
+    pub fn data_type(self) -> DataType {
+        match self {
+            FieldType::Float => DataType::Float64,
+            FieldType::Integer => DataType::Int64,
+            FieldType::UInteger => DataType::UInt64,
+            FieldType::String => DataType::Utf8,
+            FieldType::Boolean => DataType::Boolean,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::Float => "float",
+            FieldType::Integer => "integer",
+            FieldType::UInteger => "unsigned",
+            FieldType::String => "string",
+            FieldType::Boolean => "boolean",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColumnKind {
+    Time,
+    Tag,
+    Field(FieldType),
+}
+
+impl ColumnKind {
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnKind::Time => time_data_type(),
+            ColumnKind::Tag => tag_data_type(),
+            ColumnKind::Field(f) => f.data_type(),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            ColumnKind::Time => "time".to_string(),
+            ColumnKind::Tag => "tag".to_string(),
+            ColumnKind::Field(f) => format!("{} field", f.name()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub kind: ColumnKind,
+}
+
+/// A table (InfluxDB: measurement). Columns keep the order they were added
+/// in; `time` is always present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    pub name: String,
+    pub columns: Vec<Column>,
+}
+
+impl Table {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            columns: vec![Column {
+                name: TIME_COLUMN.to_string(),
+                kind: ColumnKind::Time,
+            }],
+        }
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The Arrow schema of this table. Only `time` is non-nullable.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.kind.data_type(), c.kind != ColumnKind::Time))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    pub fn tag_names(&self) -> impl Iterator<Item = &str> {
+        self.columns
+            .iter()
+            .filter(|c| c.kind == ColumnKind::Tag)
+            .map(|c| c.name.as_str())
+    }
+}
+
+/// One time window of a database, split into shards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardGroup {
+    pub id: u64,
+    pub start_ns: i64,
+    /// Exclusive.
+    pub end_ns: i64,
+    pub shards: Vec<Shard>,
+}
+
+impl ShardGroup {
+    /// The shard a series with this hash goes to.
+    pub fn shard_for_hash(&self, hash: u64) -> &Shard {
+        &self.shards[(hash % self.shards.len() as u64) as usize]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub id: u64,
+    /// Storage node ids holding a replica, first is preferred for reads.
+    pub owners: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_group_duration_follows_retention() {
+        assert_eq!(default_shard_group_duration(None), 7 * DAY_NS);
+        assert_eq!(default_shard_group_duration(Some(HOUR_NS)), HOUR_NS);
+        assert_eq!(default_shard_group_duration(Some(3 * DAY_NS)), DAY_NS);
+        assert_eq!(default_shard_group_duration(Some(365 * DAY_NS)), 7 * DAY_NS);
+    }
+
+    #[test]
+    fn window_start_handles_negative_times() {
+        let db = Database {
+            name: "db".into(),
+            options: DatabaseOptions {
+                shard_group_duration_ns: HOUR_NS,
+                ..Default::default()
+            },
+            tables: BTreeMap::new(),
+            shard_groups: vec![],
+        };
+        assert_eq!(db.window_start(HOUR_NS + 5), HOUR_NS);
+        assert_eq!(db.window_start(-1), -HOUR_NS);
+    }
+}

@@ -1,0 +1,66 @@
+//! The node's manifest: which Parquet files are live and up to which WAL
+//! sequence number their rows reach. Replaced atomically, so a crash during
+//! a flush leaves either the old set of files or the new one visible; files
+//! on disk that the manifest does not list are orphans, removed on start.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use snafu::{ResultExt, Snafu};
+use strata_catalog::fsutil::write_atomic;
+
+const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Snafu)]
+pub enum ManifestError {
+    #[snafu(display("manifest {}: {source}", path.display()))]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[snafu(display("manifest {} is unreadable: {source}", path.display()))]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Every WAL record with `seq <= flushed_seq` is in the files below.
+    pub flushed_seq: u64,
+    pub files: Vec<ParquetFileMeta>,
+    /// Next number for a file name.
+    pub next_file_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParquetFileMeta {
+    pub id: u64,
+    pub shard_id: u64,
+    pub database: String,
+    pub table: String,
+    /// Relative to the node's data directory.
+    pub path: String,
+    pub rows: u64,
+    pub min_time: i64,
+    pub max_time: i64,
+    pub size_bytes: u64,
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).context(ParseSnafu { path }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(ManifestError::Io { path, source: e }),
+        }
+    }
+
+    pub fn store(&self, dir: &Path) -> Result<(), ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        write_atomic(&path, &bytes).context(IoSnafu { path })
+    }
+}
