@@ -1,1 +1,15 @@
-//! placeholder
+//! strata storage node: keeps the shards assigned to it (WAL, memtable,
+//! Parquet files) and serves them as Arrow Flight tables.
+
+pub mod engine;
+pub mod error;
+pub mod flight;
+pub mod flush;
+pub mod manifest;
+pub mod scan;
+pub mod server;
+pub mod wal;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::StorageError;
+pub use server::{StorageConfig, StorageNode};

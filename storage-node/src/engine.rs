@@ -1,0 +1,496 @@
+//! The shard engine of one storage node: every write goes to the WAL
+//! (durable before it is acknowledged) and then to the memtable; a background
+//! flush turns memtables into sorted Parquet files and retires the WAL
+//! segments they cover.
+//!
+//! Visibility: a scan takes one snapshot of active memtables, memtables
+//! being flushed, and the manifest's files, under one lock. A flushed
+//! memtable leaves the snapshot set in the same step its files join it, so
+//! no row is seen twice or missed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+use snafu::{ResultExt, Snafu};
+use tokio::sync::{Notify, RwLock};
+
+use crate::flush::{write_parquet, FlushError};
+use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
+use crate::wal::{self, Recovery, SyncPolicy, Wal, WalEntry, WalError};
+
+#[derive(Debug, Snafu)]
+pub enum EngineError {
+    #[snafu(display("{source}"))]
+    Wal { source: WalError },
+    #[snafu(display("{source}"))]
+    Manifest { source: ManifestError },
+    #[snafu(display("{source}"))]
+    Flush { source: FlushError },
+    #[snafu(display("storage I/O on {}: {source}", path.display()))]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub sync: SyncPolicy,
+    pub recovery: Recovery,
+    /// Flush when the memtables hold this many rows.
+    pub flush_rows: usize,
+    /// Flush rows that have waited this long in memory.
+    pub flush_age: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            sync: SyncPolicy::Always,
+            recovery: Recovery::Strict,
+            flush_rows: 1_000_000,
+            flush_age: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Identifies the data of one table in one shard.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableKey {
+    pub shard_id: u64,
+    pub table: String,
+}
+
+#[derive(Debug, Default)]
+struct MemTable {
+    database: String,
+    batches: Vec<RecordBatch>,
+}
+
+/// Memtables that are being written to Parquet; still readable.
+struct Frozen {
+    tables: BTreeMap<TableKey, MemTable>,
+}
+
+struct State {
+    active: BTreeMap<TableKey, MemTable>,
+    active_rows: usize,
+    oldest_active: Option<Instant>,
+    frozen: Vec<Arc<Frozen>>,
+    manifest: Manifest,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    wal: Wal,
+    /// Held shared by writers across "WAL append + memtable insert" and
+    /// exclusively by a flush while it rotates the WAL and freezes the
+    /// memtables, so that a frozen memtable holds every record of the WAL
+    /// segments it retires.
+    write_gate: RwLock<()>,
+    flush_lock: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+    flush_wanted: Arc<Notify>,
+}
+
+/// What a scan reads: in-memory batches and Parquet files of one table.
+pub struct ScanSnapshot {
+    pub batches: Vec<RecordBatch>,
+    pub files: Vec<PathBuf>,
+}
+
+impl Engine {
+    /// Opens the engine: loads the manifest, removes orphan files, replays
+    /// the WAL past the manifest's flushed sequence into memtables.
+    pub fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).context(IoSnafu { path: dir })?;
+        let manifest = Manifest::load(dir).context(ManifestSnafu)?;
+        remove_orphans(dir, &manifest)?;
+        let wal_dir = dir.join("wal");
+        let replayed =
+            wal::replay(&wal_dir, manifest.flushed_seq, config.recovery).context(WalSnafu)?;
+        let wal = Wal::start(&wal_dir, replayed.last_seq, config.sync).context(WalSnafu)?;
+        let mut state = State {
+            active: BTreeMap::new(),
+            active_rows: 0,
+            oldest_active: None,
+            frozen: vec![],
+            manifest,
+        };
+        let n = replayed.entries.len();
+        for e in replayed.entries {
+            insert(&mut state, e);
+        }
+        if n > 0 {
+            tracing::info!(records = n, rows = state.active_rows, "replayed WAL");
+        }
+        Ok(Arc::new(Self {
+            config,
+            wal,
+            write_gate: RwLock::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            state: Mutex::new(state),
+            flush_wanted: Arc::new(Notify::new()),
+        }))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Writes one batch to a table of a shard; returns once it is durable.
+    pub async fn write(
+        &self,
+        database: &str,
+        table: &str,
+        shard_id: u64,
+        batch: RecordBatch,
+    ) -> Result<(), EngineError> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let _gate = self.write_gate.read().await;
+        let entry = WalEntry {
+            seq: self.wal.next_seq(),
+            shard_id,
+            database: database.to_string(),
+            table: table.to_string(),
+            batch,
+        };
+        self.wal.append(&entry).await.context(WalSnafu)?;
+        let over = {
+            let mut st = self.state.lock();
+            insert(&mut st, entry);
+            st.active_rows >= self.config.flush_rows
+        };
+        if over {
+            self.flush_wanted.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The rows of `table` in `shard_ids` as of now.
+    pub fn snapshot(&self, table: &str, shard_ids: &[u64]) -> ScanSnapshot {
+        let st = self.state.lock();
+        let wanted = |k: &TableKey| k.table == table && shard_ids.contains(&k.shard_id);
+        let mut batches = vec![];
+        for frozen in &st.frozen {
+            for (k, m) in &frozen.tables {
+                if wanted(k) {
+                    batches.extend(m.batches.iter().cloned());
+                }
+            }
+        }
+        for (k, m) in &st.active {
+            if wanted(k) {
+                batches.extend(m.batches.iter().cloned());
+            }
+        }
+        let files = st
+            .manifest
+            .files
+            .iter()
+            .filter(|f| f.table == table && shard_ids.contains(&f.shard_id))
+            .map(|f| self.config.data_dir.join(&f.path))
+            .collect();
+        ScanSnapshot { batches, files }
+    }
+
+    /// Every (shard, table) this node holds data for, with its database.
+    pub fn tables(&self) -> Vec<(String, TableKey)> {
+        let st = self.state.lock();
+        let mut out: BTreeMap<TableKey, String> = BTreeMap::new();
+        for f in &st.manifest.files {
+            out.insert(
+                TableKey {
+                    shard_id: f.shard_id,
+                    table: f.table.clone(),
+                },
+                f.database.clone(),
+            );
+        }
+        for frozen in &st.frozen {
+            for (k, m) in &frozen.tables {
+                out.insert(k.clone(), m.database.clone());
+            }
+        }
+        for (k, m) in &st.active {
+            out.insert(k.clone(), m.database.clone());
+        }
+        out.into_iter().map(|(k, db)| (db, k)).collect()
+    }
+
+    /// Schema of the data held for one table of one shard (the union of what
+    /// was written), if any.
+    pub fn table_schema(&self, key: &TableKey) -> Option<SchemaRef> {
+        let snap = self.snapshot(&key.table, &[key.shard_id]);
+        let mut schemas: Vec<arrow::datatypes::Schema> =
+            snap.batches.iter().map(|b| b.schema().as_ref().clone()).collect();
+        for f in &snap.files {
+            if let Ok(file) = std::fs::File::open(f) {
+                if let Ok(b) =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                {
+                    schemas.push(b.schema().as_ref().clone());
+                }
+            }
+        }
+        if schemas.is_empty() {
+            return None;
+        }
+        arrow::datatypes::Schema::try_merge(schemas).ok().map(Arc::new)
+    }
+
+    /// Writes all memtables to Parquet and retires the WAL they came from.
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let upto = {
+            let _gate = self.write_gate.write().await;
+            self.wal.rotate().await.context(WalSnafu)?;
+            let mut st = self.state.lock();
+            if !st.active.is_empty() {
+                let tables = std::mem::take(&mut st.active);
+                st.frozen.push(Arc::new(Frozen { tables }));
+            }
+            st.active_rows = 0;
+            st.oldest_active = None;
+            self.wal.last_seq()
+        };
+        let (frozen, mut manifest) = {
+            let st = self.state.lock();
+            (st.frozen.clone(), st.manifest.clone())
+        };
+        if frozen.is_empty() && manifest.flushed_seq >= upto {
+            return Ok(());
+        }
+        let dir = self.config.data_dir.clone();
+        let frozen_for_write = frozen.clone();
+        let first_id = manifest.next_file_id;
+        let (files, next_id) = tokio::task::spawn_blocking(move || {
+            write_frozen(&dir, &frozen_for_write, first_id)
+        })
+        .await
+        .expect("flush task panicked")?;
+        manifest.files.extend(files);
+        manifest.next_file_id = next_id;
+        manifest.flushed_seq = upto;
+        let dir = self.config.data_dir.clone();
+        let to_store = manifest.clone();
+        tokio::task::spawn_blocking(move || to_store.store(&dir))
+            .await
+            .expect("manifest task panicked")
+            .context(ManifestSnafu)?;
+        {
+            let mut st = self.state.lock();
+            st.manifest = manifest;
+            st.frozen.retain(|f| !frozen.iter().any(|g| Arc::ptr_eq(f, g)));
+        }
+        self.wal.remove_flushed(upto).context(WalSnafu)?;
+        Ok(())
+    }
+
+    /// Runs flushes in the background until the engine is dropped: when the
+    /// memtables are over their row budget or their oldest rows are older
+    /// than the flush age.
+    pub fn spawn_flusher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let age = self.config.flush_age;
+        let flush_wanted = self.flush_wanted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(engine) = weak.upgrade() else { return };
+                let due = {
+                    let st = engine.state.lock();
+                    st.oldest_active.is_some_and(|t| t.elapsed() >= age)
+                        || st.active_rows >= engine.config.flush_rows
+                };
+                if due {
+                    if let Err(e) = engine.flush().await {
+                        tracing::error!(error = %e, "flush failed; rows stay in the WAL and memory");
+                    }
+                }
+                drop(engine);
+                let wanted = flush_wanted.notified();
+                let _ = tokio::time::timeout(Duration::from_secs(1).min(age), wanted).await;
+            }
+        })
+    }
+}
+
+fn insert(st: &mut State, e: WalEntry) {
+    let key = TableKey {
+        shard_id: e.shard_id,
+        table: e.table,
+    };
+    st.active_rows += e.batch.num_rows();
+    st.oldest_active.get_or_insert_with(Instant::now);
+    let m = st.active.entry(key).or_insert_with(|| MemTable {
+        database: e.database,
+        batches: vec![],
+    });
+    m.batches.push(e.batch);
+}
+
+fn write_frozen(
+    dir: &Path,
+    frozen: &[Arc<Frozen>],
+    mut next_id: u64,
+) -> Result<(Vec<ParquetFileMeta>, u64), EngineError> {
+    // Merge the memtables of one table across frozen sets into one file.
+    let mut merged: BTreeMap<TableKey, (String, Vec<RecordBatch>)> = BTreeMap::new();
+    for f in frozen {
+        for (k, m) in &f.tables {
+            let e = merged
+                .entry(k.clone())
+                .or_insert_with(|| (m.database.clone(), vec![]));
+            e.1.extend(m.batches.iter().cloned());
+        }
+    }
+    let mut files = vec![];
+    for (key, (database, batches)) in merged {
+        let rel = format!(
+            "shards/{}/{}-{:010}.parquet",
+            key.shard_id,
+            path_safe(&key.table),
+            next_id
+        );
+        let written = write_parquet(&dir.join(&rel), &batches).context(FlushSnafu)?;
+        files.push(ParquetFileMeta {
+            id: next_id,
+            shard_id: key.shard_id,
+            database,
+            table: key.table,
+            path: rel,
+            rows: written.rows,
+            min_time: written.min_time,
+            max_time: written.max_time,
+            size_bytes: written.size_bytes,
+        });
+        next_id += 1;
+    }
+    Ok((files, next_id))
+}
+
+/// Keeps table names usable as file names whatever they contain.
+fn path_safe(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Deletes Parquet files that no manifest lists: leftovers of a flush that
+/// crashed before its manifest was stored.
+fn remove_orphans(dir: &Path, manifest: &Manifest) -> Result<(), EngineError> {
+    let shards = dir.join("shards");
+    let Ok(rd) = std::fs::read_dir(&shards) else {
+        return Ok(());
+    };
+    let live: std::collections::HashSet<PathBuf> =
+        manifest.files.iter().map(|f| dir.join(&f.path)).collect();
+    for shard_dir in rd.flatten() {
+        let Ok(files) = std::fs::read_dir(shard_dir.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if !live.contains(&p) {
+                tracing::info!(path = %p.display(), "removing orphan file");
+                std::fs::remove_file(&p).context(IoSnafu { path: &p })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float64Array, TimestampNanosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+
+    fn batch(times: &[i64], values: &[f64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Float64, true),
+            Field::new("time", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Float64Array::from(values.to_vec())),
+                Arc::new(TimestampNanosecondArray::from(times.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn rows(snap: &ScanSnapshot) -> usize {
+        let mem: usize = snap.batches.iter().map(|b| b.num_rows()).sum();
+        let files: usize = snap
+            .files
+            .iter()
+            .map(|f| {
+                let file = std::fs::File::open(f).unwrap();
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum::<usize>()
+            })
+            .sum();
+        mem + files
+    }
+
+    #[tokio::test]
+    async fn rows_survive_flush_and_reopen_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+            e.write("db", "cpu", 1, batch(&[3, 1], &[3.0, 1.0])).await.unwrap();
+            e.flush().await.unwrap();
+            e.write("db", "cpu", 1, batch(&[2], &[2.0])).await.unwrap();
+            e.write("db", "cpu", 2, batch(&[9], &[9.0])).await.unwrap();
+            assert_eq!(rows(&e.snapshot("cpu", &[1])), 3);
+        }
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        assert_eq!(rows(&e.snapshot("cpu", &[1])), 3);
+        assert_eq!(rows(&e.snapshot("cpu", &[1, 2])), 4);
+        e.flush().await.unwrap();
+        drop(e);
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        let snap = e.snapshot("cpu", &[1, 2]);
+        assert!(snap.batches.is_empty(), "everything was flushed");
+        assert_eq!(rows(&snap), 4);
+    }
+
+    #[tokio::test]
+    async fn orphan_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+            e.write("db", "cpu", 1, batch(&[1], &[1.0])).await.unwrap();
+            e.flush().await.unwrap();
+        }
+        let orphan = dir.path().join("shards/1/orphan.parquet");
+        std::fs::write(&orphan, b"half a file").unwrap();
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        assert!(!orphan.exists());
+        assert_eq!(rows(&e.snapshot("cpu", &[1])), 1);
+    }
+}

@@ -1,0 +1,41 @@
+//! Errors of the storage node and their single mapping to gRPC status.
+
+use snafu::Snafu;
+
+use crate::engine::EngineError;
+
+#[derive(Debug, Snafu)]
+#[snafu(visibility(pub(crate)))]
+pub enum StorageError {
+    #[snafu(display("{source}"))]
+    Engine { source: EngineError },
+
+    #[snafu(display("{source}"))]
+    Query {
+        source: datafusion::error::DataFusionError,
+    },
+
+    #[snafu(display("cannot listen on {addr}: {source}"))]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+
+    #[snafu(display("cannot register with the catalog: {source}"))]
+    Register { source: strata_catalog::Error },
+}
+
+/// The one place a storage-node error becomes a gRPC status.
+pub fn into_status(e: StorageError) -> tonic::Status {
+    use datafusion::error::DataFusionError as D;
+    let code = match &e {
+        StorageError::Engine { .. } => tonic::Code::Internal,
+        StorageError::Query { source } => match source {
+            D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => tonic::Code::InvalidArgument,
+            D::ResourcesExhausted(_) => tonic::Code::ResourceExhausted,
+            _ => tonic::Code::Internal,
+        },
+        StorageError::Bind { .. } | StorageError::Register { .. } => tonic::Code::Unavailable,
+    };
+    tonic::Status::new(code, e.to_string())
+}

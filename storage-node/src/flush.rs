@@ -1,0 +1,155 @@
+//! Turning memtable batches into one Parquet file: batches with differing
+//! columns are aligned to their merged schema, rows are sorted by (tags,
+//! time), and the file is written with zstd, dictionary-encoded tags,
+//! row-group statistics and a page index, then fsynced.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, TimestampNanosecondArray};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use snafu::{ResultExt, Snafu};
+use strata_catalog::fsutil::sync_dir;
+use strata_catalog::model::TIME_COLUMN;
+
+#[derive(Debug, Snafu)]
+pub enum FlushError {
+    #[snafu(display("writing {}: {source}", path.display()))]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[snafu(display("writing {}: {source}", path.display()))]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[snafu(display("preparing rows for {}: {source}", path.display()))]
+    Arrow {
+        path: PathBuf,
+        source: arrow::error::ArrowError,
+    },
+}
+
+pub struct Written {
+    pub rows: u64,
+    pub min_time: i64,
+    pub max_time: i64,
+    pub size_bytes: u64,
+}
+
+/// Aligns `batch` to `schema`: columns in schema order, absent ones NULL.
+pub fn adapt_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().as_ref() == schema.as_ref() {
+        return Ok(batch.clone());
+    }
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type()),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<_, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// The merged schema of some batches, with nullable columns (a column absent
+/// from one batch is NULL there).
+pub fn merged_schema<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> Result<SchemaRef, arrow::error::ArrowError> {
+    let schemas: Vec<Schema> = batches.into_iter().map(|b| b.schema().as_ref().clone()).collect();
+    let merged = Schema::try_merge(schemas)?;
+    let fields: Vec<_> = merged
+        .fields()
+        .iter()
+        .map(|f| {
+            let nullable = f.name() != TIME_COLUMN;
+            Arc::new(f.as_ref().clone().with_nullable(nullable))
+        })
+        .collect();
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Sorts rows by every tag column (dictionary strings) in name order, then
+/// by time.
+pub fn sort_by_series_and_time(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = batch.schema();
+    let mut tag_idx: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.data_type(), DataType::Dictionary(_, _)))
+        .map(|(i, _)| i)
+        .collect();
+    tag_idx.sort_by_key(|i| schema.field(*i).name().clone());
+    let mut cols: Vec<SortColumn> = tag_idx
+        .into_iter()
+        .map(|i| SortColumn {
+            values: batch.column(i).clone(),
+            options: None,
+        })
+        .collect();
+    if let Some(t) = batch.column_by_name(TIME_COLUMN) {
+        cols.push(SortColumn {
+            values: t.clone(),
+            options: None,
+        });
+    }
+    if cols.is_empty() {
+        return Ok(batch.clone());
+    }
+    let indices = lexsort_to_indices(&cols, None)?;
+    take_record_batch(batch, &indices)
+}
+
+pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<Written, FlushError> {
+    let schema = merged_schema(batches).context(ArrowSnafu { path })?;
+    let aligned: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| adapt_batch(b, &schema))
+        .collect::<Result<_, _>>()
+        .context(ArrowSnafu { path })?;
+    let all = concat_batches(&schema, &aligned).context(ArrowSnafu { path })?;
+    let sorted = sort_by_series_and_time(&all).context(ArrowSnafu { path })?;
+
+    let (min_time, max_time) = sorted
+        .column_by_name(TIME_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .map(|t| {
+            let min = arrow::compute::min(t).unwrap_or(0);
+            let max = arrow::compute::max(t).unwrap_or(0);
+            (min, max)
+        })
+        .unwrap_or((0, 0));
+
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).context(IoSnafu { path: parent })?;
+    }
+    let file = File::create(path).context(IoSnafu { path })?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).context(ParquetSnafu { path })?;
+    writer.write(&sorted).context(ParquetSnafu { path })?;
+    let file = writer.into_inner().context(ParquetSnafu { path })?;
+    file.sync_all().context(IoSnafu { path })?;
+    let size_bytes = file.metadata().context(IoSnafu { path })?.len();
+    if let Some(parent) = path.parent() {
+        sync_dir(parent).context(IoSnafu { path: parent })?;
+    }
+    Ok(Written {
+        rows: sorted.num_rows() as u64,
+        min_time,
+        max_time,
+        size_bytes,
+    })
+}

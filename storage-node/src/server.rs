@@ -1,0 +1,122 @@
+//! Runs one storage node: opens the engine, serves Flight, registers its
+//! address with the catalog, and flushes in the background.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use snafu::ResultExt;
+use strata_catalog::{CatalogClient, Command};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::engine::{Engine, EngineConfig};
+use crate::error::{BindSnafu, EngineSnafu, RegisterSnafu, StorageError};
+use crate::flight::StorageFlightService;
+
+/// Largest gRPC message a node accepts or sends (a big DoPut batch).
+pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub node_id: u64,
+    pub listen: String,
+    /// Address others use to reach this node; defaults to the bound address.
+    pub advertise: Option<String>,
+    pub catalog_addr: String,
+    pub engine: EngineConfig,
+}
+
+pub struct StorageNode {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    flusher: JoinHandle<()>,
+}
+
+impl StorageNode {
+    pub async fn start(config: StorageConfig) -> Result<Self, StorageError> {
+        let engine = Engine::open(config.engine.clone()).context(EngineSnafu)?;
+        let listener = TcpListener::bind(&config.listen).await.context(BindSnafu {
+            addr: config.listen.clone(),
+        })?;
+        let addr = listener.local_addr().context(BindSnafu {
+            addr: config.listen.clone(),
+        })?;
+        let service = StorageFlightService {
+            node_id: config.node_id,
+            engine: engine.clone(),
+            ctx: SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2)),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    FlightServiceServer::new(service)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = rx.await;
+                }),
+        );
+        let flusher = engine.spawn_flusher();
+
+        let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let catalog = CatalogClient::connect(&config.catalog_addr, Duration::from_secs(60))
+            .await
+            .context(RegisterSnafu)?;
+        catalog
+            .execute(Command::RegisterNode {
+                id: config.node_id,
+                flight_addr: advertise.clone(),
+            })
+            .await
+            .context(RegisterSnafu)?;
+        tracing::info!(node_id = config.node_id, %addr, "storage node serving");
+        Ok(Self {
+            addr,
+            engine,
+            shutdown: Some(tx),
+            server: Some(server),
+            flusher,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Stops serving, then flushes what is in memory so that the next start
+    /// has no WAL to replay.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.flusher.abort();
+        if let Err(e) = self.engine.flush().await {
+            tracing::warn!(error = %e, "final flush failed; the WAL will be replayed on start");
+        }
+    }
+}
+
+impl Drop for StorageNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.flusher.abort();
+    }
+}
