@@ -135,9 +135,12 @@ impl CatalogClient {
     /// directly if the watch stream is slow to deliver it.
     pub async fn wait_for_version(&self, version: u64) -> Result<()> {
         let mut rx = self.cache.subscribe();
-        let waited =
-            tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|s| s.version >= version)).await;
-        if matches!(waited, Ok(Ok(_))) {
+        let reached = tokio::time::timeout(Duration::from_secs(2), async {
+            rx.wait_for(|s| s.version >= version).await.is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if reached {
             return Ok(());
         }
         self.refresh().await

@@ -1,1 +1,16 @@
-//! placeholder
+//! strata coordinator: the front doors (InfluxDB line protocol over HTTP,
+//! SQL over Flight SQL and HTTP), the write router that spreads rows over
+//! shards, and the distributed query planner.
+
+pub mod dist_plan;
+pub mod error;
+pub mod flight_sql;
+pub mod http;
+pub mod line_protocol;
+pub mod node_clients;
+pub mod query;
+pub mod server;
+pub mod write_router;
+
+pub use error::{Error, Result};
+pub use server::{Coordinator, CoordinatorConfig};

@@ -1,0 +1,108 @@
+//! Errors of the coordinator and their single mappings to HTTP and gRPC.
+
+use snafu::Snafu;
+
+#[derive(Debug, Snafu)]
+#[snafu(visibility(pub(crate)))]
+pub enum Error {
+    #[snafu(display("catalog: {source}"))]
+    Catalog { source: strata_catalog::Error },
+
+    #[snafu(display("database '{database}' not found"))]
+    DatabaseNotFound { database: String },
+
+    #[snafu(display(
+        "write to shard {shard_id} did not reach its consistency level ({consistency}): \
+         {acks} of {required} replicas acknowledged; {failures}"
+    ))]
+    Consistency {
+        shard_id: u64,
+        consistency: String,
+        acks: usize,
+        required: usize,
+        failures: String,
+    },
+
+    #[snafu(display("request body is not valid {what}: {reason}"))]
+    BadBody { what: &'static str, reason: String },
+
+    #[snafu(display("invalid parameter '{name}': {reason}"))]
+    BadParameter { name: &'static str, reason: String },
+
+    #[snafu(display("{source}"))]
+    Query {
+        source: datafusion::error::DataFusionError,
+    },
+
+    #[snafu(display("building a result: {source}"))]
+    Arrow { source: arrow::error::ArrowError },
+
+    #[snafu(display("invalid statement: {reason}"))]
+    BadStatement { reason: String },
+
+    #[snafu(display("cannot listen on {addr}: {source}"))]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Error::Catalog { source } => match source {
+                strata_catalog::Error::Rejected { .. } => S::BAD_REQUEST,
+                _ => S::SERVICE_UNAVAILABLE,
+            },
+            Error::DatabaseNotFound { .. } => S::NOT_FOUND,
+            Error::Consistency { .. } => S::SERVICE_UNAVAILABLE,
+            Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {
+                S::BAD_REQUEST
+            }
+            Error::Query { source } => match query_code(source) {
+                tonic::Code::InvalidArgument | tonic::Code::NotFound => S::BAD_REQUEST,
+                tonic::Code::Unavailable => S::SERVICE_UNAVAILABLE,
+                _ => S::INTERNAL_SERVER_ERROR,
+            },
+            Error::Bind { .. } | Error::Arrow { .. } => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The one place a coordinator error becomes a gRPC status.
+    pub fn into_status(self) -> tonic::Status {
+        let code = match &self {
+            Error::Catalog { source } => match source {
+                strata_catalog::Error::Rejected { .. } => tonic::Code::InvalidArgument,
+                _ => tonic::Code::Unavailable,
+            },
+            Error::DatabaseNotFound { .. } => tonic::Code::NotFound,
+            Error::Consistency { .. } => tonic::Code::Unavailable,
+            Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {
+                tonic::Code::InvalidArgument
+            }
+            Error::Query { source } => query_code(source),
+            Error::Bind { .. } | Error::Arrow { .. } => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, self.to_string())
+    }
+}
+
+fn query_code(e: &datafusion::error::DataFusionError) -> tonic::Code {
+    use datafusion::error::DataFusionError as D;
+    match e {
+        D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
+            tonic::Code::InvalidArgument
+        }
+        D::ResourcesExhausted(_) => tonic::Code::ResourceExhausted,
+        D::External(inner) => match inner.downcast_ref::<tonic::Status>() {
+            Some(s) => s.code(),
+            None => tonic::Code::Internal,
+        },
+        D::Context(_, inner) => query_code(inner),
+        D::Execution(_) => tonic::Code::Internal,
+        _ => tonic::Code::Internal,
+    }
+}

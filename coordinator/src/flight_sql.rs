@@ -1,0 +1,454 @@
+//! The Flight SQL front door: statements, prepared statements, updates and
+//! the metadata commands (catalogs, schemas, tables, table types, SqlInfo)
+//! that ADBC, JDBC and pyarrow clients use to browse.
+//!
+//! The database a query runs in comes from the `database` request header
+//! (also accepted: `bucket`, `bucket-name`, `iox-namespace-name`, as
+//! InfluxDB 3 clients send); tables may also be named `database.table`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+};
+use datafusion::execution::SendableRecordBatchStream;
+use futures::{stream, Stream, TryStreamExt};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::query::catalog_provider::CATALOG_NAME;
+use crate::query::QueryEngine;
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// Request headers that name the database, in order of preference.
+const DATABASE_HEADERS: [&str; 4] = ["database", "bucket", "bucket-name", "iox-namespace-name"];
+
+pub struct StrataFlightSql {
+    engine: QueryEngine,
+    sql_info: Arc<SqlInfoData>,
+}
+
+/// What a statement or prepared-statement handle holds: the SQL and the
+/// database it was planned in, so that `DoGet` runs the same thing.
+#[derive(Serialize, Deserialize)]
+struct StatementHandle {
+    sql: String,
+    database: Option<String>,
+}
+
+impl StatementHandle {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("handle serializes")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, Status> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| Status::invalid_argument(format!("unknown statement handle: {e}")))
+    }
+}
+
+fn database_header(metadata: &MetadataMap) -> Option<String> {
+    DATABASE_HEADERS.iter().find_map(|h| {
+        metadata
+            .get(*h)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    })
+}
+
+/// The schema clients receive: dictionary-encoded columns are sent as their
+/// plain values, which every Flight SQL client reads.
+fn wire_schema(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Dictionary(_, value) => f.as_ref().clone().with_data_type(value.as_ref().clone()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn schema_bytes(schema: &Schema) -> Result<Vec<u8>, Status> {
+    let opts = arrow::ipc::writer::IpcWriteOptions::default();
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &opts)
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    Ok(bytes.to_vec())
+}
+
+/// A FlightInfo whose single endpoint's ticket is `ticket`, to be redeemed
+/// on this same server.
+fn flight_info(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    Ok(FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor))
+}
+
+fn encode_stream(schema: SchemaRef, batches: SendableRecordBatchStream) -> DoGetStream {
+    let flight = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))))
+        .map_err(|e| match e {
+            FlightError::Tonic(s) => *s,
+            FlightError::ExternalError(inner) => {
+                match inner.downcast::<datafusion::error::DataFusionError>() {
+                    Ok(df) => crate::error::Error::Query { source: *df }.into_status(),
+                    Err(other) => Status::internal(other.to_string()),
+                }
+            }
+            other => Status::internal(other.to_string()),
+        });
+    Box::pin(flight)
+}
+
+fn batch_stream(batch: arrow::array::RecordBatch) -> DoGetStream {
+    let schema = batch.schema();
+    let flight = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(stream::iter([Ok(batch)]))
+        .map_err(Status::from);
+    Box::pin(flight)
+}
+
+impl StrataFlightSql {
+    pub fn new(engine: QueryEngine) -> Self {
+        let mut info = SqlInfoDataBuilder::new();
+        info.append(SqlInfo::FlightSqlServerName, "strata");
+        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        info.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+        info.append(SqlInfo::FlightSqlServerReadOnly, false);
+        info.append(SqlInfo::FlightSqlServerSql, true);
+        info.append(SqlInfo::FlightSqlServerSubstrait, false);
+        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        info.append(SqlInfo::SqlDdlCatalog, false);
+        info.append(SqlInfo::SqlDdlSchema, true);
+        info.append(SqlInfo::SqlDdlTable, false);
+        Self {
+            engine,
+            sql_info: Arc::new(info.build().expect("static SqlInfo is valid")),
+        }
+    }
+
+    async fn plan_info(
+        &self,
+        handle: &StatementHandle,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let planned = self
+            .engine
+            .plan(&handle.sql, handle.database.as_deref(), &query_id)
+            .await
+            .map_err(|e| e.into_status())?;
+        flight_info(&wire_schema(&planned.schema()), ticket, descriptor)
+    }
+
+    async fn run(&self, handle: StatementHandle) -> Result<DoGetStream, Status> {
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("query", %query_id, database = ?handle.database);
+        async {
+            tracing::debug!(sql = %handle.sql, "running");
+            let planned = self
+                .engine
+                .plan(&handle.sql, handle.database.as_deref(), &query_id)
+                .await
+                .map_err(|e| e.into_status())?;
+            let schema = wire_schema(&planned.schema());
+            let batches = self
+                .engine
+                .execute(planned)
+                .await
+                .map_err(|e| e.into_status())?;
+            Ok(encode_stream(schema, batches))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_update(&self, sql: String, database: Option<String>) -> Result<i64, Status> {
+        let batches = self
+            .engine
+            .query(&sql, database.as_deref())
+            .await
+            .map_err(|e| e.into_status())?;
+        Ok(batches.iter().map(|b| b.num_rows() as i64).sum())
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for StrataFlightSql {
+    type FlightService = StrataFlightSql;
+
+    async fn do_handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status>
+    {
+        // No authentication yet: accept every client.
+        let resp = HandshakeResponse {
+            protocol_version: 0,
+            payload: Default::default(),
+        };
+        Ok(Response::new(Box::pin(stream::iter([Ok(resp)]))))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = StatementHandle {
+            sql: query.query,
+            database: database_header(request.metadata()),
+        };
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode().into(),
+        };
+        let info = self
+            .plan_info(&handle, ticket.as_any().encode_to_vec(), request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let handle = StatementHandle::decode(&ticket.statement_handle)?;
+        Ok(Response::new(self.run(handle).await?))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = StatementHandle::decode(&cmd.prepared_statement_handle)?;
+        let info = self
+            .plan_info(&handle, cmd.as_any().encode_to_vec(), request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let handle = StatementHandle::decode(&cmd.prepared_statement_handle)?;
+        Ok(Response::new(self.run(handle).await?))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let handle = StatementHandle {
+            sql: query.query,
+            database: database_header(request.metadata()),
+        };
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let planned = self
+            .engine
+            .plan(&handle.sql, handle.database.as_deref(), &query_id)
+            .await
+            .map_err(|e| e.into_status())?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.encode().into(),
+            dataset_schema: schema_bytes(&wire_schema(&planned.schema()))?.into(),
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Handles carry their statement; there is nothing to release.
+        Ok(())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let params: Vec<FlightData> = request.into_inner().try_collect().await?;
+        if params.iter().any(|d| !d.data_body.is_empty()) {
+            return Err(Status::unimplemented(
+                "prepared statement parameters are not supported yet; inline the values in the SQL",
+            ));
+        }
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(query.prepared_statement_handle),
+        })
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        cmd: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let database = database_header(request.metadata());
+        self.run_update(cmd.query, database).await
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(CATALOG_NAME);
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(batch)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for db in self.engine.catalog().state().databases.keys() {
+            builder.append(CATALOG_NAME, db);
+        }
+        builder.append(CATALOG_NAME, "information_schema");
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(batch)))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let state = self.engine.catalog().state();
+        for (db_name, db) in &state.databases {
+            for (name, table) in &db.tables {
+                builder
+                    .append(CATALOG_NAME, db_name, name, "TABLE", &wire_schema(&table.arrow_schema()))
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            }
+        }
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(batch)))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        builder.append("VIEW");
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(batch)))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = query
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(batch)))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Err(Status::unimplemented(format!(
+            "strata does not serve this Flight SQL ticket type: {}",
+            message.type_url
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

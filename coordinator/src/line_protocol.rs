@@ -1,0 +1,301 @@
+//! InfluxDB line protocol parsing.
+//!
+//! `measurement[,tag=value...] field=value[,field=value...] [timestamp]`
+//! with InfluxDB's escaping rules: in measurements `\,` and `\ `; in tag
+//! keys, tag values and field keys also `\=`; in string field values `\"`
+//! and `\\`. Lines are parsed independently, so one bad line is reported
+//! with its number and the good lines are kept.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    Float(f64),
+    Integer(i64),
+    UInteger(u64),
+    String(Cow<'a, str>),
+    Boolean(bool),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedLine<'a> {
+    /// 1-based line number in the request body.
+    pub line_number: usize,
+    pub measurement: Cow<'a, str>,
+    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    /// As written, in the request's precision.
+    pub timestamp: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub line_number: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line_number, self.message)
+    }
+}
+
+/// Parses every line of `body`; blank lines and `#` comments are skipped.
+pub fn parse_lines(body: &str) -> (Vec<ParsedLine<'_>>, Vec<LineError>) {
+    let mut ok = vec![];
+    let mut errors = vec![];
+    for (i, raw) in body.split('\n').enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        match parse_line(trimmed, i + 1) {
+            Ok(p) => ok.push(p),
+            Err(message) => errors.push(LineError {
+                line_number: i + 1,
+                message,
+            }),
+        }
+    }
+    (ok, errors)
+}
+
+/// Splits `s` at the first unescaped, unquoted occurrence of one of `stops`.
+/// Returns (before, the stop char, after).
+fn split_unescaped<'a>(s: &'a str, stops: &[u8], quotes: bool) -> (&'a str, Option<u8>, &'a str) {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut in_quotes = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if quotes && c == b'"' {
+            in_quotes = !in_quotes;
+        } else if !in_quotes && stops.contains(&c) {
+            return (&s[..i], Some(c), &s[i + 1..]);
+        }
+        i += 1;
+    }
+    (s, None, "")
+}
+
+/// Removes backslashes before the characters in `escapable`.
+fn unescape<'a>(s: &'a str, escapable: &[u8]) -> Cow<'a, str> {
+    if !s.contains('\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(&n) = chars.peek() {
+                if n.is_ascii() && escapable.contains(&(n as u8)) {
+                    out.push(n);
+                    chars.next();
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+const KEY_ESCAPES: &[u8] = b",= \\";
+const MEASUREMENT_ESCAPES: &[u8] = b", \\";
+
+fn parse_line(line: &str, line_number: usize) -> Result<ParsedLine<'_>, String> {
+    // measurement and tags end at the first unescaped space
+    let (series, stop, rest) = split_unescaped(line, b" ", false);
+    if stop.is_none() {
+        return Err(format!("missing fields: expected 'measurement[,tags] field=value [timestamp]', got '{}'", truncate(line)));
+    }
+    let (measurement, _, mut tag_str) = split_unescaped(series, b",", false);
+    if measurement.is_empty() {
+        return Err("missing measurement name".into());
+    }
+    let measurement = unescape(measurement, MEASUREMENT_ESCAPES);
+    let mut tags = vec![];
+    while !tag_str.is_empty() {
+        let (pair, _, more) = split_unescaped(tag_str, b",", false);
+        tag_str = more;
+        let (k, eq, v) = split_unescaped(pair, b"=", false);
+        if eq.is_none() || k.is_empty() {
+            return Err(format!("invalid tag '{pair}': expected key=value"));
+        }
+        if v.is_empty() {
+            return Err(format!("tag '{k}' has no value"));
+        }
+        tags.push((unescape(k, KEY_ESCAPES), unescape(v, KEY_ESCAPES)));
+    }
+
+    let rest = rest.trim_start_matches(' ');
+    let (field_str, stop, ts_str) = split_unescaped(rest, b" ", true);
+    if field_str.is_empty() {
+        return Err("missing fields: a line needs at least one field".into());
+    }
+    let mut fields = vec![];
+    let mut fs = field_str;
+    while !fs.is_empty() {
+        let (pair, _, more) = split_unescaped(fs, b",", true);
+        fs = more;
+        let (k, eq, v) = split_unescaped(pair, b"=", true);
+        if eq.is_none() || k.is_empty() {
+            return Err(format!("invalid field '{}': expected key=value", truncate(pair)));
+        }
+        let key = unescape(k, KEY_ESCAPES);
+        let value = parse_field_value(v).map_err(|e| format!("field '{key}': {e}"))?;
+        fields.push((key, value));
+    }
+
+    let timestamp = match stop {
+        None => None,
+        Some(_) => {
+            let t = ts_str.trim();
+            if t.is_empty() {
+                None
+            } else {
+                Some(t.parse::<i64>().map_err(|_| {
+                    format!("invalid timestamp '{}': expected an integer", truncate(t))
+                })?)
+            }
+        }
+    };
+    Ok(ParsedLine {
+        line_number,
+        measurement,
+        tags,
+        fields,
+        timestamp,
+    })
+}
+
+fn parse_field_value(v: &str) -> Result<FieldValue<'_>, String> {
+    if v.is_empty() {
+        return Err("missing value".into());
+    }
+    if let Some(inner) = v.strip_prefix('"') {
+        let inner = inner
+            .strip_suffix('"')
+            .ok_or_else(|| "unterminated string value".to_string())?;
+        return Ok(FieldValue::String(unescape(inner, b"\"\\")));
+    }
+    match v {
+        "t" | "T" | "true" | "True" | "TRUE" => return Ok(FieldValue::Boolean(true)),
+        "f" | "F" | "false" | "False" | "FALSE" => return Ok(FieldValue::Boolean(false)),
+        _ => {}
+    }
+    if let Some(n) = v.strip_suffix('i') {
+        return n
+            .parse::<i64>()
+            .map(FieldValue::Integer)
+            .map_err(|_| format!("invalid integer '{v}'"));
+    }
+    if let Some(n) = v.strip_suffix('u') {
+        return n
+            .parse::<u64>()
+            .map(FieldValue::UInteger)
+            .map_err(|_| format!("invalid unsigned integer '{v}'"));
+    }
+    let f = v
+        .parse::<f64>()
+        .map_err(|_| format!("invalid value '{}' (strings must be double-quoted)", truncate(v)))?;
+    if !f.is_finite() {
+        return Err(format!("invalid float '{v}': NaN and infinity are not allowed"));
+    }
+    Ok(FieldValue::Float(f))
+}
+
+fn truncate(s: &str) -> String {
+    const MAX: usize = 60;
+    if s.len() <= MAX {
+        s.to_string()
+    } else {
+        let mut end = MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(line: &str) -> ParsedLine<'_> {
+        let (ok, errs) = parse_lines(line);
+        assert!(errs.is_empty(), "{errs:?}");
+        ok.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn parses_all_field_types() {
+        let p = one(r#"cpu,host=a,region=us f=1.5,i=-3i,u=7u,s="hi there",b=true,e=1e3 1700000000000000000"#);
+        assert_eq!(p.measurement, "cpu");
+        assert_eq!(p.tags.len(), 2);
+        assert_eq!(p.tags[1], ("region".into(), "us".into()));
+        assert_eq!(
+            p.fields,
+            vec![
+                ("f".into(), FieldValue::Float(1.5)),
+                ("i".into(), FieldValue::Integer(-3)),
+                ("u".into(), FieldValue::UInteger(7)),
+                ("s".into(), FieldValue::String("hi there".into())),
+                ("b".into(), FieldValue::Boolean(true)),
+                ("e".into(), FieldValue::Float(1000.0)),
+            ]
+        );
+        assert_eq!(p.timestamp, Some(1_700_000_000_000_000_000));
+    }
+
+    #[test]
+    fn handles_escapes() {
+        let p = one(r#"my\ meas\,ure,ta\ g=v\=1\,x field\=k="say \"hi\" \\o/" 5"#);
+        assert_eq!(p.measurement, "my meas,ure");
+        assert_eq!(p.tags[0], ("ta g".into(), "v=1,x".into()));
+        assert_eq!(p.fields[0].0, "field=k");
+        assert_eq!(p.fields[0].1, FieldValue::String(r#"say "hi" \o/"#.into()));
+        assert_eq!(p.timestamp, Some(5));
+    }
+
+    #[test]
+    fn string_values_may_hold_spaces_commas_and_equals() {
+        let p = one(r#"log msg="a, b = c d",n=1i"#);
+        assert_eq!(p.fields[0].1, FieldValue::String("a, b = c d".into()));
+        assert_eq!(p.fields[1].1, FieldValue::Integer(1));
+        assert_eq!(p.timestamp, None);
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_number_and_good_lines_kept() {
+        let body = "cpu v=1 1\n\n# comment\ncpu v=oops 2\ncpu\ncpu v=3i 3\ncpu,host v=1 4\n";
+        let (ok, errs) = parse_lines(body);
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].line_number, 6);
+        let lines: Vec<usize> = errs.iter().map(|e| e.line_number).collect();
+        assert_eq!(lines, vec![4, 5, 7]);
+        assert!(errs[0].message.contains("field 'v'"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn rejects_bad_numbers_and_timestamps() {
+        for bad in ["m v=1.2.3", "m v=12ii", "m v=-1u", "m v=1 notatime", "m v=\"open"] {
+            let (ok, errs) = parse_lines(bad);
+            assert!(ok.is_empty(), "{bad} parsed");
+            assert_eq!(errs.len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn crlf_line_endings_are_accepted() {
+        let (ok, errs) = parse_lines("m v=1 1\r\nm v=2 2\r\n");
+        assert!(errs.is_empty());
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].timestamp, Some(2));
+    }
+}

@@ -1,0 +1,210 @@
+//! DataFusion's view of the Raft catalog: one catalog (`strata`) whose
+//! schemas are the databases and whose tables scan shards on the storage
+//! nodes through [`ShardFragmentExec`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, Session};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::Column;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::bytes::Serializeable;
+use strata_catalog::CatalogClient;
+use strata_proto::storage::v1::{Projection, ScanTicket};
+
+use crate::dist_plan::{time_range, ShardFragmentExec, ShardTarget};
+use crate::node_clients::NodeClients;
+
+/// The DataFusion catalog name under which databases appear.
+pub const CATALOG_NAME: &str = "strata";
+
+#[derive(Clone)]
+pub struct StrataCatalog {
+    pub catalog: CatalogClient,
+    pub nodes: NodeClients,
+    pub query_id: String,
+}
+
+impl fmt::Debug for StrataCatalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrataCatalog").finish()
+    }
+}
+
+impl CatalogProvider for StrataCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.catalog.state().databases.keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.catalog
+            .state()
+            .databases
+            .contains_key(name)
+            .then(|| {
+                Arc::new(DatabaseSchema {
+                    inner: self.clone(),
+                    database: name.to_string(),
+                }) as Arc<dyn SchemaProvider>
+            })
+    }
+}
+
+pub struct DatabaseSchema {
+    inner: StrataCatalog,
+    database: String,
+}
+
+impl fmt::Debug for DatabaseSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSchema").field("database", &self.database).finish()
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for DatabaseSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.inner
+            .catalog
+            .state()
+            .databases
+            .get(&self.database)
+            .map(|d| d.tables.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let state = self.inner.catalog.state();
+        let Some(table) = state.databases.get(&self.database).and_then(|d| d.tables.get(name)) else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(StrataTable {
+            inner: self.inner.clone(),
+            database: self.database.clone(),
+            table: name.to_string(),
+            schema: table.arrow_schema(),
+        })))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner
+            .catalog
+            .state()
+            .databases
+            .get(&self.database)
+            .is_some_and(|d| d.tables.contains_key(name))
+    }
+}
+
+/// A table whose rows live in shards across the storage nodes.
+pub struct StrataTable {
+    inner: StrataCatalog,
+    database: String,
+    table: String,
+    schema: SchemaRef,
+}
+
+impl fmt::Debug for StrataTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StrataTable({}.{})", self.database, self.table)
+    }
+}
+
+/// Storage nodes resolve columns against their own, unqualified table.
+fn unqualified(e: &Expr) -> Result<Expr> {
+    e.clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.relation.is_some() => {
+                    Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .map(|t| t.data)
+}
+
+#[async_trait]
+impl TableProvider for StrataTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Storage nodes use filters to prune and to cut what they send; the
+        // coordinator evaluates them again, so they need not be exact.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let state = self.inner.catalog.state();
+        let (min, max) = time_range(filters);
+        let mut shards = vec![];
+        if let Some(db) = state.databases.get(&self.database) {
+            for group in db.shard_groups_overlapping(min, max) {
+                for shard in &group.shards {
+                    shards.push(ShardTarget {
+                        shard_id: shard.id,
+                        replicas: shard
+                            .owners
+                            .iter()
+                            .map(|n| (*n, state.nodes.get(n).map(|i| i.flight_addr.clone())))
+                            .collect(),
+                    });
+                }
+            }
+        }
+        let projected = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let filter_bytes = filters
+            .iter()
+            .filter_map(|f| {
+                let e = unqualified(f).ok()?;
+                // A filter that cannot be serialized is only applied here.
+                e.to_bytes().ok().map(|b| b.to_vec())
+            })
+            .collect();
+        let schema_ipc = {
+            let opts = arrow::ipc::writer::IpcWriteOptions::default();
+            let arrow_flight::IpcMessage(bytes) =
+                arrow_flight::SchemaAsIpc::new(&self.schema, &opts).try_into()?;
+            bytes.to_vec()
+        };
+        let ticket = ScanTicket {
+            database: self.database.clone(),
+            table: self.table.clone(),
+            shard_ids: vec![],
+            table_schema_ipc: schema_ipc,
+            projection: projection.map(|_| Projection {
+                columns: projected.fields().iter().map(|f| f.name().clone()).collect(),
+            }),
+            filters: filter_bytes,
+            limit: limit.map(|l| l as u64),
+            query_id: self.inner.query_id.clone(),
+        };
+        Ok(Arc::new(ShardFragmentExec::new(
+            projected,
+            ticket,
+            shards,
+            self.inner.nodes.clone(),
+        )))
+    }
+}

@@ -1,0 +1,230 @@
+//! strata's own statements, handled before DataFusion sees the SQL:
+//!
+//! - `CREATE DATABASE [IF NOT EXISTS] name [WITH] [RETENTION <dur>|INF]
+//!   [SHARD DURATION <dur>] [REPLICATION <n>] [SHARDS <n>]`
+//! - `DROP DATABASE [IF EXISTS] name`
+//! - `SHOW DATABASES`
+//!
+//! Durations are an integer and a unit: `ns us ms s m h d w`
+//! (e.g. `30d`, `1h`); `INF` means keep forever.
+
+use strata_catalog::model::{default_shard_group_duration, DatabaseOptions};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnStatement {
+    CreateDatabase {
+        name: String,
+        options: DatabaseOptions,
+        if_not_exists: bool,
+    },
+    DropDatabase {
+        name: String,
+        if_exists: bool,
+    },
+    ShowDatabases,
+}
+
+fn tokens(sql: &str) -> Vec<String> {
+    sql.trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn is(tok: Option<&String>, word: &str) -> bool {
+    tok.is_some_and(|t| t.eq_ignore_ascii_case(word))
+}
+
+fn unquote(name: &str) -> String {
+    let n = name.trim_matches('"').trim_matches('`');
+    n.to_string()
+}
+
+/// Parses `sql` as one of strata's own statements. `Ok(None)` means it is
+/// not one (DataFusion takes it); `Err` means it is one but malformed.
+pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
+    let t = tokens(sql);
+    let at = |i: usize| t.get(i);
+    if is(at(0), "show") && is(at(1), "databases") && t.len() == 2 {
+        return Ok(Some(OwnStatement::ShowDatabases));
+    }
+    if is(at(0), "drop") && is(at(1), "database") {
+        let (if_exists, i) = if is(at(2), "if") && is(at(3), "exists") { (true, 4) } else { (false, 2) };
+        let name = at(i).ok_or("DROP DATABASE needs a database name")?;
+        if t.len() > i + 1 {
+            return Err(format!("unexpected '{}' after the database name", t[i + 1]));
+        }
+        return Ok(Some(OwnStatement::DropDatabase {
+            name: unquote(name),
+            if_exists,
+        }));
+    }
+    if !(is(at(0), "create") && is(at(1), "database")) {
+        return Ok(None);
+    }
+    let (if_not_exists, mut i) = if is(at(2), "if") && is(at(3), "not") && is(at(4), "exists") {
+        (true, 5)
+    } else {
+        (false, 2)
+    };
+    let name = unquote(at(i).ok_or("CREATE DATABASE needs a database name")?);
+    validate_name(&name)?;
+    i += 1;
+    let mut retention = None;
+    let mut shard_duration = None;
+    let mut options = DatabaseOptions::default();
+    if is(at(i), "with") {
+        i += 1;
+    }
+    while i < t.len() {
+        let word = t[i].to_ascii_lowercase();
+        let value = |k: usize| t.get(k).ok_or_else(|| format!("{} needs a value", word.to_uppercase()));
+        match word.as_str() {
+            "retention" => {
+                let v = value(i + 1)?;
+                retention = Some(if v.eq_ignore_ascii_case("inf") { None } else { Some(parse_duration(v)?) });
+                i += 2;
+            }
+            "shard" if is(at(i + 1), "duration") => {
+                shard_duration = Some(parse_duration(value(i + 2)?)?);
+                i += 3;
+            }
+            "replication" => {
+                options.replication_factor = value(i + 1)?
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or("REPLICATION needs a whole number of at least 1")?;
+                i += 2;
+            }
+            "shards" => {
+                options.shards_per_group = Some(
+                    value(i + 1)?
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or("SHARDS needs a whole number of at least 1")?,
+                );
+                i += 2;
+            }
+            other => {
+                return Err(format!(
+                    "unknown database option '{other}'; expected RETENTION, SHARD DURATION, REPLICATION or SHARDS"
+                ))
+            }
+        }
+    }
+    options.retention_ns = retention.flatten();
+    options.shard_group_duration_ns =
+        shard_duration.unwrap_or_else(|| default_shard_group_duration(options.retention_ns));
+    Ok(Some(OwnStatement::CreateDatabase {
+        name,
+        options,
+        if_not_exists,
+    }))
+}
+
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a database name needs 1 to 64 characters".into());
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!(
+            "database name '{name}' may only hold letters, digits, '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `30d`, `1h`, `500ms`, ... into nanoseconds.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}': expected a number and a unit, like 30d"))?;
+    let mult: i64 = match unit.to_ascii_lowercase().as_str() {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "d" => 86_400_000_000_000,
+        "w" => 7 * 86_400_000_000_000,
+        _ => return Err(format!("invalid duration unit in '{s}': use ns, us, ms, s, m, h, d or w")),
+    };
+    let ns = n.checked_mul(mult).ok_or_else(|| format!("duration '{s}' is too long"))?;
+    if ns <= 0 {
+        return Err(format!("duration '{s}' must be positive"));
+    }
+    Ok(ns)
+}
+
+/// Formats nanoseconds the way [`parse_duration`] reads them, in the largest
+/// exact unit.
+pub fn format_duration(ns: i64) -> String {
+    for (unit, size) in [
+        ("w", 7 * 86_400_000_000_000),
+        ("d", 86_400_000_000_000),
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+    ] {
+        if ns % size == 0 {
+            return format!("{}{unit}", ns / size);
+        }
+    }
+    format!("{ns}ns")
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_catalog::model::{DAY_NS, HOUR_NS};
+
+    use super::*;
+
+    #[test]
+    fn create_database_with_options() {
+        let s = parse("create database if not exists metrics with retention 30d shard duration 1h replication 2 shards 4;")
+            .unwrap()
+            .unwrap();
+        let OwnStatement::CreateDatabase { name, options, if_not_exists } = s else { panic!() };
+        assert_eq!(name, "metrics");
+        assert!(if_not_exists);
+        assert_eq!(options.retention_ns, Some(30 * DAY_NS));
+        assert_eq!(options.shard_group_duration_ns, HOUR_NS);
+        assert_eq!(options.replication_factor, 2);
+        assert_eq!(options.shards_per_group, Some(4));
+    }
+
+    #[test]
+    fn shard_duration_defaults_from_retention() {
+        let Some(OwnStatement::CreateDatabase { options, .. }) = parse("CREATE DATABASE m RETENTION 1d").unwrap() else {
+            panic!()
+        };
+        assert_eq!(options.shard_group_duration_ns, HOUR_NS);
+    }
+
+    #[test]
+    fn other_sql_is_not_ours_and_bad_options_are_named() {
+        assert_eq!(parse("SELECT 1").unwrap(), None);
+        assert_eq!(parse("show tables").unwrap(), None);
+        let e = parse("CREATE DATABASE m RETENTION soon").unwrap_err();
+        assert!(e.contains("soon"), "{e}");
+        let e = parse("CREATE DATABASE m COLOR blue").unwrap_err();
+        assert!(e.contains("color"), "{e}");
+        assert!(parse("CREATE DATABASE").is_err());
+        assert!(parse("CREATE DATABASE a.b").is_err());
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for s in ["1h", "30d", "2w", "90s", "15m", "250ms"] {
+            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Running SQL: strata's own statements (see [`ddl`]) go to the catalog;
+//! everything else is planned by DataFusion over [`catalog_provider`] and
+//! executed across the storage nodes.
+
+pub mod catalog_provider;
+pub mod ddl;
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+use snafu::ResultExt;
+use strata_catalog::{CatalogClient, Command};
+
+use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
+use crate::node_clients::NodeClients;
+use catalog_provider::{StrataCatalog, CATALOG_NAME};
+use ddl::{format_duration, OwnStatement};
+
+/// Schema name used when a request names no database.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+#[derive(Clone)]
+pub struct QueryEngine {
+    catalog: CatalogClient,
+    nodes: NodeClients,
+}
+
+/// A statement planned far enough to know its result schema.
+pub enum Planned {
+    Sql(Box<DataFrame>),
+    Own(OwnStatement),
+}
+
+fn show_databases_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("retention", DataType::Utf8, true),
+        Field::new("shard_group_duration", DataType::Utf8, false),
+        Field::new("replication_factor", DataType::UInt32, false),
+    ]))
+}
+
+impl Planned {
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Planned::Sql(df) => Arc::new(df.schema().as_arrow().clone()),
+            Planned::Own(OwnStatement::ShowDatabases) => show_databases_schema(),
+            Planned::Own(_) => Arc::new(Schema::empty()),
+        }
+    }
+}
+
+impl QueryEngine {
+    pub fn new(catalog: CatalogClient, nodes: NodeClients) -> Self {
+        Self { catalog, nodes }
+    }
+
+    pub fn catalog(&self) -> &CatalogClient {
+        &self.catalog
+    }
+
+    /// A session whose default schema is `database` (when given).
+    pub fn session(&self, database: Option<&str>, query_id: &str) -> SessionContext {
+        let config = SessionConfig::new()
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG_NAME, database.unwrap_or(DEFAULT_SCHEMA))
+            .with_information_schema(true)
+            .with_target_partitions(4);
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_catalog(
+            CATALOG_NAME,
+            Arc::new(StrataCatalog {
+                catalog: self.catalog.clone(),
+                nodes: self.nodes.clone(),
+                query_id: query_id.to_string(),
+            }),
+        );
+        ctx
+    }
+
+    /// Parses and plans `sql`.
+    pub async fn plan(&self, sql: &str, database: Option<&str>, query_id: &str) -> Result<Planned> {
+        if let Some(own) = ddl::parse(sql).map_err(|reason| Error::BadStatement { reason })? {
+            return Ok(Planned::Own(own));
+        }
+        let ctx = self.session(database, query_id);
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(true);
+        let df = ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| Error::Query { source: explain_missing_database(e, database) })?;
+        Ok(Planned::Sql(Box::new(df)))
+    }
+
+    /// Runs a planned statement.
+    pub async fn execute(&self, planned: Planned) -> Result<SendableRecordBatchStream> {
+        match planned {
+            Planned::Sql(df) => df.execute_stream().await.context(QuerySnafu),
+            Planned::Own(own) => {
+                let schema = Planned::Own(own.clone()).schema();
+                let batches = self.run_own(own, schema.clone()).await?;
+                let stream = MemoryStream::try_new(batches, schema, None).context(QuerySnafu)?;
+                Ok(Box::pin(stream))
+            }
+        }
+    }
+
+    /// Plans and runs `sql`, collecting the result.
+    pub async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>> {
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let planned = self.plan(sql, database, &query_id).await?;
+        let stream = self.execute(planned).await?;
+        datafusion::physical_plan::common::collect(stream)
+            .await
+            .context(QuerySnafu)
+    }
+
+    async fn run_own(&self, own: OwnStatement, schema: SchemaRef) -> Result<Vec<RecordBatch>> {
+        match own {
+            OwnStatement::CreateDatabase {
+                name,
+                options,
+                if_not_exists,
+            } => {
+                self.catalog
+                    .execute(Command::CreateDatabase {
+                        name,
+                        options,
+                        if_not_exists,
+                    })
+                    .await
+                    .context(CatalogSnafu)?;
+                Ok(vec![])
+            }
+            OwnStatement::DropDatabase { name, if_exists } => {
+                self.catalog
+                    .execute(Command::DropDatabase { name, if_exists })
+                    .await
+                    .context(CatalogSnafu)?;
+                Ok(vec![])
+            }
+            OwnStatement::ShowDatabases => {
+                let state = self.catalog.state();
+                let dbs: Vec<_> = state.databases.values().collect();
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from_iter_values(dbs.iter().map(|d| d.name.as_str()))),
+                    Arc::new(StringArray::from_iter(
+                        dbs.iter().map(|d| d.options.retention_ns.map(format_duration)),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        dbs.iter().map(|d| format_duration(d.options.shard_group_duration_ns)),
+                    )),
+                    Arc::new(UInt32Array::from_iter_values(
+                        dbs.iter().map(|d| d.options.replication_factor),
+                    )),
+                ];
+                Ok(vec![RecordBatch::try_new(schema, columns).context(
+                    crate::error::ArrowSnafu,
+                )?])
+            }
+        }
+    }
+}
+
+/// DataFusion reports an unknown table; when the cause is an unknown or
+/// missing database say so, since that is what the user has to fix.
+fn explain_missing_database(
+    e: datafusion::error::DataFusionError,
+    database: Option<&str>,
+) -> datafusion::error::DataFusionError {
+    let msg = e.to_string();
+    if msg.contains("table") && msg.contains("not found") && database.is_none() {
+        return datafusion::error::DataFusionError::Plan(format!(
+            "{msg}. No database was selected: qualify the table as database.table, or send the \
+             'database' header (strata sql --database NAME)"
+        ));
+    }
+    e
+}

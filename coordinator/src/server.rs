@@ -1,0 +1,119 @@
+//! Runs a coordinator: connects to the catalog, then serves HTTP (line
+//! protocol, SQL over HTTP) and Flight SQL.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use snafu::ResultExt;
+use strata_catalog::CatalogClient;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::{BindSnafu, CatalogSnafu, Result};
+use crate::flight_sql::StrataFlightSql;
+use crate::http::{router, HttpState};
+use crate::node_clients::{NodeClients, MAX_MESSAGE_BYTES};
+use crate::query::QueryEngine;
+use crate::write_router::WriteRouter;
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub http_listen: String,
+    pub flight_listen: String,
+    pub catalog_addr: String,
+}
+
+pub struct Coordinator {
+    http_addr: SocketAddr,
+    flight_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Coordinator {
+    pub async fn start(config: CoordinatorConfig) -> Result<Self> {
+        let catalog = CatalogClient::connect(&config.catalog_addr, Duration::from_secs(60))
+            .await
+            .context(CatalogSnafu)?;
+        let nodes = NodeClients::default();
+        let engine = QueryEngine::new(catalog.clone(), nodes.clone());
+        let writer = WriteRouter::new(catalog, nodes);
+
+        let http_listener = TcpListener::bind(&config.http_listen).await.context(BindSnafu {
+            addr: config.http_listen.clone(),
+        })?;
+        let http_addr = http_listener.local_addr().context(BindSnafu {
+            addr: config.http_listen.clone(),
+        })?;
+        let flight_listener = TcpListener::bind(&config.flight_listen).await.context(BindSnafu {
+            addr: config.flight_listen.clone(),
+        })?;
+        let flight_addr = flight_listener.local_addr().context(BindSnafu {
+            addr: config.flight_listen.clone(),
+        })?;
+
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = vec![];
+
+        let app = router(HttpState {
+            writer,
+            engine: engine.clone(),
+        });
+        let mut http_rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(http_listener, app).with_graceful_shutdown(async move {
+                let _ = http_rx.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+
+        let flight = FlightServiceServer::new(StrataFlightSql::new(engine))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut flight_rx = rx;
+        tasks.push(tokio::spawn(async move {
+            let serve = tonic::transport::Server::builder()
+                .add_service(flight)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(flight_listener), async move {
+                    let _ = flight_rx.wait_for(|s| *s).await;
+                });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "Flight SQL server failed");
+            }
+        }));
+        tracing::info!(%http_addr, %flight_addr, "coordinator serving");
+        Ok(Self {
+            http_addr,
+            flight_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn flight_addr(&self) -> SocketAddr {
+        self.flight_addr
+    }
+
+    /// Stops accepting requests and waits for the servers to finish.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,0 +1,644 @@
+//! The write path: line protocol in, Arrow batches out to the shard owners.
+//!
+//! 1. parse every line (a bad line is reported and skipped);
+//! 2. check each line's columns against the table schema, adding new tags
+//!    and fields through the catalog (a type conflict fails that line only);
+//! 3. find or create the shard group of each row's time window;
+//! 4. hash each row's series key to a shard of its group;
+//! 5. build one Arrow batch per (table, shard) and send it with Flight
+//!    `DoPut` to every owner, waiting for as many acknowledgements as the
+//!    consistency level asks for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    StringDictionaryBuilder, TimestampNanosecondBuilder, UInt64Builder,
+};
+use arrow::datatypes::{Field, Int32Type, Schema};
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow_flight::FlightDescriptor;
+use futures::{StreamExt, TryStreamExt};
+use snafu::ResultExt;
+use strata_catalog::command::{ColumnConflict, CommandResult};
+use strata_catalog::model::{Column, ColumnKind, Database, FieldType, ShardGroup, TIME_COLUMN};
+use strata_catalog::{CatalogClient, CatalogData, Command};
+
+use crate::error::{CatalogSnafu, Error, Result};
+use crate::line_protocol::{parse_lines, FieldValue, LineError, ParsedLine};
+use crate::node_clients::NodeClients;
+
+/// Timestamp precision of a write request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Nanoseconds,
+    Microseconds,
+    Milliseconds,
+    Seconds,
+}
+
+impl Precision {
+    /// Accepts the spellings of InfluxDB v1 (`n`, `u`, `ms`, `s`) and v2
+    /// (`ns`, `us`, `ms`, `s`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ns" | "n" | "" => Some(Self::Nanoseconds),
+            "us" | "u" | "µs" => Some(Self::Microseconds),
+            "ms" => Some(Self::Milliseconds),
+            "s" => Some(Self::Seconds),
+            _ => None,
+        }
+    }
+
+    fn multiplier(self) -> i64 {
+        match self {
+            Self::Nanoseconds => 1,
+            Self::Microseconds => 1_000,
+            Self::Milliseconds => 1_000_000,
+            Self::Seconds => 1_000_000_000,
+        }
+    }
+}
+
+/// How many replicas of each shard must acknowledge a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Any,
+    One,
+    Quorum,
+    All,
+}
+
+impl Consistency {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "any" => Some(Self::Any),
+            "one" => Some(Self::One),
+            "quorum" => Some(Self::Quorum),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+
+    fn required(self, replicas: usize) -> usize {
+        match self {
+            Self::Any | Self::One => 1,
+            Self::Quorum => replicas / 2 + 1,
+            Self::All => replicas,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::One => "one",
+            Self::Quorum => "quorum",
+            Self::All => "all",
+        }
+    }
+}
+
+/// What a write did: lines stored, and the lines refused with why.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    pub lines_written: usize,
+    pub errors: Vec<LineError>,
+}
+
+#[derive(Clone)]
+pub struct WriteRouter {
+    catalog: CatalogClient,
+    nodes: NodeClients,
+}
+
+/// A line that passed parsing, with its time in nanoseconds.
+struct Row<'a> {
+    line: ParsedLine<'a>,
+    time_ns: i64,
+}
+
+impl WriteRouter {
+    pub fn new(catalog: CatalogClient, nodes: NodeClients) -> Self {
+        Self { catalog, nodes }
+    }
+
+    #[tracing::instrument(name = "write", skip_all, fields(db = %database))]
+    pub async fn write(
+        &self,
+        database: &str,
+        body: &str,
+        precision: Precision,
+        consistency: Consistency,
+        now_ns: i64,
+    ) -> Result<WriteOutcome> {
+        let (parsed, mut errors) = parse_lines(body);
+        let mut rows = Vec::with_capacity(parsed.len());
+        for line in parsed {
+            let time_ns = match line.timestamp {
+                None => now_ns,
+                Some(t) => match t.checked_mul(precision.multiplier()) {
+                    Some(ns) => ns,
+                    None => {
+                        errors.push(LineError {
+                            line_number: line.line_number,
+                            message: format!("timestamp {t} is out of range for precision"),
+                        });
+                        continue;
+                    }
+                },
+            };
+            rows.push(Row { line, time_ns });
+        }
+
+        // Group by table.
+        let mut by_table: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+        for r in rows {
+            by_table
+                .entry(r.line.measurement.to_string())
+                .or_default()
+                .push(r);
+        }
+
+        let mut accepted: Vec<(String, Vec<Row>)> = vec![];
+        for (table, rows) in by_table {
+            let rows = self
+                .ensure_columns(database, &table, rows, &mut errors)
+                .await?;
+            if !rows.is_empty() {
+                accepted.push((table, rows));
+            }
+        }
+
+        let mut outcome = WriteOutcome::default();
+        if accepted.is_empty() {
+            errors.sort_by_key(|e| e.line_number);
+            outcome.errors = errors;
+            return Ok(outcome);
+        }
+
+        // Retention, then shard groups for every window touched.
+        let state = self.catalog.state();
+        let db = state
+            .databases
+            .get(database)
+            .ok_or_else(|| Error::DatabaseNotFound {
+                database: database.to_string(),
+            })?
+            .clone();
+        if let Some(retention) = db.options.retention_ns {
+            let oldest = now_ns.saturating_sub(retention);
+            for (_, rows) in accepted.iter_mut() {
+                rows.retain(|r| {
+                    let keep = r.time_ns >= oldest;
+                    if !keep {
+                        errors.push(LineError {
+                            line_number: r.line.line_number,
+                            message: format!(
+                                "point is older than the retention period of database '{database}'"
+                            ),
+                        });
+                    }
+                    keep
+                });
+            }
+        }
+        let groups = self.shard_groups(&db, &accepted).await?;
+
+        // Route rows to shards and build one batch per (table, shard).
+        let state = self.catalog.state();
+        let mut sends = vec![];
+        for (table, rows) in &accepted {
+            let mut by_shard: HashMap<u64, (Vec<u64>, Vec<&Row>)> = HashMap::new();
+            for r in rows {
+                let group = &groups[&db.window_start(r.time_ns)];
+                let shard = group.shard_for_hash(series_hash(table, &r.line));
+                by_shard
+                    .entry(shard.id)
+                    .or_insert_with(|| (shard.owners.clone(), vec![]))
+                    .1
+                    .push(r);
+            }
+            let catalog_table = state
+                .databases
+                .get(database)
+                .and_then(|d| d.tables.get(table));
+            for (shard_id, (owners, rows)) in by_shard {
+                let batch = build_batch(catalog_table.map(|t| t.columns.as_slice()).unwrap_or(&[]), &rows)
+                    .map_err(|e| Error::BadBody {
+                        what: "line protocol",
+                        reason: e.to_string(),
+                    })?;
+                outcome.lines_written += batch.num_rows();
+                sends.push(self.send_shard(
+                    &state,
+                    database,
+                    table,
+                    shard_id,
+                    owners,
+                    batch,
+                    consistency,
+                ));
+            }
+        }
+        futures::future::try_join_all(sends).await?;
+        errors.sort_by_key(|e| e.line_number);
+        outcome.errors = errors;
+        Ok(outcome)
+    }
+
+    /// Adds the columns the rows need; returns the rows whose columns fit
+    /// the table, reporting the others.
+    async fn ensure_columns<'a>(
+        &self,
+        database: &str,
+        table: &str,
+        rows: Vec<Row<'a>>,
+        errors: &mut Vec<LineError>,
+    ) -> Result<Vec<Row<'a>>> {
+        let state = self.catalog.state();
+        let existing: HashMap<String, ColumnKind> = state
+            .databases
+            .get(database)
+            .and_then(|d| d.tables.get(table))
+            .map(|t| t.columns.iter().map(|c| (c.name.clone(), c.kind)).collect())
+            .unwrap_or_default();
+
+        // The kind each column has in the table, or takes from the first line
+        // of this request that uses it.
+        let mut kinds: HashMap<String, ColumnKind> = existing.clone();
+        let mut new_columns: Vec<Column> = vec![];
+        let mut ok_rows = Vec::with_capacity(rows.len());
+        for r in rows {
+            match check_line(table, &r.line, &mut kinds, &mut new_columns) {
+                Ok(()) => ok_rows.push(r),
+                Err(message) => errors.push(LineError {
+                    line_number: r.line.line_number,
+                    message,
+                }),
+            }
+        }
+        let table_missing = !state
+            .databases
+            .get(database)
+            .is_some_and(|d| d.tables.contains_key(table));
+        if new_columns.is_empty() && !table_missing {
+            return Ok(ok_rows);
+        }
+        if ok_rows.is_empty() {
+            return Ok(ok_rows);
+        }
+        let result = self
+            .catalog
+            .execute(Command::AddColumns {
+                database: database.to_string(),
+                table: table.to_string(),
+                columns: new_columns,
+            })
+            .await
+            .context(CatalogSnafu)?;
+        let conflicts = match result {
+            CommandResult::ColumnsAdded { conflicts } => conflicts,
+            _ => vec![],
+        };
+        if conflicts.is_empty() {
+            return Ok(ok_rows);
+        }
+        // Another writer added a column with another type in the meantime.
+        let clash = |c: &ColumnConflict, line: &ParsedLine| {
+            line.tags.iter().any(|(k, _)| k == &c.column)
+                || line.fields.iter().any(|(k, _)| k == &c.column)
+        };
+        Ok(ok_rows
+            .into_iter()
+            .filter(|r| match conflicts.iter().find(|c| clash(c, &r.line)) {
+                Some(c) => {
+                    errors.push(LineError {
+                        line_number: r.line.line_number,
+                        message: conflict_message(table, &c.column, c.existing, c.requested),
+                    });
+                    false
+                }
+                None => true,
+            })
+            .collect())
+    }
+
+    /// The shard group of every window the rows touch, creating missing ones.
+    async fn shard_groups(
+        &self,
+        db: &Database,
+        accepted: &[(String, Vec<Row<'_>>)],
+    ) -> Result<HashMap<i64, ShardGroup>> {
+        let mut groups: HashMap<i64, ShardGroup> = HashMap::new();
+        for (_, rows) in accepted {
+            for r in rows {
+                let start = db.window_start(r.time_ns);
+                if groups.contains_key(&start) {
+                    continue;
+                }
+                let group = match db.shard_group_for(r.time_ns) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let result = self
+                            .catalog
+                            .execute(Command::CreateShardGroup {
+                                database: db.name.clone(),
+                                time_ns: r.time_ns,
+                            })
+                            .await
+                            .context(CatalogSnafu)?;
+                        match result {
+                            CommandResult::ShardGroup(g) => g,
+                            _ => {
+                                return Err(Error::DatabaseNotFound {
+                                    database: db.name.clone(),
+                                })
+                            }
+                        }
+                    }
+                };
+                groups.insert(start, group);
+            }
+        }
+        Ok(groups)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_shard(
+        &self,
+        state: &CatalogData,
+        database: &str,
+        table: &str,
+        shard_id: u64,
+        owners: Vec<u64>,
+        batch: RecordBatch,
+        consistency: Consistency,
+    ) -> Result<()> {
+        let required = consistency.required(owners.len());
+        let attempts = owners.iter().map(|node_id| {
+            let addr = state.nodes.get(node_id).map(|n| n.flight_addr.clone());
+            let batch = batch.clone();
+            async move {
+                let Some(addr) = addr else {
+                    return Err(format!("node {node_id} is not registered"));
+                };
+                self.put(&addr, database, table, shard_id, batch)
+                    .await
+                    .map_err(|e| format!("node {node_id} at {addr}: {e}"))
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+        let acks = results.iter().filter(|r| r.is_ok()).count();
+        if acks >= required {
+            return Ok(());
+        }
+        let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+        Err(Error::Consistency {
+            shard_id,
+            consistency: consistency.name().to_string(),
+            acks,
+            required,
+            failures: failures.join("; "),
+        })
+    }
+
+    async fn put(
+        &self,
+        addr: &str,
+        database: &str,
+        table: &str,
+        shard_id: u64,
+        batch: RecordBatch,
+    ) -> std::result::Result<(), String> {
+        let mut client = self.nodes.flight(addr).map_err(|e| e.message().to_string())?;
+        let desc = FlightDescriptor::new_path(vec![
+            database.to_string(),
+            table.to_string(),
+            shard_id.to_string(),
+        ]);
+        let data = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(desc))
+            .with_dictionary_handling(DictionaryHandling::Resend)
+            .build(futures::stream::iter([Ok(batch)]));
+        let results = client.do_put(data.boxed()).await.map_err(|e| e.to_string())?;
+        let _acks: Vec<_> = results.try_collect().await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+fn conflict_message(table: &str, column: &str, existing: ColumnKind, requested: ColumnKind) -> String {
+    format!(
+        "column '{column}' of table '{table}' is a {}, but this line writes it as a {}",
+        existing.describe(),
+        requested.describe()
+    )
+}
+
+fn field_type(v: &FieldValue) -> FieldType {
+    match v {
+        FieldValue::Float(_) => FieldType::Float,
+        FieldValue::Integer(_) => FieldType::Integer,
+        FieldValue::UInteger(_) => FieldType::UInteger,
+        FieldValue::String(_) => FieldType::String,
+        FieldValue::Boolean(_) => FieldType::Boolean,
+    }
+}
+
+/// Checks one line's columns against the kinds known so far, recording the
+/// columns it introduces.
+fn check_line(
+    table: &str,
+    line: &ParsedLine,
+    kinds: &mut HashMap<String, ColumnKind>,
+    new_columns: &mut Vec<Column>,
+) -> std::result::Result<(), String> {
+    let wanted = line
+        .tags
+        .iter()
+        .map(|(k, _)| (k.as_ref(), ColumnKind::Tag))
+        .chain(
+            line.fields
+                .iter()
+                .map(|(k, v)| (k.as_ref(), ColumnKind::Field(field_type(v)))),
+        );
+    let mut introduced = vec![];
+    for (name, kind) in wanted {
+        if name == TIME_COLUMN {
+            return Err(format!("'{TIME_COLUMN}' cannot be used as a tag or field name"));
+        }
+        match kinds.get(name) {
+            Some(k) if *k == kind => {}
+            Some(k) => return Err(conflict_message(table, name, *k, kind)),
+            None => introduced.push(Column {
+                name: name.to_string(),
+                kind,
+            }),
+        }
+    }
+    for c in introduced {
+        if kinds.insert(c.name.clone(), c.kind).is_none() {
+            new_columns.push(c);
+        }
+    }
+    Ok(())
+}
+
+/// Stable hash of the series key (table + sorted tag set), FNV-1a, so that
+/// every coordinator routes a series to the same shard.
+pub fn series_hash(table: &str, line: &ParsedLine) -> u64 {
+    let mut tags: Vec<(&str, &str)> = line
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .collect();
+    tags.sort_unstable();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(table.as_bytes());
+    for (k, v) in tags {
+        eat(b",");
+        eat(k.as_bytes());
+        eat(b"=");
+        eat(v.as_bytes());
+    }
+    h
+}
+
+/// Builds one batch from rows of a table: the table's columns that these
+/// rows use, in table order, then `time`.
+fn build_batch(
+    table_columns: &[Column],
+    rows: &[&Row],
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let used = |c: &Column| {
+        rows.iter().any(|r| match c.kind {
+            ColumnKind::Tag => r.line.tags.iter().any(|(k, _)| k == &c.name),
+            ColumnKind::Field(_) => r.line.fields.iter().any(|(k, _)| k == &c.name),
+            ColumnKind::Time => false,
+        })
+    };
+    let mut fields = vec![];
+    let mut arrays: Vec<ArrayRef> = vec![];
+    for c in table_columns.iter().filter(|c| used(c)) {
+        fields.push(Field::new(&c.name, c.kind.data_type(), true));
+        arrays.push(match c.kind {
+            ColumnKind::Tag => {
+                let mut b = StringDictionaryBuilder::<Int32Type>::new();
+                for r in rows {
+                    match r.line.tags.iter().rev().find(|(k, _)| k == &c.name) {
+                        Some((_, v)) => b.append_value(v.as_ref()),
+                        None => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnKind::Field(t) => field_array(t, &c.name, rows),
+            ColumnKind::Time => unreachable!("filtered above"),
+        });
+    }
+    fields.push(Field::new(TIME_COLUMN, strata_catalog::model::time_data_type(), false));
+    let mut t = TimestampNanosecondBuilder::with_capacity(rows.len());
+    for r in rows {
+        t.append_value(r.time_ns);
+    }
+    arrays.push(Arc::new(t.finish()));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+}
+
+fn field_array(t: FieldType, name: &str, rows: &[&Row]) -> ArrayRef {
+    fn value<'r>(r: &'r Row, name: &str) -> Option<&'r FieldValue<'r>> {
+        r.line
+            .fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+    macro_rules! build {
+        ($builder:ty, $variant:ident) => {{
+            let mut b = <$builder>::with_capacity(rows.len());
+            for r in rows {
+                match value(r, name) {
+                    Some(FieldValue::$variant(v)) => b.append_value(*v),
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    match t {
+        FieldType::Float => build!(Float64Builder, Float),
+        FieldType::Integer => build!(Int64Builder, Integer),
+        FieldType::UInteger => build!(UInt64Builder, UInteger),
+        FieldType::Boolean => build!(BooleanBuilder, Boolean),
+        FieldType::String => {
+            let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
+            for r in rows {
+                match value(r, name) {
+                    Some(FieldValue::String(v)) => b.append_value(v.as_ref()),
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_hash_ignores_tag_order() {
+        let (a, _) = parse_lines("cpu,host=a,region=x v=1 1");
+        let (b, _) = parse_lines("cpu,region=x,host=a v=2 2");
+        let (c, _) = parse_lines("cpu,region=x,host=b v=2 2");
+        assert_eq!(series_hash("cpu", &a[0]), series_hash("cpu", &b[0]));
+        assert_ne!(series_hash("cpu", &a[0]), series_hash("cpu", &c[0]));
+    }
+
+    #[test]
+    fn check_line_reports_conflicts_within_a_request() {
+        let (lines, _) = parse_lines("m v=1 1\nm v=1i 2\nm,v=x w=1 3\nm time=1 4");
+        let mut kinds = HashMap::new();
+        let mut new = vec![];
+        assert!(check_line("m", &lines[0], &mut kinds, &mut new).is_ok());
+        let e = check_line("m", &lines[1], &mut kinds, &mut new).unwrap_err();
+        assert!(e.contains("float field") && e.contains("integer field"), "{e}");
+        assert!(check_line("m", &lines[2], &mut kinds, &mut new).is_err());
+        assert!(check_line("m", &lines[3], &mut kinds, &mut new).is_err());
+        assert_eq!(new.len(), 1, "only v was introduced");
+    }
+
+    #[test]
+    fn build_batch_fills_missing_values_with_null() {
+        let (lines, _) = parse_lines("m,h=a v=1,s=\"x\" 1\nm w=2i 2");
+        let rows: Vec<Row> = lines
+            .into_iter()
+            .map(|line| Row {
+                time_ns: line.timestamp.unwrap(),
+                line,
+            })
+            .collect();
+        let refs: Vec<&Row> = rows.iter().collect();
+        let cols = vec![
+            Column { name: "time".into(), kind: ColumnKind::Time },
+            Column { name: "h".into(), kind: ColumnKind::Tag },
+            Column { name: "v".into(), kind: ColumnKind::Field(FieldType::Float) },
+            Column { name: "s".into(), kind: ColumnKind::Field(FieldType::String) },
+            Column { name: "w".into(), kind: ColumnKind::Field(FieldType::Integer) },
+            Column { name: "unused".into(), kind: ColumnKind::Field(FieldType::Float) },
+        ];
+        let b = build_batch(&cols, &refs).unwrap();
+        let names: Vec<_> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, vec!["h", "v", "s", "w", "time"]);
+        assert_eq!(b.column(0).null_count(), 1);
+        assert_eq!(b.column(3).null_count(), 1);
+    }
+}
