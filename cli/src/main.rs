@@ -1,1 +1,315 @@
-fn main() {}
+//! The `strata` command: `dev` (embedded one-process cluster), the server
+//! roles `catalog`, `storage`, `coordinator`, and the `sql` client.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use strata::config::{ConfigError, ConfigFile};
+use strata::dev::{DevCluster, DevConfig};
+use strata::sql_client::{self, OutputFormat, Session, SqlClient};
+use strata_catalog::{CatalogConfig, CatalogServer};
+use strata_coordinator::{Coordinator, CoordinatorConfig};
+use strata_storage::wal::{Recovery, SyncPolicy};
+use strata_storage::{EngineConfig, StorageConfig, StorageNode};
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "strata: a distributed SQL database for time series")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole cluster in one process on a local data directory.
+    Dev(DevArgs),
+    /// Run a catalog (Raft) node.
+    Catalog(CatalogArgs),
+    /// Run a storage node.
+    Storage(StorageArgs),
+    /// Run a coordinator (HTTP and Flight SQL front doors).
+    Coordinator(CoordinatorArgs),
+    /// Interactive SQL over Flight SQL.
+    Sql(SqlArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    #[arg(long, default_value = "./strata-data", env = "STRATA_DATA_DIR")]
+    data_dir: PathBuf,
+    /// HTTP address: line protocol writes, SQL over HTTP, health.
+    #[arg(long, default_value = "127.0.0.1:8086", env = "STRATA_HTTP_ADDR")]
+    http_addr: String,
+    /// Flight SQL address.
+    #[arg(long, default_value = "127.0.0.1:8082", env = "STRATA_FLIGHT_ADDR")]
+    flight_addr: String,
+    #[arg(long, default_value_t = 3)]
+    storage_nodes: u32,
+    /// Write the bound addresses as JSON to this file once ready.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CatalogArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, env = "STRATA_NODE_ID")]
+    node_id: Option<u64>,
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<String>,
+    #[arg(long, env = "STRATA_LISTEN")]
+    listen: Option<String>,
+    /// Address peers use to reach this node (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Start a new single-voter cluster when this node has no state yet.
+    #[arg(long)]
+    bootstrap: bool,
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct StorageArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, env = "STRATA_NODE_ID")]
+    node_id: Option<u64>,
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<String>,
+    #[arg(long, env = "STRATA_LISTEN")]
+    listen: Option<String>,
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The catalog's address.
+    #[arg(long, env = "STRATA_CATALOG")]
+    catalog: Option<String>,
+    /// `always` (fsync before acknowledging, default) or `never`.
+    #[arg(long)]
+    wal_sync: Option<String>,
+    /// `strict` (default) or `skip-corrupt`.
+    #[arg(long)]
+    wal_recovery: Option<String>,
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, env = "STRATA_HTTP_ADDR")]
+    http_addr: Option<String>,
+    #[arg(long, env = "STRATA_FLIGHT_ADDR")]
+    flight_addr: Option<String>,
+    #[arg(long, env = "STRATA_CATALOG")]
+    catalog: Option<String>,
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SqlArgs {
+    /// Flight SQL address of a coordinator.
+    #[arg(long, default_value = "127.0.0.1:8082", env = "STRATA_HOST")]
+    host: String,
+    /// Database to run statements in.
+    #[arg(long, short = 'd', env = "STRATA_DATABASE")]
+    database: Option<String>,
+    /// Run this SQL and exit.
+    #[arg(short = 'c')]
+    command: Option<String>,
+    /// Run the statements in this file and exit.
+    #[arg(short = 'f')]
+    file: Option<PathBuf>,
+    /// aligned, csv or json.
+    #[arg(long, default_value = "aligned")]
+    format: String,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn write_addr_file(path: Option<&Path>, json: serde_json::Value) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    strata_catalog::fsutil::write_atomic(path, json.to_string().as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strata-io")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(a) => run_dev(a).await,
+            Command::Catalog(a) => run_catalog(a).await,
+            Command::Storage(a) => run_storage(a).await,
+            Command::Coordinator(a) => run_coordinator(a).await,
+            Command::Sql(a) => run_sql(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_dev(a: DevArgs) -> Result<(), String> {
+    init_tracing("info,openraft=warn");
+    std::fs::create_dir_all(&a.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", a.data_dir.display()))?;
+    let config = DevConfig {
+        http_addr: a.http_addr,
+        flight_addr: a.flight_addr,
+        storage_nodes: a.storage_nodes.max(1),
+        ..DevConfig::new(&a.data_dir)
+    };
+    let cluster = DevCluster::start(config).await.map_err(|e| e.to_string())?;
+    let addrs = cluster.addrs();
+    println!("strata dev: data directory {}", a.data_dir.display());
+    println!("  catalog        {}", addrs.catalog);
+    for (i, s) in addrs.storage.iter().enumerate() {
+        println!("  storage node {} {}", i + 1, s);
+    }
+    println!("  HTTP           http://{}  (line protocol: /write, /api/v2/write; SQL: /api/v3/query_sql)", addrs.http);
+    println!("  Flight SQL     grpc://{}  (strata sql --host {})", addrs.flight, addrs.flight);
+    write_addr_file(a.addr_file.as_deref(), serde_json::to_value(&addrs).map_err(|e| e.to_string())?)?;
+    println!("strata is ready");
+    wait_for_signal().await;
+    println!("strata: shutting down");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
+    init_tracing("info,openraft=warn");
+    let f = ConfigFile::load(a.config.as_deref()).map_err(|e: ConfigError| e.0)?;
+    let config = CatalogConfig {
+        node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
+        data_dir: PathBuf::from(f.pick(a.data_dir, "data_dir", "./strata-data/catalog".into()).map_err(|e| e.0)?),
+        listen: f.pick(a.listen, "listen", "127.0.0.1:8090".into()).map_err(|e| e.0)?,
+        advertise: a.advertise,
+        bootstrap: a.bootstrap || f.pick(None, "bootstrap", false).map_err(|e| e.0)?,
+    };
+    let server = CatalogServer::start(config).await.map_err(|e| e.to_string())?;
+    println!("strata catalog: listening on {}", server.addr());
+    write_addr_file(a.addr_file.as_deref(), serde_json::json!({ "catalog": server.addr() }))?;
+    println!("strata is ready");
+    wait_for_signal().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn run_storage(a: StorageArgs) -> Result<(), String> {
+    init_tracing("info");
+    let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
+    let data_dir = f.pick(a.data_dir, "data_dir", "./strata-data/storage".into()).map_err(|e| e.0)?;
+    let mut engine = EngineConfig::new(&data_dir);
+    engine.sync = match f.pick(a.wal_sync, "wal_sync", "always".to_string()).map_err(|e| e.0)?.as_str() {
+        "always" => SyncPolicy::Always,
+        "never" => SyncPolicy::Never,
+        other => return Err(format!("--wal-sync must be 'always' or 'never', not '{other}'")),
+    };
+    engine.recovery = match f.pick(a.wal_recovery, "wal_recovery", "strict".to_string()).map_err(|e| e.0)?.as_str() {
+        "strict" => Recovery::Strict,
+        "skip-corrupt" => Recovery::SkipCorrupt,
+        other => return Err(format!("--wal-recovery must be 'strict' or 'skip-corrupt', not '{other}'")),
+    };
+    let config = StorageConfig {
+        node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
+        listen: f.pick(a.listen, "listen", "127.0.0.1:8091".into()).map_err(|e| e.0)?,
+        advertise: a.advertise,
+        catalog_addr: f.pick(a.catalog, "catalog", "127.0.0.1:8090".into()).map_err(|e| e.0)?,
+        engine,
+    };
+    let node = StorageNode::start(config).await.map_err(|e| e.to_string())?;
+    println!("strata storage: listening on {}", node.addr());
+    write_addr_file(a.addr_file.as_deref(), serde_json::json!({ "storage": node.addr() }))?;
+    println!("strata is ready");
+    wait_for_signal().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
+    init_tracing("info");
+    let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
+    let config = CoordinatorConfig {
+        http_listen: f.pick(a.http_addr, "http_addr", "127.0.0.1:8086".into()).map_err(|e| e.0)?,
+        flight_listen: f.pick(a.flight_addr, "flight_addr", "127.0.0.1:8082".into()).map_err(|e| e.0)?,
+        catalog_addr: f.pick(a.catalog, "catalog", "127.0.0.1:8090".into()).map_err(|e| e.0)?,
+    };
+    let c = Coordinator::start(config).await.map_err(|e| e.to_string())?;
+    println!("strata coordinator: HTTP {} Flight SQL {}", c.http_addr(), c.flight_addr());
+    write_addr_file(
+        a.addr_file.as_deref(),
+        serde_json::json!({ "http": c.http_addr(), "flight": c.flight_addr() }),
+    )?;
+    println!("strata is ready");
+    wait_for_signal().await;
+    c.shutdown().await;
+    Ok(())
+}
+
+async fn run_sql(a: SqlArgs) -> Result<(), String> {
+    init_tracing("warn");
+    let format = OutputFormat::parse(&a.format)
+        .ok_or_else(|| format!("--format must be aligned, csv or json, not '{}'", a.format))?;
+    let client = SqlClient::connect(&a.host, a.database).await.map_err(|e| e.to_string())?;
+    let mut session = Session {
+        client,
+        format,
+        timing: false,
+        expanded: false,
+    };
+    let mut stdout = std::io::stdout();
+    if let Some(sql) = a.command {
+        return session.run_script(&sql, &mut stdout).await.map_err(|e| e.to_string());
+    }
+    if let Some(file) = a.file {
+        let script = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        return session.run_script(&script, &mut stdout).await.map_err(|e| e.to_string());
+    }
+    if !sql_client::stdin_is_terminal() {
+        let script = sql_client::read_stdin().map_err(|e| format!("cannot read stdin: {e}"))?;
+        return session.run_script(&script, &mut stdout).await.map_err(|e| e.to_string());
+    }
+    session.interactive().await.map_err(|e| e.to_string())
+}

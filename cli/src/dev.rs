@@ -1,0 +1,134 @@
+//! `strata dev`: a whole cluster in one process — one catalog voter, N
+//! storage nodes and a coordinator — on one local data directory. Every
+//! part talks to the others over real sockets, as separate processes would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use strata_catalog::{CatalogConfig, CatalogServer};
+use strata_coordinator::{Coordinator, CoordinatorConfig};
+use strata_storage::{EngineConfig, StorageConfig, StorageNode};
+
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    pub data_dir: PathBuf,
+    pub http_addr: String,
+    pub flight_addr: String,
+    pub catalog_addr: String,
+    pub storage_nodes: u32,
+    /// Applied to every storage node's engine.
+    pub engine: fn(EngineConfig) -> EngineConfig,
+}
+
+impl DevConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            http_addr: "127.0.0.1:8086".into(),
+            flight_addr: "127.0.0.1:8082".into(),
+            catalog_addr: "127.0.0.1:0".into(),
+            storage_nodes: 3,
+            engine: |e| e,
+        }
+    }
+
+    /// Every listener on a free port, for tests.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            http_addr: "127.0.0.1:0".into(),
+            flight_addr: "127.0.0.1:0".into(),
+            ..Self::new(data_dir)
+        }
+    }
+}
+
+/// The addresses a running dev cluster bound; written to `--addr-file`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevAddrs {
+    pub http: SocketAddr,
+    pub flight: SocketAddr,
+    pub catalog: SocketAddr,
+    pub storage: Vec<SocketAddr>,
+}
+
+pub struct DevCluster {
+    pub catalog: CatalogServer,
+    pub storage: Vec<StorageNode>,
+    pub coordinator: Coordinator,
+}
+
+#[derive(Debug, snafu::Snafu)]
+pub enum DevError {
+    #[snafu(display("catalog: {source}"))]
+    Catalog { source: strata_catalog::Error },
+    #[snafu(display("storage node {node_id}: {source}"))]
+    Storage {
+        node_id: u64,
+        source: strata_storage::StorageError,
+    },
+    #[snafu(display("coordinator: {source}"))]
+    Coordinator { source: strata_coordinator::Error },
+}
+
+impl DevCluster {
+    pub async fn start(config: DevConfig) -> Result<Self, DevError> {
+        use snafu::ResultExt;
+        let catalog = CatalogServer::start(CatalogConfig {
+            node_id: 1,
+            data_dir: config.data_dir.join("catalog"),
+            listen: config.catalog_addr.clone(),
+            advertise: None,
+            bootstrap: true,
+        })
+        .await
+        .context(CatalogSnafu)?;
+        let catalog_addr = catalog.addr().to_string();
+        let mut storage = vec![];
+        for id in 1..=config.storage_nodes as u64 {
+            let engine =
+                (config.engine)(EngineConfig::new(config.data_dir.join(format!("storage-{id}"))));
+            let node = StorageNode::start(StorageConfig {
+                node_id: id,
+                listen: "127.0.0.1:0".into(),
+                advertise: None,
+                catalog_addr: catalog_addr.clone(),
+                engine,
+            })
+            .await
+            .context(StorageSnafu { node_id: id })?;
+            storage.push(node);
+        }
+        let coordinator = Coordinator::start(CoordinatorConfig {
+            http_listen: config.http_addr.clone(),
+            flight_listen: config.flight_addr.clone(),
+            catalog_addr,
+        })
+        .await
+        .context(CoordinatorSnafu)?;
+        Ok(Self {
+            catalog,
+            storage,
+            coordinator,
+        })
+    }
+
+    pub fn addrs(&self) -> DevAddrs {
+        DevAddrs {
+            http: self.coordinator.http_addr(),
+            flight: self.coordinator.flight_addr(),
+            catalog: self.catalog.addr(),
+            storage: self.storage.iter().map(|s| s.addr()).collect(),
+        }
+    }
+
+    /// Stops the front doors first, then flushes and stops storage, then
+    /// the catalog.
+    pub async fn shutdown(self) {
+        self.coordinator.shutdown().await;
+        for s in self.storage {
+            s.shutdown().await;
+        }
+        self.catalog.shutdown().await;
+    }
+}

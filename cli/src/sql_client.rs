@@ -1,0 +1,367 @@
+//! `strata sql`: a psql-like client over Flight SQL. Statements end with
+//! `;` and may span lines; backslash commands: `\l` databases, `\dt`
+//! tables, `\d TABLE` columns, `\c DB` switch database, `\timing`, `\x`
+//! expanded output, `\q` quit.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Aligned,
+    Csv,
+    Json,
+}
+
+impl OutputFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "aligned" | "table" => Some(Self::Aligned),
+            "csv" => Some(Self::Csv),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+pub struct SqlClient {
+    client: FlightSqlServiceClient<Channel>,
+    host: String,
+    database: Option<String>,
+}
+
+/// A client-side failure, worded for the person at the prompt.
+#[derive(Debug)]
+pub struct ClientError(pub String);
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn describe(e: FlightError) -> ClientError {
+    // Show a gRPC status by its message, not its debug form.
+    match e {
+        FlightError::Tonic(status) => ClientError(format!("ERROR: {}", status.message())),
+        other => ClientError(format!("ERROR: {other}")),
+    }
+}
+
+impl SqlClient {
+    pub async fn connect(host: &str, database: Option<String>) -> Result<Self, ClientError> {
+        let url = if host.contains("://") { host.to_string() } else { format!("http://{host}") };
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| ClientError(format!("invalid host '{host}': {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| ClientError(format!("cannot connect to strata at {host}: {e}")))?;
+        let mut client = FlightSqlServiceClient::new(channel);
+        if let Some(db) = &database {
+            client.set_header("database", db);
+        }
+        Ok(Self {
+            client,
+            host: host.to_string(),
+            database,
+        })
+    }
+
+    pub fn set_database(&mut self, db: &str) {
+        self.client.set_header("database", db);
+        self.database = Some(db.to_string());
+    }
+
+    /// Runs one statement and returns all result batches.
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
+        let info = self
+            .client
+            .execute(sql.to_string(), None)
+            .await
+            .map_err(describe)?;
+        let mut out = vec![];
+        for ep in info.endpoint {
+            let Some(ticket) = ep.ticket else { continue };
+            let stream = self
+                .client
+                .do_get(ticket)
+                .await
+                .map_err(describe)?;
+            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(describe)?;
+            out.extend(batches);
+        }
+        Ok(out)
+    }
+}
+
+/// Formats batches for the terminal or a script.
+pub fn render(batches: &[RecordBatch], format: OutputFormat, expanded: bool) -> Result<String, ClientError> {
+    let err = |e: arrow::error::ArrowError| ClientError(format!("cannot format the result: {e}"));
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    match format {
+        OutputFormat::Aligned if expanded => {
+            let mut out = String::new();
+            let mut n = 0;
+            for b in batches {
+                let schema = b.schema();
+                let width = schema.fields().iter().map(|f| f.name().len()).max().unwrap_or(0);
+                let formatters: Vec<_> = b
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()))
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?;
+                for row in 0..b.num_rows() {
+                    n += 1;
+                    out.push_str(&format!("-[ RECORD {n} ]{}\n", "-".repeat(width.saturating_sub(8))));
+                    for (f, fmt) in schema.fields().iter().zip(&formatters) {
+                        out.push_str(&format!("{:width$} | {}\n", f.name(), fmt.value(row)));
+                    }
+                }
+            }
+            out.push_str(&format!("({rows} row{})\n", if rows == 1 { "" } else { "s" }));
+            Ok(out)
+        }
+        OutputFormat::Aligned => {
+            if batches.iter().all(|b| b.num_columns() == 0) {
+                return Ok("OK\n".to_string());
+            }
+            let table = arrow::util::pretty::pretty_format_batches(batches).map_err(err)?;
+            Ok(format!("{table}\n({rows} row{})\n", if rows == 1 { "" } else { "s" }))
+        }
+        OutputFormat::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
+            for b in batches {
+                w.write(b).map_err(err)?;
+            }
+            Ok(String::from_utf8_lossy(&w.into_inner()).into_owned())
+        }
+        OutputFormat::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            w.write_batches(&refs).map_err(err)?;
+            w.finish().map_err(err)?;
+            Ok(String::from_utf8_lossy(&w.into_inner()).into_owned())
+        }
+    }
+}
+
+/// Splits input into complete statements (ending in `;` outside quotes);
+/// returns the statements and the unfinished rest.
+pub fn split_statements(input: &str) -> (Vec<String>, String) {
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut chars = input.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '-' && chars.peek() == Some(&'-') => {
+                // a comment runs to the end of the line
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        cur.push('\n');
+                        break;
+                    }
+                }
+                continue;
+            }
+            None if c == ';' => {
+                let s = cur.trim().to_string();
+                if !s.is_empty() {
+                    out.push(s);
+                }
+                cur.clear();
+                continue;
+            }
+            None => {}
+        }
+        cur.push(c);
+    }
+    (out, cur)
+}
+
+enum Meta {
+    Quit,
+    Done,
+    Sql(String),
+}
+
+pub struct Session {
+    pub client: SqlClient,
+    pub format: OutputFormat,
+    pub timing: bool,
+    pub expanded: bool,
+}
+
+impl Session {
+    /// Runs one statement or backslash command, printing its result.
+    /// Returns false when the user asked to quit.
+    pub async fn run(&mut self, input: &str, out: &mut impl Write) -> Result<bool, ClientError> {
+        let input = input.trim();
+        let sql = match input.strip_prefix('\\') {
+            Some(cmd) => match self.meta(cmd, out)? {
+                Meta::Quit => return Ok(false),
+                Meta::Done => return Ok(true),
+                Meta::Sql(sql) => sql,
+            },
+            None => input.to_string(),
+        };
+        let input = sql.as_str();
+        let started = Instant::now();
+        let batches = self.client.query(input).await?;
+        let text = render(&batches, self.format, self.expanded)?;
+        let _ = out.write_all(text.as_bytes());
+        if self.timing {
+            let _ = writeln!(out, "Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(true)
+    }
+
+    fn meta(&mut self, cmd: &str, out: &mut impl Write) -> Result<Meta, ClientError> {
+        let mut parts = cmd.split_whitespace();
+        let name = parts.next().unwrap_or("");
+        let arg = parts.next();
+        let sql = match (name, arg) {
+            ("q", _) => return Ok(Meta::Quit),
+            ("l", _) => "SHOW DATABASES".to_string(),
+            ("dt", _) => "SHOW TABLES".to_string(),
+            ("d", Some(t)) => format!("SHOW COLUMNS FROM {t}"),
+            ("d", None) => "SHOW TABLES".to_string(),
+            ("c", Some(db)) => {
+                self.client.set_database(db);
+                let _ = writeln!(out, "You are now using database \"{db}\".");
+                return Ok(Meta::Done);
+            }
+            ("timing", _) => {
+                self.timing = !self.timing;
+                let _ = writeln!(out, "Timing is {}.", if self.timing { "on" } else { "off" });
+                return Ok(Meta::Done);
+            }
+            ("x", _) => {
+                self.expanded = !self.expanded;
+                let _ = writeln!(out, "Expanded display is {}.", if self.expanded { "on" } else { "off" });
+                return Ok(Meta::Done);
+            }
+            ("?", _) | ("h", _) => {
+                let _ = writeln!(
+                    out,
+                    "\\l  databases   \\dt  tables   \\d TABLE  columns   \\c DB  use database\n\
+                     \\timing  toggle timing   \\x  toggle expanded output   \\q  quit"
+                );
+                return Ok(Meta::Done);
+            }
+            _ => return Err(ClientError(format!("unknown command \\{name}; \\? lists the commands"))),
+        };
+        Ok(Meta::Sql(sql))
+    }
+
+    /// Reads statements from a script (stdin or file) and runs them in
+    /// order; stops at the first error.
+    pub async fn run_script(&mut self, script: &str, out: &mut impl Write) -> Result<(), ClientError> {
+        let mut pending = String::new();
+        for line in script.lines() {
+            if pending.trim().is_empty() && line.trim_start().starts_with('\\') {
+                if !self.run(line, out).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            pending.push_str(line);
+            pending.push('\n');
+            let (stmts, rest) = split_statements(&pending);
+            for s in stmts {
+                self.run(&s, out).await?;
+            }
+            pending = rest;
+        }
+        if !pending.trim().is_empty() {
+            self.run(&pending, out).await?;
+        }
+        Ok(())
+    }
+
+    /// The interactive prompt, with history in `~/.strata_history`.
+    pub async fn interactive(&mut self) -> Result<(), ClientError> {
+        let mut editor = rustyline::DefaultEditor::new()
+            .map_err(|e| ClientError(format!("cannot start the line editor: {e}")))?;
+        let history = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".strata_history"));
+        if let Some(h) = &history {
+            let _ = editor.load_history(h);
+        }
+        println!("strata sql — connected to {}. \\? for help, \\q to quit.", self.client.host);
+        let mut pending = String::new();
+        let mut stdout = std::io::stdout();
+        loop {
+            let db = self.client.database.clone().unwrap_or_else(|| "strata".into());
+            let prompt = if pending.is_empty() { format!("{db}=> ") } else { format!("{db}-> ") };
+            let line = match editor.readline(&prompt) {
+                Ok(l) => l,
+                Err(rustyline::error::ReadlineError::Interrupted) => {
+                    pending.clear();
+                    continue;
+                }
+                Err(_) => break,
+            };
+            if pending.is_empty() && line.trim_start().starts_with('\\') {
+                let _ = editor.add_history_entry(line.as_str());
+                match self.run(&line, &mut stdout).await {
+                    Ok(false) => break,
+                    Ok(true) => {}
+                    Err(e) => eprintln!("{e}"),
+                }
+                continue;
+            }
+            pending.push_str(&line);
+            pending.push('\n');
+            let (stmts, rest) = split_statements(&pending);
+            for s in stmts {
+                let _ = editor.add_history_entry(format!("{s};"));
+                if let Err(e) = self.run(&s, &mut stdout).await {
+                    eprintln!("{e}");
+                }
+            }
+            pending = rest;
+        }
+        if let Some(h) = &history {
+            let _ = editor.save_history(h);
+        }
+        Ok(())
+    }
+}
+
+/// Whether input comes from a person at a terminal.
+pub fn stdin_is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Reads all of stdin.
+pub fn read_stdin() -> std::io::Result<String> {
+    let mut s = String::new();
+    for line in std::io::stdin().lock().lines() {
+        s.push_str(&line?);
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_on_semicolons_outside_quotes() {
+        let (s, rest) = split_statements("select 'a;b' from t;\nselect 2\n;select -- x;\n3");
+        assert_eq!(s, vec!["select 'a;b' from t", "select 2"]);
+        assert_eq!(rest.trim(), "select \n3");
+    }
+}
