@@ -175,7 +175,7 @@ fn explain_missing_database(
     e: datafusion::error::DataFusionError,
     database: Option<&str>,
 ) -> datafusion::error::DataFusionError {
-    let msg = e.to_string();
+    let msg = e.message().to_string();
     if msg.contains("table") && msg.contains("not found") && database.is_none() {
         return datafusion::error::DataFusionError::Plan(format!(
             "{msg}. No database was selected: qualify the table as database.table, or send the \

@@ -1,0 +1,157 @@
+//! Test support: a dev cluster on port 0 in a temporary directory, an HTTP
+//! client for writes and a Flight SQL client for queries.
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use strata::dev::{DevCluster, DevConfig};
+use strata::sql_client::SqlClient;
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub cluster: Option<DevCluster>,
+    pub http: reqwest::Client,
+}
+
+impl TestCluster {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = DevCluster::start(DevConfig::ephemeral(dir.path()))
+            .await
+            .expect("dev cluster starts");
+        Self {
+            dir,
+            cluster: Some(cluster),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn cluster(&self) -> &DevCluster {
+        self.cluster.as_ref().expect("cluster running")
+    }
+
+    /// Stops the cluster cleanly and starts it again on the same directory.
+    pub async fn restart(&mut self) {
+        self.cluster.take().expect("cluster running").shutdown().await;
+        let cluster = DevCluster::start(DevConfig::ephemeral(self.dir.path()))
+            .await
+            .expect("dev cluster restarts");
+        self.cluster = Some(cluster);
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.cluster().coordinator.http_addr())
+    }
+
+    /// POSTs line protocol to `/write`; returns the status and body.
+    pub async fn write(&self, db: &str, precision: &str, body: &str) -> (u16, String) {
+        let url = self.http_url(&format!("/write?db={db}&precision={precision}"));
+        post(&self.http, &url, body.as_bytes().to_vec(), None).await
+    }
+
+    pub async fn sql(&self, database: Option<&str>) -> SqlClient {
+        let addr = self.cluster().coordinator.flight_addr().to_string();
+        SqlClient::connect(&addr, database.map(str::to_string))
+            .await
+            .expect("flight sql connects")
+    }
+
+    /// Runs `sql` in `db` and returns rows as `a|b|c` strings.
+    pub async fn query(&self, db: &str, sql: &str) -> Vec<String> {
+        let mut c = self.sql(Some(db)).await;
+        let batches = c
+            .query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("query failed: {sql}: {e}"));
+        rows(&batches)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    encoding: Option<&str>,
+) -> (u16, String) {
+    let mut req = client.post(url).body(body);
+    if let Some(e) = encoding {
+        req = req.header("Content-Encoding", e);
+    }
+    let resp = req.send().await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// Rows of `batches` as `|`-joined display strings.
+pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = vec![];
+    for b in batches {
+        let fmts: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("formatter"))
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                fmts.iter()
+                    .map(|f| f.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}
+
+/// TSBS-like cpu rows with values derived from (host, step) so tests can
+/// compute the expected answers.
+pub struct CpuData {
+    pub hosts: usize,
+    pub start_s: i64,
+    pub interval_s: i64,
+    pub steps: usize,
+}
+
+impl CpuData {
+    pub fn usage_user(host: usize, step: usize) -> i64 {
+        ((host * 37 + step * 11) % 100) as i64
+    }
+
+    pub fn usage_system(host: usize, step: usize) -> i64 {
+        ((host * 13 + step * 7) % 50) as i64
+    }
+
+    pub fn time_s(&self, step: usize) -> i64 {
+        self.start_s + step as i64 * self.interval_s
+    }
+
+    /// Line protocol for steps `range`, all hosts, seconds precision.
+    pub fn lines(&self, range: std::ops::Range<usize>) -> String {
+        let mut s = String::new();
+        for step in range {
+            for h in 0..self.hosts {
+                s.push_str(&format!(
+                    "cpu,hostname=host_{h},region=region_{},datacenter=dc_{} usage_user={}i,usage_system={}i,usage_idle={}.5 {}\n",
+                    h % 3,
+                    h % 5,
+                    Self::usage_user(h, step),
+                    Self::usage_system(h, step),
+                    100 - Self::usage_user(h, step),
+                    self.time_s(step)
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// Path of the `strata` binary built for these tests.
+pub fn strata_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_strata"))
+}
