@@ -64,7 +64,10 @@ impl CatalogClient {
         let mut backoff = Duration::from_millis(50);
         let (mut rpc, initial) = loop {
             let attempt = async {
-                let channel = endpoint.connect().await.context(UnreachableSnafu { addr })?;
+                let channel = endpoint
+                    .connect()
+                    .await
+                    .context(UnreachableSnafu { addr })?;
                 let mut rpc = CatalogServiceClient::new(channel);
                 let state = rpc
                     .get_state(GetStateRequest {})
@@ -121,9 +124,10 @@ impl CatalogClient {
             .await
             .context(RpcSnafu { addr: &self.addr })?
             .into_inner();
-        let result: CommandResult = serde_json::from_slice(&resp.result_json).context(DecodeSnafu {
-            what: "catalog command result",
-        })?;
+        let result: CommandResult =
+            serde_json::from_slice(&resp.result_json).context(DecodeSnafu {
+                what: "catalog command result",
+            })?;
         self.wait_for_version(resp.version).await?;
         match result {
             CommandResult::Rejected(rejection) => Err(Error::Rejected { rejection }),

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    CatalogData, Column, ColumnKind, Database, DatabaseOptions, Shard, ShardGroup,
-    StorageNodeInfo, Table,
+    CatalogData, Column, ColumnKind, Database, DatabaseOptions, Shard, ShardGroup, StorageNodeInfo,
+    Table,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,9 +35,15 @@ pub enum Command {
     },
     /// Creates the shard group holding `time_ns` unless it exists already;
     /// either way answers with the group.
-    CreateShardGroup { database: String, time_ns: i64 },
+    CreateShardGroup {
+        database: String,
+        time_ns: i64,
+    },
     /// Adds a storage node or updates its address.
-    RegisterNode { id: u64, flight_addr: String },
+    RegisterNode {
+        id: u64,
+        flight_addr: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,7 +106,8 @@ impl CatalogData {
                         CommandResult::Rejected(Rejection::DatabaseExists { name: name.clone() })
                     };
                 }
-                self.databases.insert(name.clone(), new_database(name, options.clone()));
+                self.databases
+                    .insert(name.clone(), new_database(name, options.clone()));
                 self.changed();
                 CommandResult::Done
             }
@@ -160,10 +167,13 @@ impl CatalogData {
 
     fn add_columns(&mut self, database: &str, table: &str, columns: &[Column]) -> CommandResult {
         let mut changed = false;
-        let db = self.databases.entry(database.to_string()).or_insert_with(|| {
-            changed = true;
-            new_database(database, DatabaseOptions::default())
-        });
+        let db = self
+            .databases
+            .entry(database.to_string())
+            .or_insert_with(|| {
+                changed = true;
+                new_database(database, DatabaseOptions::default())
+            });
         let t = db.tables.entry(table.to_string()).or_insert_with(|| {
             changed = true;
             Table::new(table)

@@ -14,11 +14,13 @@ pub enum Error {
     #[snafu(display("cannot open catalog storage in {}: {source}", dir.display()))]
     OpenStorage {
         dir: PathBuf,
-        source: openraft::StorageError<u64>,
+        source: Box<openraft::StorageError<u64>>,
     },
 
     #[snafu(display("cannot start the catalog's Raft node: {source}"))]
-    StartRaft { source: openraft::error::Fatal<u64> },
+    StartRaft {
+        source: Box<openraft::error::Fatal<u64>>,
+    },
 
     #[snafu(display("cannot initialize the catalog cluster: {message}"))]
     Bootstrap { message: String },

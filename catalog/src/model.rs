@@ -104,7 +104,8 @@ pub struct Database {
 impl Database {
     /// The start of the shard-group window that holds `time_ns`.
     pub fn window_start(&self, time_ns: i64) -> i64 {
-        time_ns.div_euclid(self.options.shard_group_duration_ns) * self.options.shard_group_duration_ns
+        time_ns.div_euclid(self.options.shard_group_duration_ns)
+            * self.options.shard_group_duration_ns
     }
 
     pub fn shard_group_for(&self, time_ns: i64) -> Option<&ShardGroup> {

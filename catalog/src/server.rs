@@ -69,9 +69,15 @@ impl CatalogServer {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| BootstrapSnafu { message: e.to_string() }.build())?;
+        .map_err(|e| {
+            BootstrapSnafu {
+                message: e.to_string(),
+            }
+            .build()
+        })?;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), Network, log, sm)
             .await
+            .map_err(Box::new)
             .context(StartRaftSnafu)?;
 
         let service = CatalogServiceImpl {
@@ -89,11 +95,20 @@ impl CatalogServer {
                 }),
         );
 
-        if config.bootstrap && !raft.is_initialized().await.context(StartRaftSnafu)? {
-            let members = BTreeMap::from([(config.node_id, BasicNode::new(&advertise))]);
-            raft.initialize(members)
+        if config.bootstrap
+            && !raft
+                .is_initialized()
                 .await
-                .map_err(|e| BootstrapSnafu { message: e.to_string() }.build())?;
+                .map_err(Box::new)
+                .context(StartRaftSnafu)?
+        {
+            let members = BTreeMap::from([(config.node_id, BasicNode::new(&advertise))]);
+            raft.initialize(members).await.map_err(|e| {
+                BootstrapSnafu {
+                    message: e.to_string(),
+                }
+                .build()
+            })?;
         }
         if config.bootstrap {
             // A single voter elects itself; wait for that so that callers can
@@ -101,7 +116,12 @@ impl CatalogServer {
             raft.wait(Some(Duration::from_secs(30)))
                 .metrics(|m| m.current_leader.is_some(), "catalog leader elected")
                 .await
-                .map_err(|e| BootstrapSnafu { message: e.to_string() }.build())?;
+                .map_err(|e| {
+                    BootstrapSnafu {
+                        message: e.to_string(),
+                    }
+                    .build()
+                })?;
         }
         tracing::info!(%addr, node_id = config.node_id, "catalog node serving");
         Ok(Self {

@@ -47,7 +47,10 @@ async fn leader_client(
     CatalogServiceClient::connect(format!("http://{}", node.addr))
         .await
         .map_err(|e| {
-            Status::unavailable(format!("catalog leader at {} is unreachable: {e}", node.addr))
+            Status::unavailable(format!(
+                "catalog leader at {} is unreachable: {e}",
+                node.addr
+            ))
         })
 }
 
@@ -81,7 +84,10 @@ impl CatalogService for CatalogServiceImpl {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(Response::new(to_proto(&self.state.borrow().clone())?)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                leader_client(&f).await?.get_state(request.into_inner()).await
+                leader_client(&f)
+                    .await?
+                    .get_state(request.into_inner())
+                    .await
             }
             Err(e) => Err(Status::unavailable(format!("catalog read failed: {e}"))),
         }

@@ -29,9 +29,12 @@ impl ConfigFile {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        let table = text
-            .parse::<toml::Table>()
-            .map_err(|e| ConfigError(format!("config file {} is not valid TOML: {e}", path.display())))?;
+        let table = text.parse::<toml::Table>().map_err(|e| {
+            ConfigError(format!(
+                "config file {} is not valid TOML: {e}",
+                path.display()
+            ))
+        })?;
         Ok(Self {
             path: path.display().to_string(),
             table,
@@ -68,12 +71,19 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "listen = \"0.0.0.0:9000\"\nnode_id = 4\n").unwrap();
         let f = ConfigFile::load(Some(&p)).unwrap();
-        assert_eq!(f.pick(None, "listen", "x".to_string()).unwrap(), "0.0.0.0:9000");
+        assert_eq!(
+            f.pick(None, "listen", "x".to_string()).unwrap(),
+            "0.0.0.0:9000"
+        );
         assert_eq!(f.pick(Some(7u64), "node_id", 1).unwrap(), 7);
         assert_eq!(f.pick(None, "node_id", 1u64).unwrap(), 4);
         assert_eq!(f.pick(None, "data_dir", "d".to_string()).unwrap(), "d");
         std::fs::write(&p, "node_id = \"many\"\n").unwrap();
         let f = ConfigFile::load(Some(&p)).unwrap();
-        assert!(f.pick(None, "node_id", 1u64).unwrap_err().0.contains("node_id"));
+        assert!(f
+            .pick(None, "node_id", 1u64)
+            .unwrap_err()
+            .0
+            .contains("node_id"));
     }
 }

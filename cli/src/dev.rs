@@ -86,8 +86,9 @@ impl DevCluster {
         let catalog_addr = catalog.addr().to_string();
         let mut storage = vec![];
         for id in 1..=config.storage_nodes as u64 {
-            let engine =
-                (config.engine)(EngineConfig::new(config.data_dir.join(format!("storage-{id}"))));
+            let engine = (config.engine)(EngineConfig::new(
+                config.data_dir.join(format!("storage-{id}")),
+            ));
             let node = StorageNode::start(StorageConfig {
                 node_id: id,
                 listen: "127.0.0.1:0".into(),

@@ -14,7 +14,11 @@ use strata_storage::wal::{Recovery, SyncPolicy};
 use strata_storage::{EngineConfig, StorageConfig, StorageNode};
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "strata: a distributed SQL database for time series")]
+#[command(
+    name = "strata",
+    version,
+    about = "strata: a distributed SQL database for time series"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -208,8 +212,14 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         println!("  storage node {} {}", i + 1, s);
     }
     println!("  HTTP           http://{}  (line protocol: /write, /api/v2/write; SQL: /api/v3/query_sql)", addrs.http);
-    println!("  Flight SQL     grpc://{}  (strata sql --host {})", addrs.flight, addrs.flight);
-    write_addr_file(a.addr_file.as_deref(), serde_json::to_value(&addrs).map_err(|e| e.to_string())?)?;
+    println!(
+        "  Flight SQL     grpc://{}  (strata sql --host {})",
+        addrs.flight, addrs.flight
+    );
+    write_addr_file(
+        a.addr_file.as_deref(),
+        serde_json::to_value(&addrs).map_err(|e| e.to_string())?,
+    )?;
     println!("strata is ready");
     wait_for_signal().await;
     println!("strata: shutting down");
@@ -222,14 +232,24 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e: ConfigError| e.0)?;
     let config = CatalogConfig {
         node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
-        data_dir: PathBuf::from(f.pick(a.data_dir, "data_dir", "./strata-data/catalog".into()).map_err(|e| e.0)?),
-        listen: f.pick(a.listen, "listen", "127.0.0.1:8090".into()).map_err(|e| e.0)?,
+        data_dir: PathBuf::from(
+            f.pick(a.data_dir, "data_dir", "./strata-data/catalog".into())
+                .map_err(|e| e.0)?,
+        ),
+        listen: f
+            .pick(a.listen, "listen", "127.0.0.1:8090".into())
+            .map_err(|e| e.0)?,
         advertise: a.advertise,
         bootstrap: a.bootstrap || f.pick(None, "bootstrap", false).map_err(|e| e.0)?,
     };
-    let server = CatalogServer::start(config).await.map_err(|e| e.to_string())?;
+    let server = CatalogServer::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
     println!("strata catalog: listening on {}", server.addr());
-    write_addr_file(a.addr_file.as_deref(), serde_json::json!({ "catalog": server.addr() }))?;
+    write_addr_file(
+        a.addr_file.as_deref(),
+        serde_json::json!({ "catalog": server.addr() }),
+    )?;
     println!("strata is ready");
     wait_for_signal().await;
     server.shutdown().await;
@@ -239,28 +259,55 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
 async fn run_storage(a: StorageArgs) -> Result<(), String> {
     init_tracing("info");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
-    let data_dir = f.pick(a.data_dir, "data_dir", "./strata-data/storage".into()).map_err(|e| e.0)?;
+    let data_dir = f
+        .pick(a.data_dir, "data_dir", "./strata-data/storage".into())
+        .map_err(|e| e.0)?;
     let mut engine = EngineConfig::new(&data_dir);
-    engine.sync = match f.pick(a.wal_sync, "wal_sync", "always".to_string()).map_err(|e| e.0)?.as_str() {
+    engine.sync = match f
+        .pick(a.wal_sync, "wal_sync", "always".to_string())
+        .map_err(|e| e.0)?
+        .as_str()
+    {
         "always" => SyncPolicy::Always,
         "never" => SyncPolicy::Never,
-        other => return Err(format!("--wal-sync must be 'always' or 'never', not '{other}'")),
+        other => {
+            return Err(format!(
+                "--wal-sync must be 'always' or 'never', not '{other}'"
+            ))
+        }
     };
-    engine.recovery = match f.pick(a.wal_recovery, "wal_recovery", "strict".to_string()).map_err(|e| e.0)?.as_str() {
+    engine.recovery = match f
+        .pick(a.wal_recovery, "wal_recovery", "strict".to_string())
+        .map_err(|e| e.0)?
+        .as_str()
+    {
         "strict" => Recovery::Strict,
         "skip-corrupt" => Recovery::SkipCorrupt,
-        other => return Err(format!("--wal-recovery must be 'strict' or 'skip-corrupt', not '{other}'")),
+        other => {
+            return Err(format!(
+                "--wal-recovery must be 'strict' or 'skip-corrupt', not '{other}'"
+            ))
+        }
     };
     let config = StorageConfig {
         node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
-        listen: f.pick(a.listen, "listen", "127.0.0.1:8091".into()).map_err(|e| e.0)?,
+        listen: f
+            .pick(a.listen, "listen", "127.0.0.1:8091".into())
+            .map_err(|e| e.0)?,
         advertise: a.advertise,
-        catalog_addr: f.pick(a.catalog, "catalog", "127.0.0.1:8090".into()).map_err(|e| e.0)?,
+        catalog_addr: f
+            .pick(a.catalog, "catalog", "127.0.0.1:8090".into())
+            .map_err(|e| e.0)?,
         engine,
     };
-    let node = StorageNode::start(config).await.map_err(|e| e.to_string())?;
+    let node = StorageNode::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
     println!("strata storage: listening on {}", node.addr());
-    write_addr_file(a.addr_file.as_deref(), serde_json::json!({ "storage": node.addr() }))?;
+    write_addr_file(
+        a.addr_file.as_deref(),
+        serde_json::json!({ "storage": node.addr() }),
+    )?;
     println!("strata is ready");
     wait_for_signal().await;
     node.shutdown().await;
@@ -271,12 +318,24 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
     init_tracing("info");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
     let config = CoordinatorConfig {
-        http_listen: f.pick(a.http_addr, "http_addr", "127.0.0.1:8086".into()).map_err(|e| e.0)?,
-        flight_listen: f.pick(a.flight_addr, "flight_addr", "127.0.0.1:8082".into()).map_err(|e| e.0)?,
-        catalog_addr: f.pick(a.catalog, "catalog", "127.0.0.1:8090".into()).map_err(|e| e.0)?,
+        http_listen: f
+            .pick(a.http_addr, "http_addr", "127.0.0.1:8086".into())
+            .map_err(|e| e.0)?,
+        flight_listen: f
+            .pick(a.flight_addr, "flight_addr", "127.0.0.1:8082".into())
+            .map_err(|e| e.0)?,
+        catalog_addr: f
+            .pick(a.catalog, "catalog", "127.0.0.1:8090".into())
+            .map_err(|e| e.0)?,
     };
-    let c = Coordinator::start(config).await.map_err(|e| e.to_string())?;
-    println!("strata coordinator: HTTP {} Flight SQL {}", c.http_addr(), c.flight_addr());
+    let c = Coordinator::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "strata coordinator: HTTP {} Flight SQL {}",
+        c.http_addr(),
+        c.flight_addr()
+    );
     write_addr_file(
         a.addr_file.as_deref(),
         serde_json::json!({ "http": c.http_addr(), "flight": c.flight_addr() }),
@@ -291,7 +350,9 @@ async fn run_sql(a: SqlArgs) -> Result<(), String> {
     init_tracing("warn");
     let format = OutputFormat::parse(&a.format)
         .ok_or_else(|| format!("--format must be aligned, csv or json, not '{}'", a.format))?;
-    let client = SqlClient::connect(&a.host, a.database).await.map_err(|e| e.to_string())?;
+    let client = SqlClient::connect(&a.host, a.database)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut session = Session {
         client,
         format,
@@ -300,16 +361,25 @@ async fn run_sql(a: SqlArgs) -> Result<(), String> {
     };
     let mut stdout = std::io::stdout();
     if let Some(sql) = a.command {
-        return session.run_script(&sql, &mut stdout).await.map_err(|e| e.to_string());
+        return session
+            .run_script(&sql, &mut stdout)
+            .await
+            .map_err(|e| e.to_string());
     }
     if let Some(file) = a.file {
         let script = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        return session.run_script(&script, &mut stdout).await.map_err(|e| e.to_string());
+        return session
+            .run_script(&script, &mut stdout)
+            .await
+            .map_err(|e| e.to_string());
     }
     if !sql_client::stdin_is_terminal() {
         let script = sql_client::read_stdin().map_err(|e| format!("cannot read stdin: {e}"))?;
-        return session.run_script(&script, &mut stdout).await.map_err(|e| e.to_string());
+        return session
+            .run_script(&script, &mut stdout)
+            .await
+            .map_err(|e| e.to_string());
     }
     session.interactive().await.map_err(|e| e.to_string())
 }

@@ -56,7 +56,11 @@ fn describe(e: FlightError) -> ClientError {
 
 impl SqlClient {
     pub async fn connect(host: &str, database: Option<String>) -> Result<Self, ClientError> {
-        let url = if host.contains("://") { host.to_string() } else { format!("http://{host}") };
+        let url = if host.contains("://") {
+            host.to_string()
+        } else {
+            format!("http://{host}")
+        };
         let channel = Endpoint::from_shared(url)
             .map_err(|e| ClientError(format!("invalid host '{host}': {e}")))?
             .connect_timeout(Duration::from_secs(5))
@@ -89,11 +93,7 @@ impl SqlClient {
         let mut out = vec![];
         for ep in info.endpoint {
             let Some(ticket) = ep.ticket else { continue };
-            let stream = self
-                .client
-                .do_get(ticket)
-                .await
-                .map_err(describe)?;
+            let stream = self.client.do_get(ticket).await.map_err(describe)?;
             let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(describe)?;
             out.extend(batches);
         }
@@ -102,7 +102,11 @@ impl SqlClient {
 }
 
 /// Formats batches for the terminal or a script.
-pub fn render(batches: &[RecordBatch], format: OutputFormat, expanded: bool) -> Result<String, ClientError> {
+pub fn render(
+    batches: &[RecordBatch],
+    format: OutputFormat,
+    expanded: bool,
+) -> Result<String, ClientError> {
     let err = |e: arrow::error::ArrowError| ClientError(format!("cannot format the result: {e}"));
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     match format {
@@ -111,22 +115,38 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat, expanded: bool) -> 
             let mut n = 0;
             for b in batches {
                 let schema = b.schema();
-                let width = schema.fields().iter().map(|f| f.name().len()).max().unwrap_or(0);
+                let width = schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().len())
+                    .max()
+                    .unwrap_or(0);
                 let formatters: Vec<_> = b
                     .columns()
                     .iter()
-                    .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()))
+                    .map(|c| {
+                        arrow::util::display::ArrayFormatter::try_new(
+                            c.as_ref(),
+                            &Default::default(),
+                        )
+                    })
                     .collect::<Result<_, _>>()
                     .map_err(err)?;
                 for row in 0..b.num_rows() {
                     n += 1;
-                    out.push_str(&format!("-[ RECORD {n} ]{}\n", "-".repeat(width.saturating_sub(8))));
+                    out.push_str(&format!(
+                        "-[ RECORD {n} ]{}\n",
+                        "-".repeat(width.saturating_sub(8))
+                    ));
                     for (f, fmt) in schema.fields().iter().zip(&formatters) {
                         out.push_str(&format!("{:width$} | {}\n", f.name(), fmt.value(row)));
                     }
                 }
             }
-            out.push_str(&format!("({rows} row{})\n", if rows == 1 { "" } else { "s" }));
+            out.push_str(&format!(
+                "({rows} row{})\n",
+                if rows == 1 { "" } else { "s" }
+            ));
             Ok(out)
         }
         OutputFormat::Aligned => {
@@ -134,10 +154,15 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat, expanded: bool) -> 
                 return Ok("OK\n".to_string());
             }
             let table = arrow::util::pretty::pretty_format_batches(batches).map_err(err)?;
-            Ok(format!("{table}\n({rows} row{})\n", if rows == 1 { "" } else { "s" }))
+            Ok(format!(
+                "{table}\n({rows} row{})\n",
+                if rows == 1 { "" } else { "s" }
+            ))
         }
         OutputFormat::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(Vec::new());
             for b in batches {
                 w.write(b).map_err(err)?;
             }
@@ -222,7 +247,11 @@ impl Session {
         let text = render(&batches, self.format, self.expanded)?;
         let _ = out.write_all(text.as_bytes());
         if self.timing {
-            let _ = writeln!(out, "Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+            let _ = writeln!(
+                out,
+                "Time: {:.3} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
         }
         Ok(true)
     }
@@ -249,7 +278,11 @@ impl Session {
             }
             ("x", _) => {
                 self.expanded = !self.expanded;
-                let _ = writeln!(out, "Expanded display is {}.", if self.expanded { "on" } else { "off" });
+                let _ = writeln!(
+                    out,
+                    "Expanded display is {}.",
+                    if self.expanded { "on" } else { "off" }
+                );
                 return Ok(Meta::Done);
             }
             ("?", _) | ("h", _) => {
@@ -260,14 +293,22 @@ impl Session {
                 );
                 return Ok(Meta::Done);
             }
-            _ => return Err(ClientError(format!("unknown command \\{name}; \\? lists the commands"))),
+            _ => {
+                return Err(ClientError(format!(
+                    "unknown command \\{name}; \\? lists the commands"
+                )))
+            }
         };
         Ok(Meta::Sql(sql))
     }
 
     /// Reads statements from a script (stdin or file) and runs them in
     /// order; stops at the first error.
-    pub async fn run_script(&mut self, script: &str, out: &mut impl Write) -> Result<(), ClientError> {
+    pub async fn run_script(
+        &mut self,
+        script: &str,
+        out: &mut impl Write,
+    ) -> Result<(), ClientError> {
         let mut pending = String::new();
         for line in script.lines() {
             if pending.trim().is_empty() && line.trim_start().starts_with('\\') {
@@ -294,16 +335,28 @@ impl Session {
     pub async fn interactive(&mut self) -> Result<(), ClientError> {
         let mut editor = rustyline::DefaultEditor::new()
             .map_err(|e| ClientError(format!("cannot start the line editor: {e}")))?;
-        let history = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".strata_history"));
+        let history =
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".strata_history"));
         if let Some(h) = &history {
             let _ = editor.load_history(h);
         }
-        println!("strata sql — connected to {}. \\? for help, \\q to quit.", self.client.host);
+        println!(
+            "strata sql — connected to {}. \\? for help, \\q to quit.",
+            self.client.host
+        );
         let mut pending = String::new();
         let mut stdout = std::io::stdout();
         loop {
-            let db = self.client.database.clone().unwrap_or_else(|| "strata".into());
-            let prompt = if pending.is_empty() { format!("{db}=> ") } else { format!("{db}-> ") };
+            let db = self
+                .client
+                .database
+                .clone()
+                .unwrap_or_else(|| "strata".into());
+            let prompt = if pending.is_empty() {
+                format!("{db}=> ")
+            } else {
+                format!("{db}-> ")
+            };
             let line = match editor.readline(&prompt) {
                 Ok(l) => l,
                 Err(rustyline::error::ReadlineError::Interrupted) => {

@@ -17,7 +17,13 @@ impl DevProcess {
         let addr_file = dir.join("addrs.json");
         let _ = std::fs::remove_file(&addr_file);
         let mut child = Command::new(strata_bin())
-            .args(["dev", "--http-addr", "127.0.0.1:0", "--flight-addr", "127.0.0.1:0"])
+            .args([
+                "dev",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--flight-addr",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--addr-file")
@@ -97,7 +103,11 @@ async fn acknowledged_writes_survive_sigkill() {
                 .await
                 .unwrap(),
         );
-        assert_eq!(got, vec![format!("{acked_rows}|{acked_sum}")], "round {round}");
+        assert_eq!(
+            got,
+            vec![format!("{acked_rows}|{acked_sum}")],
+            "round {round}"
+        );
         p.kill9();
     }
 }

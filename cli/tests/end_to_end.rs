@@ -188,7 +188,10 @@ async fn metadata_and_errors_are_clear() {
     assert_eq!(status, 204, "{body}");
 
     let got = c.query("meta", "SHOW TABLES").await;
-    assert!(got.contains(&"strata|meta|m|BASE TABLE".to_string()), "{got:?}");
+    assert!(
+        got.contains(&"strata|meta|m|BASE TABLE".to_string()),
+        "{got:?}"
+    );
     let got = c
         .query("meta", "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'm' ORDER BY column_name")
         .await;
@@ -202,16 +205,31 @@ async fn metadata_and_errors_are_clear() {
     );
 
     let mut sql = c.sql(Some("meta")).await;
-    let e = sql.query("SELECT nope FROM m").await.unwrap_err().to_string();
+    let e = sql
+        .query("SELECT nope FROM m")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope"), "{e}");
     let e = sql.query("SELEC 1").await.unwrap_err().to_string();
     assert!(e.contains("SELEC"), "{e}");
     let mut no_db = c.sql(None).await;
-    let e = no_db.query("SELECT * FROM m").await.unwrap_err().to_string();
+    let e = no_db
+        .query("SELECT * FROM m")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("database"), "{e}");
     // A qualified name works without the header.
-    assert_eq!(rows_of(&mut no_db, "SELECT count(*) FROM meta.m").await, vec!["1"]);
-    let e = no_db.query("CREATE DATABASE bad RETENTION forever").await.unwrap_err().to_string();
+    assert_eq!(
+        rows_of(&mut no_db, "SELECT count(*) FROM meta.m").await,
+        vec!["1"]
+    );
+    let e = no_db
+        .query("CREATE DATABASE bad RETENTION forever")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("forever"), "{e}");
 }
 

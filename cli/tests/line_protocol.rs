@@ -28,13 +28,24 @@ async fn malformed_lines_are_named_and_good_lines_kept() {
     let msg = json["error"].as_str().unwrap();
     assert!(msg.contains("line 2"), "{msg}");
     let conflict = json["line_errors"][2]["error"].as_str().unwrap();
-    assert!(conflict.contains("temp") && conflict.contains("float"), "{conflict}");
+    assert!(
+        conflict.contains("temp") && conflict.contains("float"),
+        "{conflict}"
+    );
 
-    let got = c.query("lp", "SELECT city, temp FROM weather ORDER BY city").await;
+    let got = c
+        .query("lp", "SELECT city, temp FROM weather ORDER BY city")
+        .await;
     assert_eq!(got, vec!["paris|12.5", "rome|20.0"]);
 
     // A type conflict with what an earlier request stored fails just that line.
-    let (status, resp) = c.write("lp", "s", "weather,city=bern temp=\"warm\" 20\nweather,city=bern temp=9.0 21\n").await;
+    let (status, resp) = c
+        .write(
+            "lp",
+            "s",
+            "weather,city=bern temp=\"warm\" 20\nweather,city=bern temp=9.0 21\n",
+        )
+        .await;
     assert_eq!(status, 400, "{resp}");
     assert!(resp.contains("line 1") && resp.contains("string"), "{resp}");
     let got = c.query("lp", "SELECT count(*) FROM weather").await;
@@ -54,7 +65,10 @@ sensor,id=c f=2,b=FALSE 1700000001000
     assert_eq!(status, 204, "{resp}");
 
     let got = c
-        .query("types", "SELECT id, f, i, u, s, b, time FROM sensor ORDER BY time")
+        .query(
+            "types",
+            "SELECT id, f, i, u, s, b, time FROM sensor ORDER BY time",
+        )
         .await;
     assert_eq!(
         got,
@@ -67,7 +81,11 @@ sensor,id=c f=2,b=FALSE 1700000001000
     // Microseconds, and a line without a timestamp gets the server's clock.
     let before = chrono::Utc::now().timestamp_nanos_opt().unwrap();
     let (status, resp) = c
-        .write("types", "us", "sensor,id=d f=3 1700000002000000\nsensor,id=now f=4\n")
+        .write(
+            "types",
+            "us",
+            "sensor,id=d f=3 1700000002000000\nsensor,id=now f=4\n",
+        )
         .await;
     assert_eq!(status, 204, "{resp}");
     let after = chrono::Utc::now().timestamp_nanos_opt().unwrap();
@@ -76,7 +94,10 @@ sensor,id=c f=2,b=FALSE 1700000001000
         .await;
     assert_eq!(got, vec!["2023-11-14T22:13:22"]);
     let got = c
-        .query("types", "SELECT CAST(time AS BIGINT) FROM sensor WHERE id = 'now'")
+        .query(
+            "types",
+            "SELECT CAST(time AS BIGINT) FROM sensor WHERE id = 'now'",
+        )
         .await;
     let t: i64 = got[0].parse().unwrap();
     assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
@@ -106,7 +127,13 @@ async fn v1_query_endpoint_manages_databases() {
         .await
         .unwrap();
     assert!(resp.contains("\"v1db\""), "{resp}");
-    let status = c.http.get(c.http_url("/ping")).send().await.unwrap().status();
+    let status = c
+        .http
+        .get(c.http_url("/ping"))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status.as_u16(), 204);
 
     let (status, _) = c.write("v1db", "s", "m v=1 1").await;

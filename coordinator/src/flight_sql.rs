@@ -83,7 +83,9 @@ fn wire_schema(schema: &SchemaRef) -> SchemaRef {
         .fields()
         .iter()
         .map(|f| match f.data_type() {
-            DataType::Dictionary(_, value) => f.as_ref().clone().with_data_type(value.as_ref().clone()),
+            DataType::Dictionary(_, value) => {
+                f.as_ref().clone().with_data_type(value.as_ref().clone())
+            }
             _ => f.as_ref().clone(),
         })
         .collect();
@@ -100,7 +102,11 @@ fn schema_bytes(schema: &Schema) -> Result<Vec<u8>, Status> {
 
 /// A FlightInfo whose single endpoint's ticket is `ticket`, to be redeemed
 /// on this same server.
-fn flight_info(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+fn flight_info(
+    schema: &Schema,
+    ticket: Vec<u8>,
+    descriptor: FlightDescriptor,
+) -> Result<FlightInfo, Status> {
     Ok(FlightInfo::new()
         .try_with_schema(schema)
         .map_err(|e| Status::internal(e.to_string()))?
@@ -208,8 +214,10 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_handshake(
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status>
-    {
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
         // No authentication yet: accept every client.
         let resp = HandshakeResponse {
             protocol_version: 0,
@@ -231,7 +239,11 @@ impl FlightSqlService for StrataFlightSql {
             statement_handle: handle.encode().into(),
         };
         let info = self
-            .plan_info(&handle, ticket.as_any().encode_to_vec(), request.into_inner())
+            .plan_info(
+                &handle,
+                ticket.as_any().encode_to_vec(),
+                request.into_inner(),
+            )
             .await?;
         Ok(Response::new(info))
     }
@@ -327,8 +339,12 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        let schema = query.into_builder().schema();
+        let info = flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
         Ok(Response::new(info))
     }
 
@@ -339,7 +355,9 @@ impl FlightSqlService for StrataFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
         builder.append(CATALOG_NAME);
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(batch_stream(batch)))
     }
 
@@ -349,7 +367,11 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        let info = flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
         Ok(Response::new(info))
     }
 
@@ -363,7 +385,9 @@ impl FlightSqlService for StrataFlightSql {
             builder.append(CATALOG_NAME, db);
         }
         builder.append(CATALOG_NAME, "information_schema");
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(batch_stream(batch)))
     }
 
@@ -373,7 +397,11 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        let info = flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
         Ok(Response::new(info))
     }
 
@@ -387,11 +415,19 @@ impl FlightSqlService for StrataFlightSql {
         for (db_name, db) in &state.databases {
             for (name, table) in &db.tables {
                 builder
-                    .append(CATALOG_NAME, db_name, name, "TABLE", &wire_schema(&table.arrow_schema()))
+                    .append(
+                        CATALOG_NAME,
+                        db_name,
+                        name,
+                        "TABLE",
+                        &wire_schema(&table.arrow_schema()),
+                    )
                     .map_err(|e| Status::internal(e.to_string()))?;
             }
         }
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(batch_stream(batch)))
     }
 
@@ -400,8 +436,12 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        let schema = query.into_builder().schema();
+        let info = flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
         Ok(Response::new(info))
     }
 
@@ -413,7 +453,9 @@ impl FlightSqlService for StrataFlightSql {
         let mut builder = query.into_builder();
         builder.append("TABLE");
         builder.append("VIEW");
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(batch_stream(batch)))
     }
 
@@ -423,7 +465,11 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&self.sql_info).schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        let info = flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
         Ok(Response::new(info))
     }
 

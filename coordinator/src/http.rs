@@ -95,7 +95,9 @@ async fn write_v2(
     body: Bytes,
 ) -> Response {
     // A v2 bucket may be "database/retention_policy"; the database is first.
-    let db = p.bucket.map(|b| b.split('/').next().unwrap_or_default().to_string());
+    let db = p
+        .bucket
+        .map(|b| b.split('/').next().unwrap_or_default().to_string());
     write(&state, db, p.precision, None, &headers, body).await
 }
 
@@ -123,7 +125,8 @@ async fn write_inner(
 ) -> Result<Response, Error> {
     let db = db.filter(|d| !d.is_empty()).ok_or(Error::BadParameter {
         name: "db",
-        reason: "name the database to write to (?db= for /write, ?bucket= for /api/v2/write)".into(),
+        reason: "name the database to write to (?db= for /write, ?bucket= for /api/v2/write)"
+            .into(),
     })?;
     ddl::validate_name(&db).map_err(|reason| Error::BadParameter { name: "db", reason })?;
     let precision = match precision.as_deref() {
@@ -251,7 +254,9 @@ async fn query_sql(state: &HttpState, p: SqlParams) -> Response {
         Err(e) => return error_response(e),
     };
     match format_batches(&batches, p.format.as_deref().unwrap_or("json")) {
-        Ok((content_type, body)) => ([(http::header::CONTENT_TYPE, content_type)], body).into_response(),
+        Ok((content_type, body)) => {
+            ([(http::header::CONTENT_TYPE, content_type)], body).into_response()
+        }
         Err(e) => error_response(e),
     }
 }
@@ -277,7 +282,9 @@ fn format_batches(batches: &[RecordBatch], format: &str) -> Result<(&'static str
             Ok(("application/jsonl", w.into_inner()))
         }
         "csv" => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(Vec::new());
             for b in batches {
                 w.write(b).map_err(arrow_err)?;
             }
@@ -345,7 +352,10 @@ async fn query_v1(State(state): State<HttpState>, Query(p): Query<V1QueryParams>
 async fn ping() -> Response {
     (
         StatusCode::NO_CONTENT,
-        [("X-Influxdb-Version", "strata-1.8"), ("X-Influxdb-Build", "OSS")],
+        [
+            ("X-Influxdb-Version", "strata-1.8"),
+            ("X-Influxdb-Build", "OSS"),
+        ],
     )
         .into_response()
 }

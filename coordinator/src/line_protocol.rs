@@ -112,7 +112,10 @@ fn parse_line(line: &str, line_number: usize) -> Result<ParsedLine<'_>, String> 
     // measurement and tags end at the first unescaped space
     let (series, stop, rest) = split_unescaped(line, b" ", false);
     if stop.is_none() {
-        return Err(format!("missing fields: expected 'measurement[,tags] field=value [timestamp]', got '{}'", truncate(line)));
+        return Err(format!(
+            "missing fields: expected 'measurement[,tags] field=value [timestamp]', got '{}'",
+            truncate(line)
+        ));
     }
     let (measurement, _, mut tag_str) = split_unescaped(series, b",", false);
     if measurement.is_empty() {
@@ -145,7 +148,10 @@ fn parse_line(line: &str, line_number: usize) -> Result<ParsedLine<'_>, String> 
         fs = more;
         let (k, eq, v) = split_unescaped(pair, b"=", true);
         if eq.is_none() || k.is_empty() {
-            return Err(format!("invalid field '{}': expected key=value", truncate(pair)));
+            return Err(format!(
+                "invalid field '{}': expected key=value",
+                truncate(pair)
+            ));
         }
         let key = unescape(k, KEY_ESCAPES);
         let value = parse_field_value(v).map_err(|e| format!("field '{key}': {e}"))?;
@@ -201,11 +207,16 @@ fn parse_field_value(v: &str) -> Result<FieldValue<'_>, String> {
             .map(FieldValue::UInteger)
             .map_err(|_| format!("invalid unsigned integer '{v}'"));
     }
-    let f = v
-        .parse::<f64>()
-        .map_err(|_| format!("invalid value '{}' (strings must be double-quoted)", truncate(v)))?;
+    let f = v.parse::<f64>().map_err(|_| {
+        format!(
+            "invalid value '{}' (strings must be double-quoted)",
+            truncate(v)
+        )
+    })?;
     if !f.is_finite() {
-        return Err(format!("invalid float '{v}': NaN and infinity are not allowed"));
+        return Err(format!(
+            "invalid float '{v}': NaN and infinity are not allowed"
+        ));
     }
     Ok(FieldValue::Float(f))
 }
@@ -235,7 +246,9 @@ mod tests {
 
     #[test]
     fn parses_all_field_types() {
-        let p = one(r#"cpu,host=a,region=us f=1.5,i=-3i,u=7u,s="hi there",b=true,e=1e3 1700000000000000000"#);
+        let p = one(
+            r#"cpu,host=a,region=us f=1.5,i=-3i,u=7u,s="hi there",b=true,e=1e3 1700000000000000000"#,
+        );
         assert_eq!(p.measurement, "cpu");
         assert_eq!(p.tags.len(), 2);
         assert_eq!(p.tags[1], ("region".into(), "us".into()));
@@ -284,7 +297,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_numbers_and_timestamps() {
-        for bad in ["m v=1.2.3", "m v=12ii", "m v=-1u", "m v=1 notatime", "m v=\"open"] {
+        for bad in [
+            "m v=1.2.3",
+            "m v=12ii",
+            "m v=-1u",
+            "m v=1 notatime",
+            "m v=\"open",
+        ] {
             let (ok, errs) = parse_lines(bad);
             assert!(ok.is_empty(), "{bad} parsed");
             assert_eq!(errs.len(), 1, "{bad}");

@@ -42,15 +42,20 @@ impl Coordinator {
         let engine = QueryEngine::new(catalog.clone(), nodes.clone());
         let writer = WriteRouter::new(catalog, nodes);
 
-        let http_listener = TcpListener::bind(&config.http_listen).await.context(BindSnafu {
-            addr: config.http_listen.clone(),
-        })?;
+        let http_listener = TcpListener::bind(&config.http_listen)
+            .await
+            .context(BindSnafu {
+                addr: config.http_listen.clone(),
+            })?;
         let http_addr = http_listener.local_addr().context(BindSnafu {
             addr: config.http_listen.clone(),
         })?;
-        let flight_listener = TcpListener::bind(&config.flight_listen).await.context(BindSnafu {
-            addr: config.flight_listen.clone(),
-        })?;
+        let flight_listener =
+            TcpListener::bind(&config.flight_listen)
+                .await
+                .context(BindSnafu {
+                    addr: config.flight_listen.clone(),
+                })?;
         let flight_addr = flight_listener.local_addr().context(BindSnafu {
             addr: config.flight_listen.clone(),
         })?;
@@ -79,9 +84,12 @@ impl Coordinator {
         tasks.push(tokio::spawn(async move {
             let serve = tonic::transport::Server::builder()
                 .add_service(flight)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(flight_listener), async move {
-                    let _ = flight_rx.wait_for(|s| *s).await;
-                });
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(flight_listener),
+                    async move {
+                        let _ = flight_rx.wait_for(|s| *s).await;
+                    },
+                );
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "Flight SQL server failed");
             }

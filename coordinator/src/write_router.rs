@@ -224,11 +224,14 @@ impl WriteRouter {
                 .get(database)
                 .and_then(|d| d.tables.get(table));
             for (shard_id, (owners, rows)) in by_shard {
-                let batch = build_batch(catalog_table.map(|t| t.columns.as_slice()).unwrap_or(&[]), &rows)
-                    .map_err(|e| Error::BadBody {
-                        what: "line protocol",
-                        reason: e.to_string(),
-                    })?;
+                let batch = build_batch(
+                    catalog_table.map(|t| t.columns.as_slice()).unwrap_or(&[]),
+                    &rows,
+                )
+                .map_err(|e| Error::BadBody {
+                    what: "line protocol",
+                    reason: e.to_string(),
+                })?;
                 outcome.lines_written += batch.num_rows();
                 sends.push(self.send_shard(
                     &state,
@@ -411,7 +414,10 @@ impl WriteRouter {
         shard_id: u64,
         batch: RecordBatch,
     ) -> std::result::Result<(), String> {
-        let mut client = self.nodes.flight(addr).map_err(|e| e.message().to_string())?;
+        let mut client = self
+            .nodes
+            .flight(addr)
+            .map_err(|e| e.message().to_string())?;
         let desc = FlightDescriptor::new_path(vec![
             database.to_string(),
             table.to_string(),
@@ -421,13 +427,21 @@ impl WriteRouter {
             .with_flight_descriptor(Some(desc))
             .with_dictionary_handling(DictionaryHandling::Resend)
             .build(futures::stream::iter([Ok(batch)]));
-        let results = client.do_put(data.boxed()).await.map_err(|e| e.to_string())?;
+        let results = client
+            .do_put(data.boxed())
+            .await
+            .map_err(|e| e.to_string())?;
         let _acks: Vec<_> = results.try_collect().await.map_err(|e| e.to_string())?;
         Ok(())
     }
 }
 
-fn conflict_message(table: &str, column: &str, existing: ColumnKind, requested: ColumnKind) -> String {
+fn conflict_message(
+    table: &str,
+    column: &str,
+    existing: ColumnKind,
+    requested: ColumnKind,
+) -> String {
     format!(
         "column '{column}' of table '{table}' is a {}, but this line writes it as a {}",
         existing.describe(),
@@ -465,7 +479,9 @@ fn check_line(
     let mut introduced = vec![];
     for (name, kind) in wanted {
         if name == TIME_COLUMN {
-            return Err(format!("'{TIME_COLUMN}' cannot be used as a tag or field name"));
+            return Err(format!(
+                "'{TIME_COLUMN}' cannot be used as a tag or field name"
+            ));
         }
         match kinds.get(name) {
             Some(k) if *k == kind => {}
@@ -542,7 +558,11 @@ fn build_batch(
             ColumnKind::Time => unreachable!("filtered above"),
         });
     }
-    fields.push(Field::new(TIME_COLUMN, strata_catalog::model::time_data_type(), false));
+    fields.push(Field::new(
+        TIME_COLUMN,
+        strata_catalog::model::time_data_type(),
+        false,
+    ));
     let mut t = TimestampNanosecondBuilder::with_capacity(rows.len());
     for r in rows {
         t.append_value(r.time_ns);
@@ -610,7 +630,10 @@ mod tests {
         let mut new = vec![];
         assert!(check_line("m", &lines[0], &mut kinds, &mut new).is_ok());
         let e = check_line("m", &lines[1], &mut kinds, &mut new).unwrap_err();
-        assert!(e.contains("float field") && e.contains("integer field"), "{e}");
+        assert!(
+            e.contains("float field") && e.contains("integer field"),
+            "{e}"
+        );
         assert!(check_line("m", &lines[2], &mut kinds, &mut new).is_err());
         assert!(check_line("m", &lines[3], &mut kinds, &mut new).is_err());
         assert_eq!(new.len(), 1, "only v was introduced");
@@ -628,15 +651,38 @@ mod tests {
             .collect();
         let refs: Vec<&Row> = rows.iter().collect();
         let cols = vec![
-            Column { name: "time".into(), kind: ColumnKind::Time },
-            Column { name: "h".into(), kind: ColumnKind::Tag },
-            Column { name: "v".into(), kind: ColumnKind::Field(FieldType::Float) },
-            Column { name: "s".into(), kind: ColumnKind::Field(FieldType::String) },
-            Column { name: "w".into(), kind: ColumnKind::Field(FieldType::Integer) },
-            Column { name: "unused".into(), kind: ColumnKind::Field(FieldType::Float) },
+            Column {
+                name: "time".into(),
+                kind: ColumnKind::Time,
+            },
+            Column {
+                name: "h".into(),
+                kind: ColumnKind::Tag,
+            },
+            Column {
+                name: "v".into(),
+                kind: ColumnKind::Field(FieldType::Float),
+            },
+            Column {
+                name: "s".into(),
+                kind: ColumnKind::Field(FieldType::String),
+            },
+            Column {
+                name: "w".into(),
+                kind: ColumnKind::Field(FieldType::Integer),
+            },
+            Column {
+                name: "unused".into(),
+                kind: ColumnKind::Field(FieldType::Float),
+            },
         ];
         let b = build_batch(&cols, &refs).unwrap();
-        let names: Vec<_> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<_> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         assert_eq!(names, vec!["h", "v", "s", "w", "time"]);
         assert_eq!(b.column(0).null_count(), 1);
         assert_eq!(b.column(3).null_count(), 1);

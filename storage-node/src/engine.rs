@@ -233,8 +233,11 @@ impl Engine {
     /// was written), if any.
     pub fn table_schema(&self, key: &TableKey) -> Option<SchemaRef> {
         let snap = self.snapshot(&key.table, &[key.shard_id]);
-        let mut schemas: Vec<arrow::datatypes::Schema> =
-            snap.batches.iter().map(|b| b.schema().as_ref().clone()).collect();
+        let mut schemas: Vec<arrow::datatypes::Schema> = snap
+            .batches
+            .iter()
+            .map(|b| b.schema().as_ref().clone())
+            .collect();
         for f in &snap.files {
             if let Ok(file) = std::fs::File::open(f) {
                 if let Ok(b) =
@@ -247,7 +250,9 @@ impl Engine {
         if schemas.is_empty() {
             return None;
         }
-        arrow::datatypes::Schema::try_merge(schemas).ok().map(Arc::new)
+        arrow::datatypes::Schema::try_merge(schemas)
+            .ok()
+            .map(Arc::new)
     }
 
     /// Writes all memtables to Parquet and retires the WAL they came from.
@@ -275,11 +280,10 @@ impl Engine {
         let dir = self.config.data_dir.clone();
         let frozen_for_write = frozen.clone();
         let first_id = manifest.next_file_id;
-        let (files, next_id) = tokio::task::spawn_blocking(move || {
-            write_frozen(&dir, &frozen_for_write, first_id)
-        })
-        .await
-        .expect("flush task panicked")?;
+        let (files, next_id) =
+            tokio::task::spawn_blocking(move || write_frozen(&dir, &frozen_for_write, first_id))
+                .await
+                .expect("flush task panicked")?;
         manifest.files.extend(files);
         manifest.next_file_id = next_id;
         manifest.flushed_seq = upto;
@@ -292,7 +296,8 @@ impl Engine {
         {
             let mut st = self.state.lock();
             st.manifest = manifest;
-            st.frozen.retain(|f| !frozen.iter().any(|g| Arc::ptr_eq(f, g)));
+            st.frozen
+                .retain(|f| !frozen.iter().any(|g| Arc::ptr_eq(f, g)));
         }
         self.wal.remove_flushed(upto).context(WalSnafu)?;
         Ok(())
@@ -427,7 +432,11 @@ mod tests {
     fn batch(times: &[i64], values: &[f64]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("v", DataType::Float64, true),
-            Field::new("time", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                false,
+            ),
         ]));
         RecordBatch::try_new(
             schema,
@@ -462,7 +471,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
-            e.write("db", "cpu", 1, batch(&[3, 1], &[3.0, 1.0])).await.unwrap();
+            e.write("db", "cpu", 1, batch(&[3, 1], &[3.0, 1.0]))
+                .await
+                .unwrap();
             e.flush().await.unwrap();
             e.write("db", "cpu", 1, batch(&[2], &[2.0])).await.unwrap();
             e.write("db", "cpu", 2, batch(&[9], &[9.0])).await.unwrap();

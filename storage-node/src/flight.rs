@@ -135,7 +135,9 @@ impl FlightService for StorageFlightService {
         &self,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented("storage nodes answer GetFlightInfo directly"))
+        Err(Status::unimplemented(
+            "storage nodes answer GetFlightInfo directly",
+        ))
     }
 
     async fn get_schema(
@@ -155,7 +157,10 @@ impl FlightService for StorageFlightService {
         }))
     }
 
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = ScanTicket::decode(request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(format!("bad scan ticket: {e}")))?;
         let span = tracing::info_span!(
@@ -186,7 +191,9 @@ impl FlightService for StorageFlightService {
             .await?
             .ok_or_else(|| Status::invalid_argument("DoPut carried no data"))?;
         let desc = first.flight_descriptor.clone().ok_or_else(|| {
-            Status::invalid_argument("DoPut needs a descriptor with path [database, table, shard_id]")
+            Status::invalid_argument(
+                "DoPut needs a descriptor with path [database, table, shard_id]",
+            )
         })?;
         let (db, table, shard_id) = parse_path(&desc)?;
         let data = stream::once(async { Ok(first) }).chain(input.map_err(FlightError::from));
@@ -215,7 +222,9 @@ impl FlightService for StorageFlightService {
         &self,
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented("storage nodes do not support DoExchange"))
+        Err(Status::unimplemented(
+            "storage nodes do not support DoExchange",
+        ))
     }
 
     async fn do_action(

@@ -44,7 +44,10 @@ pub struct Written {
 }
 
 /// Aligns `batch` to `schema`: columns in schema order, absent ones NULL.
-pub fn adapt_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub fn adapt_batch(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     if batch.schema().as_ref() == schema.as_ref() {
         return Ok(batch.clone());
     }
@@ -62,8 +65,13 @@ pub fn adapt_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatc
 
 /// The merged schema of some batches, with nullable columns (a column absent
 /// from one batch is NULL there).
-pub fn merged_schema<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> Result<SchemaRef, arrow::error::ArrowError> {
-    let schemas: Vec<Schema> = batches.into_iter().map(|b| b.schema().as_ref().clone()).collect();
+pub fn merged_schema<'a>(
+    batches: impl IntoIterator<Item = &'a RecordBatch>,
+) -> Result<SchemaRef, arrow::error::ArrowError> {
+    let schemas: Vec<Schema> = batches
+        .into_iter()
+        .map(|b| b.schema().as_ref().clone())
+        .collect();
     let merged = Schema::try_merge(schemas)?;
     let fields: Vec<_> = merged
         .fields()
@@ -78,7 +86,9 @@ pub fn merged_schema<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> 
 
 /// Sorts rows by every tag column (dictionary strings) in name order, then
 /// by time.
-pub fn sort_by_series_and_time(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub fn sort_by_series_and_time(
+    batch: &RecordBatch,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let schema = batch.schema();
     let mut tag_idx: Vec<usize> = schema
         .fields()
@@ -129,7 +139,9 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<Written, Fl
         .unwrap_or((0, 0));
 
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(256 * 1024))
         .build();

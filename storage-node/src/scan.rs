@@ -107,8 +107,10 @@ impl TableProvider for ShardTable {
 
 /// Decodes the table schema a ticket carries.
 pub fn ticket_schema(ticket: &ScanTicket) -> Result<SchemaRef, DataFusionError> {
-    let schema = Schema::try_from(arrow_flight::IpcMessage(ticket.table_schema_ipc.clone().into()))
-        .map_err(|e| DataFusionError::Plan(format!("scan ticket has a bad schema: {e}")))?;
+    let schema = Schema::try_from(arrow_flight::IpcMessage(
+        ticket.table_schema_ipc.clone().into(),
+    ))
+    .map_err(|e| DataFusionError::Plan(format!("scan ticket has a bad schema: {e}")))?;
     Ok(Arc::new(schema))
 }
 

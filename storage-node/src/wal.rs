@@ -235,7 +235,10 @@ fn is_torn_tail(rest: &[u8]) -> bool {
 
 fn read_record(b: &[u8]) -> Result<(&[u8], usize), String> {
     if b.len() < HEADER_LEN {
-        return Err(format!("{} trailing bytes are too few for a record header", b.len()));
+        return Err(format!(
+            "{} trailing bytes are too few for a record header",
+            b.len()
+        ));
     }
     let len = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
@@ -271,7 +274,9 @@ enum Request {
     },
     /// Closes the current segment and starts a new one; answers with the
     /// first sequence number of the new segment.
-    Rotate { done: oneshot::Sender<Result<(), String>> },
+    Rotate {
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Handle to the WAL writer task.
@@ -310,7 +315,8 @@ impl Wal {
 
     /// Takes the next sequence number.
     pub fn next_seq(&self) -> u64 {
-        self.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        self.next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The highest sequence number handed out so far.
@@ -326,10 +332,12 @@ impl Wal {
             .send(Request::Append { record, done })
             .await
             .map_err(|_| WalError::Closed)?;
-        rx.await.map_err(|_| WalError::Closed)?.map_err(|e| WalError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other(e),
-        })
+        rx.await
+            .map_err(|_| WalError::Closed)?
+            .map_err(|e| WalError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })
     }
 
     /// Starts a new segment; every record appended before this call is in
@@ -340,10 +348,12 @@ impl Wal {
             .send(Request::Rotate { done })
             .await
             .map_err(|_| WalError::Closed)?;
-        rx.await.map_err(|_| WalError::Closed)?.map_err(|e| WalError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other(e),
-        })
+        rx.await
+            .map_err(|_| WalError::Closed)?
+            .map_err(|e| WalError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })
     }
 
     /// Deletes segments that hold only records with `seq <= upto` (their
@@ -504,7 +514,10 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let err = replay(dir.path(), 0, Recovery::Strict).err().unwrap();
         let msg = err.to_string();
-        assert!(msg.contains("offset 0") && msg.contains("checksum"), "{msg}");
+        assert!(
+            msg.contains("offset 0") && msg.contains("checksum"),
+            "{msg}"
+        );
         let r = replay(dir.path(), 0, Recovery::SkipCorrupt).unwrap();
         assert!(r.entries.is_empty());
     }

@@ -46,7 +46,12 @@ struct Persisted<T>(T);
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+    pub fn open(dir: &Path) -> Result<Self, Box<StorageError>> {
+        Self::open_inner(dir).map_err(|e| Box::new(e.into()))
+    }
+
+    #[allow(clippy::result_large_err)] // openraft's error type; boxed by `open`
+    fn open_inner(dir: &Path) -> Result<Self, StorageIOError<NodeId>> {
         std::fs::create_dir_all(dir).map_err(|e| StorageIOError::read_logs(io_err(e)))?;
         let vote = read_json(&dir.join(VOTE_FILE)).map_err(StorageIOError::read_vote)?;
         let committed = read_json(&dir.join(COMMITTED_FILE)).map_err(StorageIOError::read_logs)?;
@@ -92,9 +97,7 @@ impl LogStore {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
-    path: &Path,
-) -> Result<Option<T>, openraft::AnyError> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, openraft::AnyError> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let Persisted(v) = serde_json::from_slice(&bytes).map_err(io_err)?;
@@ -232,7 +235,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.with(|i| i.committed))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

@@ -1,7 +1,9 @@
 //! Raft transport between catalog voters over gRPC (`strata.raft.v1`), and
 //! the server side that hands received messages to the local Raft node.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -53,8 +55,11 @@ impl PeerClient {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
         };
-        let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let msg = tonic::Request::new(RaftMessage { payload_json: payload });
+        let payload =
+            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let msg = tonic::Request::new(RaftMessage {
+            payload_json: payload,
+        });
         let reply = match kind {
             RpcKind::Append => client.append_entries(msg).await,
             RpcKind::Vote => client.vote(msg).await,
@@ -115,8 +120,8 @@ fn decode<T: DeserializeOwned>(req: tonic::Request<RaftMessage>) -> Result<T, to
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-    let payload_json =
-        serde_json::to_vec(v).map_err(|e| tonic::Status::internal(format!("encoding raft reply: {e}")))?;
+    let payload_json = serde_json::to_vec(v)
+        .map_err(|e| tonic::Status::internal(format!("encoding raft reply: {e}")))?;
     Ok(tonic::Response::new(RaftMessage { payload_json }))
 }
 

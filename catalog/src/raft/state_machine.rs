@@ -43,15 +43,19 @@ struct StoredSnapshot {
 }
 
 impl StateMachineStore {
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+    pub fn open(dir: &Path) -> Result<Self, Box<StorageError>> {
         let path = dir.join(SNAPSHOT_FILE);
         let snapshot: Option<StoredSnapshot> = match std::fs::read(&path) {
             Ok(b) => Some(
                 serde_json::from_slice(&b)
-                    .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?,
+                    .map_err(|e| Box::new(StorageIOError::read_snapshot(None, io_err(e)).into()))?,
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StorageIOError::read_snapshot(None, io_err(e)).into()),
+            Err(e) => {
+                return Err(Box::new(
+                    StorageIOError::read_snapshot(None, io_err(e)).into(),
+                ))
+            }
         };
         let inner = match &snapshot {
             Some(s) => Inner {
@@ -91,11 +95,9 @@ impl StateMachineStore {
         }
     }
 
-    fn persist(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(snapshot)
-            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
-        write_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes)
-            .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)).into())
+    fn persist(&self, snapshot: &StoredSnapshot) -> Result<(), openraft::AnyError> {
+        let bytes = serde_json::to_vec(snapshot).map_err(io_err)?;
+        write_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes).map_err(io_err)
     }
 }
 
@@ -119,7 +121,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let s = stored.clone();
         tokio::task::spawn_blocking(move || this.persist(&s))
             .await
-            .expect("snapshot task panicked")?;
+            .expect("snapshot task panicked")
+            .map_err(|e| StorageIOError::write_snapshot(None, e))?;
         let bytes = serde_json::to_vec(&stored.data)
             .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
         let meta = stored.meta.clone();
@@ -191,7 +194,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let s = stored.clone();
         tokio::task::spawn_blocking(move || this.persist(&s))
             .await
-            .expect("snapshot task panicked")?;
+            .expect("snapshot task panicked")
+            .map_err(|e| StorageIOError::write_snapshot(None, e))?;
         self.with(|i| {
             i.data = data.clone();
             i.last_applied = meta.last_log_id;

@@ -33,7 +33,11 @@ impl TestCluster {
 
     /// Stops the cluster cleanly and starts it again on the same directory.
     pub async fn restart(&mut self) {
-        self.cluster.take().expect("cluster running").shutdown().await;
+        self.cluster
+            .take()
+            .expect("cluster running")
+            .shutdown()
+            .await;
         let cluster = DevCluster::start(DevConfig::ephemeral(self.dir.path()))
             .await
             .expect("dev cluster restarts");

@@ -10,13 +10,15 @@ use arrow::datatypes::SchemaRef;
 use arrow_flight::Ticket;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use strata_proto::storage::v1::ScanTicket;
@@ -124,7 +126,11 @@ impl ExecutionPlan for ShardFragmentExec {
         }
     }
 
-    fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let schema = self.schema.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let Some(target) = self.shards.get(partition).cloned() else {
@@ -137,9 +143,10 @@ impl ExecutionPlan for ShardFragmentExec {
         let mut ticket = self.ticket.clone();
         ticket.shard_ids = vec![target.shard_id];
         let nodes = self.nodes.clone();
-        let stream = futures::stream::once(async move { open_replica(&nodes, &ticket, &target).await })
-            .try_flatten()
-            .inspect_ok(move |b| baseline.record_output(b.num_rows()));
+        let stream =
+            futures::stream::once(async move { open_replica(&nodes, &ticket, &target).await })
+                .try_flatten()
+                .inspect_ok(move |b| baseline.record_output(b.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 
@@ -152,7 +159,11 @@ type BatchStream = futures::stream::BoxStream<'static, Result<arrow::array::Reco
 
 /// Opens the scan on the first replica that answers with data (or a clean
 /// end of stream), returning the rest of its stream.
-async fn open_replica(nodes: &NodeClients, ticket: &ScanTicket, target: &ShardTarget) -> Result<BatchStream> {
+async fn open_replica(
+    nodes: &NodeClients,
+    ticket: &ScanTicket,
+    target: &ShardTarget,
+) -> Result<BatchStream> {
     let bytes = ticket.encode_to_vec();
     let mut failures = vec![];
     for (node_id, addr) in &target.replicas {
@@ -190,11 +201,13 @@ async fn open_replica(nodes: &NodeClients, ticket: &ScanTicket, target: &ShardTa
             }
         }
     }
-    Err(DataFusionError::External(Box::new(tonic::Status::unavailable(format!(
-        "no replica of shard {} of table '{}.{}' could be read: {}",
-        target.shard_id,
-        ticket.database,
-        ticket.table,
-        failures.join("; ")
-    )))))
+    Err(DataFusionError::External(Box::new(
+        tonic::Status::unavailable(format!(
+            "no replica of shard {} of table '{}.{}' could be read: {}",
+            target.shard_id,
+            ticket.database,
+            ticket.table,
+            failures.join("; ")
+        )),
+    )))
 }

@@ -43,16 +43,12 @@ impl CatalogProvider for StrataCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.catalog
-            .state()
-            .databases
-            .contains_key(name)
-            .then(|| {
-                Arc::new(DatabaseSchema {
-                    inner: self.clone(),
-                    database: name.to_string(),
-                }) as Arc<dyn SchemaProvider>
-            })
+        self.catalog.state().databases.contains_key(name).then(|| {
+            Arc::new(DatabaseSchema {
+                inner: self.clone(),
+                database: name.to_string(),
+            }) as Arc<dyn SchemaProvider>
+        })
     }
 }
 
@@ -63,7 +59,9 @@ pub struct DatabaseSchema {
 
 impl fmt::Debug for DatabaseSchema {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseSchema").field("database", &self.database).finish()
+        f.debug_struct("DatabaseSchema")
+            .field("database", &self.database)
+            .finish()
     }
 }
 
@@ -81,7 +79,11 @@ impl SchemaProvider for DatabaseSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let state = self.inner.catalog.state();
-        let Some(table) = state.databases.get(&self.database).and_then(|d| d.tables.get(name)) else {
+        let Some(table) = state
+            .databases
+            .get(&self.database)
+            .and_then(|d| d.tables.get(name))
+        else {
             return Ok(None);
         };
         Ok(Some(Arc::new(StrataTable {
@@ -140,7 +142,10 @@ impl TableProvider for StrataTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Storage nodes use filters to prune and to cut what they send; the
         // coordinator evaluates them again, so they need not be exact.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
@@ -194,7 +199,11 @@ impl TableProvider for StrataTable {
             shard_ids: vec![],
             table_schema_ipc: schema_ipc,
             projection: projection.map(|_| Projection {
-                columns: projected.fields().iter().map(|f| f.name().clone()).collect(),
+                columns: projected
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
             }),
             filters: filter_bytes,
             limit: limit.map(|l| l as u64),

@@ -50,7 +50,11 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
         return Ok(Some(OwnStatement::ShowDatabases));
     }
     if is(at(0), "drop") && is(at(1), "database") {
-        let (if_exists, i) = if is(at(2), "if") && is(at(3), "exists") { (true, 4) } else { (false, 2) };
+        let (if_exists, i) = if is(at(2), "if") && is(at(3), "exists") {
+            (true, 4)
+        } else {
+            (false, 2)
+        };
         let name = at(i).ok_or("DROP DATABASE needs a database name")?;
         if t.len() > i + 1 {
             return Err(format!("unexpected '{}' after the database name", t[i + 1]));
@@ -79,7 +83,10 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     }
     while i < t.len() {
         let word = t[i].to_ascii_lowercase();
-        let value = |k: usize| t.get(k).ok_or_else(|| format!("{} needs a value", word.to_uppercase()));
+        let value = |k: usize| {
+            t.get(k)
+                .ok_or_else(|| format!("{} needs a value", word.to_uppercase()))
+        };
         match word.as_str() {
             "retention" => {
                 let v = value(i + 1)?;
@@ -129,7 +136,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("a database name needs 1 to 64 characters".into());
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return Err(format!(
             "database name '{name}' may only hold letters, digits, '_' and '-'"
         ));
@@ -153,9 +163,15 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         "h" => 3_600_000_000_000,
         "d" => 86_400_000_000_000,
         "w" => 7 * 86_400_000_000_000,
-        _ => return Err(format!("invalid duration unit in '{s}': use ns, us, ms, s, m, h, d or w")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in '{s}': use ns, us, ms, s, m, h, d or w"
+            ))
+        }
     };
-    let ns = n.checked_mul(mult).ok_or_else(|| format!("duration '{s}' is too long"))?;
+    let ns = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("duration '{s}' is too long"))?;
     if ns <= 0 {
         return Err(format!("duration '{s}' must be positive"));
     }
@@ -192,7 +208,14 @@ mod tests {
         let s = parse("create database if not exists metrics with retention 30d shard duration 1h replication 2 shards 4;")
             .unwrap()
             .unwrap();
-        let OwnStatement::CreateDatabase { name, options, if_not_exists } = s else { panic!() };
+        let OwnStatement::CreateDatabase {
+            name,
+            options,
+            if_not_exists,
+        } = s
+        else {
+            panic!()
+        };
         assert_eq!(name, "metrics");
         assert!(if_not_exists);
         assert_eq!(options.retention_ns, Some(30 * DAY_NS));
@@ -203,7 +226,9 @@ mod tests {
 
     #[test]
     fn shard_duration_defaults_from_retention() {
-        let Some(OwnStatement::CreateDatabase { options, .. }) = parse("CREATE DATABASE m RETENTION 1d").unwrap() else {
+        let Some(OwnStatement::CreateDatabase { options, .. }) =
+            parse("CREATE DATABASE m RETENTION 1d").unwrap()
+        else {
             panic!()
         };
         assert_eq!(options.shard_group_duration_ns, HOUR_NS);

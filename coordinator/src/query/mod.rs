@@ -95,7 +95,9 @@ impl QueryEngine {
         let df = ctx
             .sql_with_options(sql, options)
             .await
-            .map_err(|e| Error::Query { source: explain_missing_database(e, database) })?;
+            .map_err(|e| Error::Query {
+                source: explain_missing_database(e, database),
+            })?;
         Ok(Planned::Sql(Box::new(df)))
     }
 
@@ -150,20 +152,24 @@ impl QueryEngine {
                 let state = self.catalog.state();
                 let dbs: Vec<_> = state.databases.values().collect();
                 let columns: Vec<ArrayRef> = vec![
-                    Arc::new(StringArray::from_iter_values(dbs.iter().map(|d| d.name.as_str()))),
+                    Arc::new(StringArray::from_iter_values(
+                        dbs.iter().map(|d| d.name.as_str()),
+                    )),
                     Arc::new(StringArray::from_iter(
-                        dbs.iter().map(|d| d.options.retention_ns.map(format_duration)),
+                        dbs.iter()
+                            .map(|d| d.options.retention_ns.map(format_duration)),
                     )),
                     Arc::new(StringArray::from_iter_values(
-                        dbs.iter().map(|d| format_duration(d.options.shard_group_duration_ns)),
+                        dbs.iter()
+                            .map(|d| format_duration(d.options.shard_group_duration_ns)),
                     )),
                     Arc::new(UInt32Array::from_iter_values(
                         dbs.iter().map(|d| d.options.replication_factor),
                     )),
                 ];
-                Ok(vec![RecordBatch::try_new(schema, columns).context(
-                    crate::error::ArrowSnafu,
-                )?])
+                Ok(vec![
+                    RecordBatch::try_new(schema, columns).context(crate::error::ArrowSnafu)?
+                ])
             }
         }
     }
