@@ -1,65 +1,38 @@
 //! Acknowledged writes survive `kill -9` of a `strata dev` process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use crate::support::{post, ServerProcess, TestCluster};
 
-use crate::support::{post, strata_bin, TestCluster};
-
+/// A `strata dev` child process on port 0.
 struct DevProcess {
-    child: Child,
+    process: ServerProcess,
     http: String,
     flight: String,
 }
 
 impl DevProcess {
-    /// Starts `strata dev` on port 0 and waits for its ready line.
     fn start(dir: &std::path::Path) -> Self {
-        let addr_file = dir.join("addrs.json");
-        let _ = std::fs::remove_file(&addr_file);
-        let mut child = Command::new(strata_bin())
-            .args([
+        let data = dir.join("data");
+        let (process, addrs) = ServerProcess::start(
+            &[
                 "dev",
                 "--http-addr",
                 "127.0.0.1:0",
                 "--flight-addr",
                 "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn strata dev");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut ready = false;
-        for line in BufReader::new(stdout).lines() {
-            if line.expect("read stdout") == "strata is ready" {
-                ready = true;
-                break;
-            }
-        }
-        assert!(ready, "strata dev exited before it was ready");
-        let addrs: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&addr_file).expect("addr file")).unwrap();
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &dir.join("addrs.json"),
+        );
         Self {
-            child,
+            process,
             http: addrs["http"].as_str().unwrap().to_string(),
             flight: addrs["flight"].as_str().unwrap().to_string(),
         }
     }
 
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for DevProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill9(self) {
+        self.process.kill9();
     }
 }
 

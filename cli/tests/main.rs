@@ -4,4 +4,5 @@
 mod durability;
 mod end_to_end;
 mod line_protocol;
+mod roles;
 mod support;

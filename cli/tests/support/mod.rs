@@ -1,7 +1,9 @@
 //! Test support: a dev cluster on port 0 in a temporary directory, an HTTP
 //! client for writes and a Flight SQL client for queries.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -158,4 +160,45 @@ impl CpuData {
 /// Path of the `strata` binary built for these tests.
 pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// A `strata` server child process, killed on drop.
+pub struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Runs `strata ARGS --addr-file FILE`, waits for its ready line and
+    /// returns the addresses it wrote.
+    pub fn start(args: &[&str], addr_file: &Path) -> (Self, serde_json::Value) {
+        let _ = std::fs::remove_file(addr_file);
+        let mut child = Command::new(strata_bin())
+            .args(args)
+            .arg("--addr-file")
+            .arg(addr_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn strata");
+        let stdout = child.stdout.take().expect("stdout");
+        let ready = BufReader::new(stdout)
+            .lines()
+            .any(|l| l.expect("read stdout") == "strata is ready");
+        assert!(ready, "strata {args:?} exited before it was ready");
+        let addrs = serde_json::from_slice(&std::fs::read(addr_file).expect("addr file"))
+            .expect("addr file is JSON");
+        (Self { child }, addrs)
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
