@@ -181,13 +181,10 @@ pub fn replay(dir: &Path, after_seq: u64, recovery: Recovery) -> Result<Replayed
             .context(IoSnafu { path })?;
         let mut off = 0usize;
         while off < bytes.len() {
-            match read_record(&bytes[off..]) {
-                Ok((payload, n)) => {
-                    let entry = decode_payload(payload).map_err(|reason| WalError::Corrupt {
-                        path: path.clone(),
-                        offset: off as u64,
-                        reason,
-                    })?;
+            let record = read_record(&bytes[off..])
+                .and_then(|(payload, n)| decode_payload(payload).map(|e| (e, n)));
+            match record {
+                Ok((entry, n)) => {
                     last_seq = last_seq.max(entry.seq);
                     if entry.seq > after_seq {
                         entries.push(entry);
@@ -226,7 +223,9 @@ pub fn replay(dir: &Path, after_seq: u64, recovery: Recovery) -> Result<Replayed
 /// A record that is cut short, or whose checksum fails with nothing valid
 /// after it, is what a crash in the middle of an append leaves behind.
 fn is_torn_tail(rest: &[u8]) -> bool {
-    if rest.len() < HEADER_LEN {
+    // A crash can leave the file longer than what reached the disk, padded
+    // with zeros.
+    if rest.len() < HEADER_LEN || rest.iter().all(|b| *b == 0) {
         return true;
     }
     let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
@@ -272,8 +271,7 @@ enum Request {
         record: Vec<u8>,
         done: oneshot::Sender<Result<(), String>>,
     },
-    /// Closes the current segment and starts a new one; answers with the
-    /// first sequence number of the new segment.
+    /// Closes the current segment and starts a new one.
     Rotate {
         done: oneshot::Sender<Result<(), String>>,
     },
@@ -502,6 +500,20 @@ mod tests {
         // the file was repaired: a second replay sees the same and no damage
         let r = replay(dir.path(), 0, Recovery::Strict).unwrap();
         assert_eq!(r.entries.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn zero_filled_tail_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 1..=2).await;
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let good = bytes.len();
+        bytes.extend_from_slice(&[0u8; 4096]);
+        fs::write(&path, &bytes).unwrap();
+        let r = replay(dir.path(), 0, Recovery::Strict).unwrap();
+        assert_eq!(r.entries.len(), 2);
+        assert_eq!(fs::metadata(&path).unwrap().len() as usize, good);
     }
 
     #[tokio::test]
