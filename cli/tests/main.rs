@@ -4,5 +4,6 @@
 mod durability;
 mod end_to_end;
 mod line_protocol;
+mod repl;
 mod roles;
 mod support;
