@@ -24,7 +24,7 @@ use arrow_flight::sql::{
 };
 use arrow_flight::{
     Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
-    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+    HandshakeResponse, Ticket,
 };
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{stream, Stream, TryStreamExt};
@@ -33,6 +33,8 @@ use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
+
+use strata_storage::flight::schema_to_ipc;
 
 use crate::query::catalog_provider::CATALOG_NAME;
 use crate::query::QueryEngine;
@@ -92,14 +94,6 @@ fn wire_schema(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-fn schema_bytes(schema: &Schema) -> Result<Vec<u8>, Status> {
-    let opts = arrow::ipc::writer::IpcWriteOptions::default();
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &opts)
-        .try_into()
-        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
-    Ok(bytes.to_vec())
-}
-
 /// A FlightInfo whose single endpoint's ticket is `ticket`, to be redeemed
 /// on this same server.
 fn flight_info(
@@ -131,13 +125,25 @@ fn encode_stream(schema: SchemaRef, batches: SendableRecordBatchStream) -> DoGet
     Box::pin(flight)
 }
 
-fn batch_stream(batch: arrow::array::RecordBatch) -> DoGetStream {
-    let schema = batch.schema();
+/// The FlightInfo of a metadata command, whose ticket is the command.
+fn command_info(
+    cmd: &impl ProstMessageExt,
+    schema: &Schema,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    flight_info(schema, cmd.as_any().encode_to_vec(), request.into_inner()).map(Response::new)
+}
+
+/// Streams one metadata result batch.
+fn batch_response<E: std::fmt::Display>(
+    batch: Result<arrow::array::RecordBatch, E>,
+) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
     let flight = FlightDataEncoderBuilder::new()
-        .with_schema(schema)
+        .with_schema(batch.schema())
         .build(stream::iter([Ok(batch)]))
         .map_err(Status::from);
-    Box::pin(flight)
+    Ok(Response::new(Box::pin(flight)))
 }
 
 impl StrataFlightSql {
@@ -295,7 +301,9 @@ impl FlightSqlService for StrataFlightSql {
             .map_err(|e| e.into_status())?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode().into(),
-            dataset_schema: schema_bytes(&wire_schema(&planned.schema()))?.into(),
+            dataset_schema: schema_to_ipc(&wire_schema(&planned.schema()))
+                .map_err(|e| Status::internal(e.to_string()))?
+                .into(),
             parameter_schema: Default::default(),
         })
     }
@@ -339,13 +347,7 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(&query, &query.into_builder().schema(), request)
     }
 
     async fn do_get_catalogs(
@@ -355,10 +357,7 @@ impl FlightSqlService for StrataFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
         builder.append(CATALOG_NAME);
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(batch)))
+        batch_response(builder.build())
     }
 
     async fn get_flight_info_schemas(
@@ -366,13 +365,7 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(&query, &query.clone().into_builder().schema(), request)
     }
 
     async fn do_get_schemas(
@@ -385,10 +378,7 @@ impl FlightSqlService for StrataFlightSql {
             builder.append(CATALOG_NAME, db);
         }
         builder.append(CATALOG_NAME, "information_schema");
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(batch)))
+        batch_response(builder.build())
     }
 
     async fn get_flight_info_tables(
@@ -396,13 +386,7 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(&query, &query.clone().into_builder().schema(), request)
     }
 
     async fn do_get_tables(
@@ -425,10 +409,7 @@ impl FlightSqlService for StrataFlightSql {
                     .map_err(|e| Status::internal(e.to_string()))?;
             }
         }
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(batch)))
+        batch_response(builder.build())
     }
 
     async fn get_flight_info_table_types(
@@ -436,13 +417,7 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(&query, &query.into_builder().schema(), request)
     }
 
     async fn do_get_table_types(
@@ -453,10 +428,7 @@ impl FlightSqlService for StrataFlightSql {
         let mut builder = query.into_builder();
         builder.append("TABLE");
         builder.append("VIEW");
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(batch)))
+        batch_response(builder.build())
     }
 
     async fn get_flight_info_sql_info(
@@ -464,13 +436,11 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&self.sql_info).schema();
-        let info = flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        command_info(
+            &query,
+            &query.clone().into_builder(&self.sql_info).schema(),
+            request,
+        )
     }
 
     async fn do_get_sql_info(
@@ -478,11 +448,7 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetSqlInfo,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let batch = query
-            .into_builder(&self.sql_info)
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(batch)))
+        batch_response(query.into_builder(&self.sql_info).build())
     }
 
     async fn do_get_fallback(

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
@@ -51,12 +51,15 @@ fn parse_path(desc: &FlightDescriptor) -> Result<(String, String, u64), Status> 
     Ok((desc.path[0].clone(), desc.path[1].clone(), shard_id))
 }
 
-fn schema_ipc(schema: &SchemaRef) -> Result<Vec<u8>, Status> {
+/// An Arrow schema as the IPC message Flight carries it in.
+pub fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let opts = arrow::ipc::writer::IpcWriteOptions::default();
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &opts)
-        .try_into()
-        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &opts).try_into()?;
     Ok(bytes.to_vec())
+}
+
+fn schema_ipc(schema: &SchemaRef) -> Result<Vec<u8>, Status> {
+    schema_to_ipc(schema).map_err(|e| Status::internal(e.to_string()))
 }
 
 impl StorageFlightService {

@@ -95,6 +95,17 @@ impl StateMachineStore {
         }
     }
 
+    /// Saves a snapshot on the blocking pool, so Raft's task never waits on
+    /// an fsync.
+    async fn persist_off_runtime(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
+        let this = self.clone();
+        let s = snapshot.clone();
+        tokio::task::spawn_blocking(move || this.persist(&s))
+            .await
+            .expect("snapshot task panicked")
+            .map_err(|e| StorageIOError::write_snapshot(None, e).into())
+    }
+
     fn persist(&self, snapshot: &StoredSnapshot) -> Result<(), openraft::AnyError> {
         let bytes = serde_json::to_vec(snapshot).map_err(io_err)?;
         write_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes).map_err(io_err)
@@ -117,12 +128,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 data: i.data.clone(),
             }
         });
-        let this = self.clone();
-        let s = stored.clone();
-        tokio::task::spawn_blocking(move || this.persist(&s))
-            .await
-            .expect("snapshot task panicked")
-            .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        self.persist_off_runtime(&stored).await?;
         let bytes = serde_json::to_vec(&stored.data)
             .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
         let meta = stored.meta.clone();
@@ -190,12 +196,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data: data.clone(),
         };
-        let this = self.clone();
-        let s = stored.clone();
-        tokio::task::spawn_blocking(move || this.persist(&s))
-            .await
-            .expect("snapshot task panicked")
-            .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        self.persist_off_runtime(&stored).await?;
         self.with(|i| {
             i.data = data.clone();
             i.last_applied = meta.last_log_id;

@@ -187,12 +187,7 @@ impl TableProvider for StrataTable {
                 e.to_bytes().ok().map(|b| b.to_vec())
             })
             .collect();
-        let schema_ipc = {
-            let opts = arrow::ipc::writer::IpcWriteOptions::default();
-            let arrow_flight::IpcMessage(bytes) =
-                arrow_flight::SchemaAsIpc::new(&self.schema, &opts).try_into()?;
-            bytes.to_vec()
-        };
+        let schema_ipc = strata_storage::flight::schema_to_ipc(&self.schema)?;
         let ticket = ScanTicket {
             database: self.database.clone(),
             table: self.table.clone(),
