@@ -68,6 +68,7 @@ pub enum Rejection {
     DatabaseNotFound { name: String },
     TableNotFound { database: String, table: String },
     NoStorageNodes,
+    TimeOutOfRange { time_ns: i64 },
 }
 
 impl std::fmt::Display for Rejection {
@@ -78,6 +79,10 @@ impl std::fmt::Display for Rejection {
             Rejection::TableNotFound { database, table } => {
                 write!(f, "table '{database}.{table}' not found")
             }
+            Rejection::TimeOutOfRange { time_ns } => write!(
+                f,
+                "time {time_ns} is too close to the limits of nanosecond timestamps"
+            ),
             Rejection::NoStorageNodes => write!(
                 f,
                 "no storage nodes are registered with the catalog; start a storage node first"
@@ -212,8 +217,9 @@ impl CatalogData {
             return CommandResult::Rejected(Rejection::NoStorageNodes);
         }
         let node_ids: Vec<u64> = self.nodes.keys().copied().collect();
-        let start_ns = db.window_start(time_ns);
-        let end_ns = start_ns.saturating_add(db.options.shard_group_duration_ns);
+        let Some((start_ns, end_ns)) = db.window(time_ns) else {
+            return CommandResult::Rejected(Rejection::TimeOutOfRange { time_ns });
+        };
         let rf = (db.options.replication_factor.max(1) as usize).min(node_ids.len());
         let n_shards = db
             .options

@@ -102,10 +102,13 @@ pub struct Database {
 }
 
 impl Database {
-    /// The start of the shard-group window that holds `time_ns`.
-    pub fn window_start(&self, time_ns: i64) -> i64 {
-        time_ns.div_euclid(self.options.shard_group_duration_ns)
-            * self.options.shard_group_duration_ns
+    /// The `[start, end)` of the shard-group window that holds `time_ns`;
+    /// `None` when the window would reach past the representable range of
+    /// nanosecond timestamps.
+    pub fn window(&self, time_ns: i64) -> Option<(i64, i64)> {
+        let d = self.options.shard_group_duration_ns;
+        let start = time_ns.div_euclid(d).checked_mul(d)?;
+        Some((start, start.checked_add(d)?))
     }
 
     pub fn shard_group_for(&self, time_ns: i64) -> Option<&ShardGroup> {
@@ -266,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn window_start_handles_negative_times() {
+    fn windows_handle_negative_and_extreme_times() {
         let db = Database {
             name: "db".into(),
             options: DatabaseOptions {
@@ -276,7 +279,9 @@ mod tests {
             tables: BTreeMap::new(),
             shard_groups: vec![],
         };
-        assert_eq!(db.window_start(HOUR_NS + 5), HOUR_NS);
-        assert_eq!(db.window_start(-1), -HOUR_NS);
+        assert_eq!(db.window(HOUR_NS + 5), Some((HOUR_NS, 2 * HOUR_NS)));
+        assert_eq!(db.window(-1), Some((-HOUR_NS, 0)));
+        assert_eq!(db.window(i64::MAX), None);
+        assert_eq!(db.window(i64::MIN + 1), None);
     }
 }

@@ -50,6 +50,25 @@ async fn malformed_lines_are_named_and_good_lines_kept() {
     assert!(resp.contains("line 1") && resp.contains("string"), "{resp}");
     let got = c.query("lp", "SELECT count(*) FROM weather").await;
     assert_eq!(got, vec!["3"]);
+
+    // Timestamps at the ends of the nanosecond range are refused, not fatal.
+    let body = "weather,city=x temp=1.0 9223372036854775807\n\
+                weather,city=y temp=1.0 -9223372036854775808\n\
+                weather,city=z temp=1.0 9999999999999\n";
+    let (status, resp) = c.write("lp", "ns", body).await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("out of range"), "{resp}");
+    let (status, resp) = c
+        .write("lp", "s", "weather,city=w temp=1.0 9999999999999\n")
+        .await;
+    assert_eq!(status, 400, "{resp}");
+    let got = c
+        .query(
+            "lp",
+            "SELECT city FROM weather WHERE city IN ('x', 'y', 'z', 'w')",
+        )
+        .await;
+    assert_eq!(got, vec!["z"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -116,6 +116,8 @@ pub struct WriteRouter {
 struct Row<'a> {
     line: ParsedLine<'a>,
     time_ns: i64,
+    /// Start of the shard-group window holding `time_ns`.
+    window_start: i64,
 }
 
 impl WriteRouter {
@@ -148,7 +150,11 @@ impl WriteRouter {
                     }
                 },
             };
-            rows.push(Row { line, time_ns });
+            rows.push(Row {
+                line,
+                time_ns,
+                window_start: 0,
+            });
         }
 
         // Group by table.
@@ -186,23 +192,32 @@ impl WriteRouter {
                 database: database.to_string(),
             })?
             .clone();
-        if let Some(retention) = db.options.retention_ns {
-            let oldest = now_ns.saturating_sub(retention);
-            for (_, rows) in accepted.iter_mut() {
-                rows.retain(|r| {
-                    let keep = r.time_ns >= oldest;
-                    if !keep {
-                        errors.push(LineError {
-                            line_number: r.line.line_number,
-                            message: format!(
-                                "point is older than the retention period of database '{database}'"
-                            ),
-                        });
-                    }
-                    keep
-                });
-            }
+        let oldest = db
+            .options
+            .retention_ns
+            .map_or(i64::MIN, |r| now_ns.saturating_sub(r));
+        for (_, rows) in accepted.iter_mut() {
+            rows.retain_mut(|r| {
+                let problem = if r.time_ns < oldest {
+                    Some(format!(
+                        "point is older than the retention period of database '{database}'"
+                    ))
+                } else if let Some((start, _)) = db.window(r.time_ns) {
+                    r.window_start = start;
+                    None
+                } else {
+                    Some(format!("timestamp {} ns is out of range", r.time_ns))
+                };
+                if let Some(message) = &problem {
+                    errors.push(LineError {
+                        line_number: r.line.line_number,
+                        message: message.clone(),
+                    });
+                }
+                problem.is_none()
+            });
         }
+        accepted.retain(|(_, rows)| !rows.is_empty());
         let groups = self.shard_groups(&db, &accepted).await?;
 
         // Route rows to shards and build one batch per (table, shard).
@@ -211,7 +226,7 @@ impl WriteRouter {
         for (table, rows) in &accepted {
             let mut by_shard: HashMap<u64, (Vec<u64>, Vec<&Row>)> = HashMap::new();
             for r in rows {
-                let group = &groups[&db.window_start(r.time_ns)];
+                let group = &groups[&r.window_start];
                 let shard = group.shard_for_hash(series_hash(table, &r.line));
                 by_shard
                     .entry(shard.id)
@@ -336,7 +351,7 @@ impl WriteRouter {
         let mut groups: HashMap<i64, ShardGroup> = HashMap::new();
         for (_, rows) in accepted {
             for r in rows {
-                let start = db.window_start(r.time_ns);
+                let start = r.window_start;
                 if groups.contains_key(&start) {
                     continue;
                 }
@@ -646,6 +661,7 @@ mod tests {
             .into_iter()
             .map(|line| Row {
                 time_ns: line.timestamp.unwrap(),
+                window_start: 0,
                 line,
             })
             .collect();
