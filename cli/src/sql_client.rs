@@ -6,7 +6,10 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
@@ -85,11 +88,24 @@ impl SqlClient {
 
     /// Runs one statement and returns all result batches.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
+        Ok(self.query_with_schema(sql).await?.1)
+    }
+
+    /// Runs one statement; returns the result schema the server announced
+    /// (known even when no rows come back) and the batches.
+    pub async fn query_with_schema(
+        &mut self,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), ClientError> {
         let info = self
             .client
             .execute(sql.to_string(), None)
             .await
             .map_err(describe)?;
+        let schema = info
+            .clone()
+            .try_decode_schema()
+            .map_err(|e| ClientError(format!("server sent an unreadable schema: {e}")))?;
         let mut out = vec![];
         for ep in info.endpoint {
             let Some(ticket) = ep.ticket else { continue };
@@ -97,7 +113,7 @@ impl SqlClient {
             let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(describe)?;
             out.extend(batches);
         }
-        Ok(out)
+        Ok((Arc::new(schema), out))
     }
 }
 

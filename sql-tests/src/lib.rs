@@ -1,3 +1,144 @@
-//! sqllogictest suites run through Flight SQL against a live cluster.
-//! Not built yet: the runner and the `.slt` files are tracked as their own
-//! piece of work.
+//! sqllogictest support for strata: a [`StrataDb`] connection that runs
+//! each record through Flight SQL against a live cluster (or, for
+//! `WRITE LINES`, through the HTTP line-protocol endpoint), and formats
+//! results the way the `.slt` files expect.
+//!
+//! Record conventions:
+//! - `statement ok` / `statement error <regex>` / `query <types>` as usual;
+//!   types are `I` (integers), `R` (floats), `T` (everything else).
+//! - A statement starting with `WRITE LINES` posts the lines after it to
+//!   `/write?db=<the file's database>&precision=ns`; a partial write is an
+//!   error whose text names the rejected lines.
+//! - NULL prints as `NULL`, an empty string as `(empty)`, timestamps as
+//!   `2016-01-01T00:00:00`.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use sqllogictest::{DBOutput, DefaultColumnType};
+use strata::sql_client::SqlClient;
+
+/// A failed record, with the text `statement error <regex>` matches.
+#[derive(Debug)]
+pub struct SltError(pub String);
+
+impl std::fmt::Display for SltError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SltError {}
+
+pub struct StrataDb {
+    pub sql: SqlClient,
+    pub http: reqwest::Client,
+    /// `http://host:port` of the coordinator.
+    pub http_base: String,
+    pub database: String,
+}
+
+const WRITE_LINES: &str = "WRITE LINES";
+
+fn column_type(t: &DataType) -> DefaultColumnType {
+    match t {
+        t if t.is_integer() => DefaultColumnType::Integer,
+        t if t.is_floating() => DefaultColumnType::FloatingPoint,
+        DataType::Decimal128(..) | DataType::Decimal256(..) => DefaultColumnType::FloatingPoint,
+        _ => DefaultColumnType::Text,
+    }
+}
+
+/// Rows of `batches` as sqllogictest cells.
+pub fn cells(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut rows = vec![];
+    for b in batches {
+        let fmts = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SltError(format!("cannot format result: {e}")))?;
+        for r in 0..b.num_rows() {
+            rows.push(
+                fmts.iter()
+                    .map(|f| match f.value(r).to_string() {
+                        s if s.is_empty() => "(empty)".to_string(),
+                        s => s,
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+impl StrataDb {
+    async fn write_lines(&self, lines: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        let url = format!("{}/write?db={}&precision=ns", self.http_base, self.database);
+        let resp = self
+            .http
+            .post(url)
+            .body(lines.to_string())
+            .send()
+            .await
+            .map_err(|e| SltError(format!("write request failed: {e}")))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if status.as_u16() == 204 {
+            let n = lines.lines().filter(|l| !l.trim().is_empty()).count();
+            return Ok(DBOutput::StatementComplete(n as u64));
+        }
+        Err(SltError(format!("write failed ({status}): {body}")))
+    }
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for StrataDb {
+    type Error = SltError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        let trimmed = sql.trim_start();
+        if trimmed.len() >= WRITE_LINES.len()
+            && trimmed[..WRITE_LINES.len()].eq_ignore_ascii_case(WRITE_LINES)
+        {
+            // Line numbers count from the first line after `WRITE LINES`.
+            let body = &trimmed[WRITE_LINES.len()..];
+            let body = body
+                .strip_prefix("\r\n")
+                .or_else(|| body.strip_prefix('\n'))
+                .unwrap_or(body);
+            return self.write_lines(body).await;
+        }
+        let (schema, batches) = self
+            .sql
+            .query_with_schema(sql)
+            .await
+            .map_err(|e| SltError(e.to_string()))?;
+        if schema.fields().is_empty() {
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| column_type(f.data_type()))
+            .collect();
+        Ok(DBOutput::Rows {
+            types,
+            rows: cells(&batches)?,
+        })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "strata"
+    }
+
+    async fn sleep(dur: std::time::Duration) {
+        tokio::time::sleep(dur).await;
+    }
+}
