@@ -66,7 +66,9 @@ pub fn cells(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
                 fmts.iter()
                     .map(|f| match f.value(r).to_string() {
                         s if s.is_empty() => "(empty)".to_string(),
-                        s => s,
+                        // EXPLAIN plans end in a newline; a blank line
+                        // would end the record in the .slt file.
+                        s => s.trim_end().to_string(),
                     })
                     .collect(),
             );
