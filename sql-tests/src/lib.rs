@@ -50,6 +50,24 @@ fn column_type(t: &DataType) -> DefaultColumnType {
     }
 }
 
+/// A row whose cells hold several lines (EXPLAIN plans) becomes one row
+/// per line, so the `.slt` file shows the plan as it prints.
+fn split_lines(row: Vec<String>) -> Vec<Vec<String>> {
+    if !row.iter().any(|c| c.contains('\n')) {
+        return vec![row];
+    }
+    let lines: Vec<Vec<&str>> = row.iter().map(|c| c.trim_end().lines().collect()).collect();
+    let height = lines.iter().map(Vec::len).max().unwrap_or(0);
+    (0..height)
+        .map(|i| {
+            lines
+                .iter()
+                .filter_map(|l| l.get(i).map(|s| s.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
 /// Rows of `batches` as sqllogictest cells.
 pub fn cells(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
     let opts = FormatOptions::default().with_null("NULL");
@@ -62,16 +80,14 @@ pub fn cells(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SltError(format!("cannot format result: {e}")))?;
         for r in 0..b.num_rows() {
-            rows.push(
-                fmts.iter()
-                    .map(|f| match f.value(r).to_string() {
-                        s if s.is_empty() => "(empty)".to_string(),
-                        // EXPLAIN plans end in a newline; a blank line
-                        // would end the record in the .slt file.
-                        s => s.trim_end().to_string(),
-                    })
-                    .collect(),
-            );
+            let row: Vec<String> = fmts
+                .iter()
+                .map(|f| match f.value(r).to_string() {
+                    s if s.is_empty() => "(empty)".to_string(),
+                    s => s,
+                })
+                .collect();
+            rows.extend(split_lines(row));
         }
     }
     Ok(rows)
