@@ -15,6 +15,9 @@ use crate::command::{Command, CommandResult};
 use crate::error::{DecodeSnafu, Error, Result, RpcSnafu, UnreachableSnafu};
 use crate::model::CatalogData;
 
+/// Largest catalog state a client accepts.
+const MAX_STATE_BYTES: usize = 256 << 20;
+
 #[derive(Clone)]
 pub struct CatalogClient {
     addr: String,
@@ -62,13 +65,15 @@ impl CatalogClient {
             .connect_timeout(Duration::from_secs(2));
         let deadline = tokio::time::Instant::now() + patience;
         let mut backoff = Duration::from_millis(50);
-        let (mut rpc, initial) = loop {
+        let (rpc, initial) = loop {
             let attempt = async {
                 let channel = endpoint
                     .connect()
                     .await
                     .context(UnreachableSnafu { addr })?;
-                let mut rpc = CatalogServiceClient::new(channel);
+                // The whole state travels in one message; allow it to grow.
+                let mut rpc =
+                    CatalogServiceClient::new(channel).max_decoding_message_size(MAX_STATE_BYTES);
                 let state = rpc
                     .get_state(GetStateRequest {})
                     .await
@@ -89,7 +94,6 @@ impl CatalogClient {
         let (tx, _) = watch::channel(Arc::new(initial));
         let cache = Arc::new(tx);
         let watcher = tokio::spawn(watch_loop(addr.to_string(), rpc.clone(), cache.clone()));
-        rpc = rpc.max_decoding_message_size(256 << 20);
         Ok(Self {
             addr: addr.to_string(),
             rpc,

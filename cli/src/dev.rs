@@ -17,8 +17,6 @@ pub struct DevConfig {
     pub flight_addr: String,
     pub catalog_addr: String,
     pub storage_nodes: u32,
-    /// Applied to every storage node's engine.
-    pub engine: fn(EngineConfig) -> EngineConfig,
 }
 
 impl DevConfig {
@@ -29,7 +27,6 @@ impl DevConfig {
             flight_addr: "127.0.0.1:8082".into(),
             catalog_addr: "127.0.0.1:0".into(),
             storage_nodes: 3,
-            engine: |e| e,
         }
     }
 
@@ -86,9 +83,7 @@ impl DevCluster {
         let catalog_addr = catalog.addr().to_string();
         let mut storage = vec![];
         for id in 1..=config.storage_nodes as u64 {
-            let engine = (config.engine)(EngineConfig::new(
-                config.data_dir.join(format!("storage-{id}")),
-            ));
+            let engine = EngineConfig::new(config.data_dir.join(format!("storage-{id}")));
             let node = StorageNode::start(StorageConfig {
                 node_id: id,
                 listen: "127.0.0.1:0".into(),
