@@ -96,6 +96,10 @@ struct StorageArgs {
     /// `strict` (default) or `skip-corrupt`.
     #[arg(long)]
     wal_recovery: Option<String>,
+    /// Refuse writes ("slow down", HTTP 503) while this many MiB wait in
+    /// memory to be flushed.
+    #[arg(long)]
+    memory_limit_mib: Option<usize>,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -289,6 +293,14 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
             ))
         }
     };
+    engine.memory_limit_bytes = f
+        .pick(
+            a.memory_limit_mib,
+            "memory_limit_mib",
+            engine.memory_limit_bytes >> 20,
+        )
+        .map_err(|e| e.0)?
+        << 20;
     let config = StorageConfig {
         node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
         listen: f

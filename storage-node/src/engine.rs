@@ -31,6 +31,14 @@ pub enum EngineError {
     Manifest { source: ManifestError },
     #[snafu(display("{source}"))]
     Flush { source: FlushError },
+    #[snafu(display(
+        "storage node memory is over budget ({used_bytes} of {limit_bytes} bytes buffered \
+         while flushing to disk); slow down and retry shortly"
+    ))]
+    MemoryPressure {
+        used_bytes: usize,
+        limit_bytes: usize,
+    },
     #[snafu(display("storage I/O on {}: {source}", path.display()))]
     Io {
         path: PathBuf,
@@ -47,6 +55,9 @@ pub struct EngineConfig {
     pub flush_rows: usize,
     /// Flush rows that have waited this long in memory.
     pub flush_age: Duration,
+    /// Writes are refused while memtables (active and being flushed) hold
+    /// more than this, instead of growing without bound.
+    pub memory_limit_bytes: usize,
 }
 
 impl EngineConfig {
@@ -57,6 +68,7 @@ impl EngineConfig {
             recovery: Recovery::Strict,
             flush_rows: 1_000_000,
             flush_age: Duration::from_secs(60),
+            memory_limit_bytes: 1 << 30,
         }
     }
 }
@@ -77,11 +89,13 @@ struct MemTable {
 /// Memtables that are being written to Parquet; still readable.
 struct Frozen {
     tables: BTreeMap<TableKey, MemTable>,
+    bytes: usize,
 }
 
 struct State {
     active: BTreeMap<TableKey, MemTable>,
     active_rows: usize,
+    active_bytes: usize,
     oldest_active: Option<Instant>,
     frozen: Vec<Arc<Frozen>>,
     manifest: Manifest,
@@ -121,6 +135,7 @@ impl Engine {
         let mut state = State {
             active: BTreeMap::new(),
             active_rows: 0,
+            active_bytes: 0,
             oldest_active: None,
             frozen: vec![],
             manifest,
@@ -158,6 +173,7 @@ impl Engine {
         if rows == 0 {
             return Ok(());
         }
+        self.check_memory()?;
         let _gate = self.write_gate.read().await;
         let entry = WalEntry {
             seq: self.wal.next_seq(),
@@ -176,6 +192,23 @@ impl Engine {
             self.flush_wanted.notify_one();
         }
         Ok(())
+    }
+
+    /// Refuses a write, before anything is logged, while memtables are over
+    /// budget; asks for a flush so that the pressure goes away.
+    fn check_memory(&self) -> Result<(), EngineError> {
+        let used_bytes = {
+            let st = self.state.lock();
+            st.active_bytes + st.frozen.iter().map(|f| f.bytes).sum::<usize>()
+        };
+        if used_bytes <= self.config.memory_limit_bytes {
+            return Ok(());
+        }
+        self.flush_wanted.notify_one();
+        Err(EngineError::MemoryPressure {
+            used_bytes,
+            limit_bytes: self.config.memory_limit_bytes,
+        })
     }
 
     /// The rows of `table` in `shard_ids` as of now.
@@ -264,7 +297,8 @@ impl Engine {
             let mut st = self.state.lock();
             if !st.active.is_empty() {
                 let tables = std::mem::take(&mut st.active);
-                st.frozen.push(Arc::new(Frozen { tables }));
+                let bytes = std::mem::take(&mut st.active_bytes);
+                st.frozen.push(Arc::new(Frozen { tables, bytes }));
             }
             st.active_rows = 0;
             st.oldest_active = None;
@@ -317,6 +351,7 @@ impl Engine {
                     let st = engine.state.lock();
                     st.oldest_active.is_some_and(|t| t.elapsed() >= age)
                         || st.active_rows >= engine.config.flush_rows
+                        || st.active_bytes >= engine.config.memory_limit_bytes / 2
                 };
                 if due {
                     if let Err(e) = engine.flush().await {
@@ -337,6 +372,7 @@ fn insert(st: &mut State, e: WalEntry) {
         table: e.table,
     };
     st.active_rows += e.batch.num_rows();
+    st.active_bytes += e.batch.get_array_memory_size();
     st.oldest_active.get_or_insert_with(Instant::now);
     let m = st.active.entry(key).or_insert_with(|| MemTable {
         database: e.database,
@@ -488,6 +524,29 @@ mod tests {
         let snap = e.snapshot("cpu", &[1, 2]);
         assert!(snap.batches.is_empty(), "everything was flushed");
         assert_eq!(rows(&snap), 4);
+    }
+
+    #[tokio::test]
+    async fn writes_over_the_memory_budget_are_refused_until_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path());
+        config.memory_limit_bytes = 1;
+        let e = Engine::open(config).unwrap();
+        // The budget is checked before a write: the first fits, the next not.
+        e.write("db", "cpu", 1, batch(&[1], &[1.0])).await.unwrap();
+        let err = e
+            .write("db", "cpu", 1, batch(&[2], &[2.0]))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("slow down"), "{err}");
+        assert_eq!(
+            rows(&e.snapshot("cpu", &[1])),
+            1,
+            "the refused write left nothing"
+        );
+        e.flush().await.unwrap();
+        e.write("db", "cpu", 1, batch(&[2], &[2.0])).await.unwrap();
+        assert_eq!(rows(&e.snapshot("cpu", &[1])), 2);
     }
 
     #[tokio::test]

@@ -29,6 +29,9 @@ pub enum StorageError {
 pub fn into_status(e: StorageError) -> tonic::Status {
     use datafusion::error::DataFusionError as D;
     let code = match &e {
+        StorageError::Engine {
+            source: EngineError::MemoryPressure { .. },
+        } => tonic::Code::ResourceExhausted,
         StorageError::Engine { .. } => tonic::Code::Internal,
         StorageError::Query { source } => match source {
             D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => tonic::Code::InvalidArgument,
