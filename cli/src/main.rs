@@ -90,7 +90,8 @@ struct StorageArgs {
     /// The catalog's address.
     #[arg(long, env = "STRATA_CATALOG")]
     catalog: Option<String>,
-    /// `always` (fsync before acknowledging, default) or `never`.
+    /// `always` (fsync before acknowledging, the default) or an interval
+    /// such as `100ms` (acknowledge, then fsync within the interval).
     #[arg(long)]
     wal_sync: Option<String>,
     /// `strict` (default) or `skip-corrupt`.
@@ -273,12 +274,14 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
         .as_str()
     {
         "always" => SyncPolicy::Always,
-        "never" => SyncPolicy::Never,
-        other => {
-            return Err(format!(
-                "--wal-sync must be 'always' or 'never', not '{other}'"
-            ))
-        }
+        other => match strata_coordinator::query::ddl::parse_duration(other) {
+            Ok(ns) => SyncPolicy::Interval(std::time::Duration::from_nanos(ns as u64)),
+            Err(_) => {
+                return Err(format!(
+                    "--wal-sync must be 'always' or an interval like '100ms', not '{other}'"
+                ))
+            }
+        },
     };
     engine.recovery = match f
         .pick(a.wal_recovery, "wal_recovery", "strict".to_string())

@@ -19,7 +19,10 @@ use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use snafu::{ResultExt, Snafu};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
 
 use strata_catalog::fsutil::{open_append, sync_dir};
 
@@ -67,8 +70,10 @@ pub enum SyncPolicy {
     /// fsync before acknowledging (group-committed).
     #[default]
     Always,
-    /// Acknowledge after the write reaches the OS; fsync by the flush cycle.
-    Never,
+    /// Acknowledge once the write reaches the OS and fsync at most this
+    /// long afterwards: a machine crash (not a process crash) can lose the
+    /// last interval of acknowledged writes.
+    Interval(std::time::Duration),
 }
 
 /// One logged write: a batch for one table of one shard.
@@ -292,13 +297,16 @@ impl Wal {
         let next_seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(last_seq + 1));
         let path = segment_path(dir, last_seq + 1);
         let file = open_append(&path).context(IoSnafu { path: &path })?;
-        let (tx, rx) = mpsc::channel(4096);
+        // Unbounded: writers never block here; the engine's memory budget
+        // bounds what can be queued.
+        let (tx, rx) = mpsc::channel();
         let writer = Writer {
             dir: dir.to_path_buf(),
             file,
             path,
             sync,
             next_seq: next_seq.clone(),
+            unsynced_since: None,
         };
         std::thread::Builder::new()
             .name("strata-wal".into())
@@ -328,7 +336,6 @@ impl Wal {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Request::Append { record, done })
-            .await
             .map_err(|_| WalError::Closed)?;
         rx.await
             .map_err(|_| WalError::Closed)?
@@ -344,7 +351,6 @@ impl Wal {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Request::Rotate { done })
-            .await
             .map_err(|_| WalError::Closed)?;
         rx.await
             .map_err(|_| WalError::Closed)?
@@ -375,11 +381,44 @@ struct Writer {
     path: PathBuf,
     sync: SyncPolicy,
     next_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// When written bytes were first left without an fsync.
+    unsynced_since: Option<Instant>,
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(first) = rx.blocking_recv() {
+    /// Waits for the next request; with unsynced bytes, no longer than
+    /// their deadline, syncing when it passes.
+    fn next(&mut self, rx: &mpsc::Receiver<Request>) -> Option<Request> {
+        loop {
+            let deadline = match (self.sync, self.unsynced_since) {
+                (SyncPolicy::Interval(d), Some(since)) => since + d,
+                _ => return rx.recv().ok(),
+            };
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(req) => return Some(req),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.sync_now() {
+                        tracing::error!(error = %e, "periodic WAL fsync failed");
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.sync_now();
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn sync_now(&mut self) -> Result<(), String> {
+        self.unsynced_since = None;
+        self.file
+            .sync_data()
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        while let Some(first) = self.next(&rx) {
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
@@ -414,15 +453,20 @@ impl Writer {
         self.file
             .write_all(buf)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        if self.sync == SyncPolicy::Always {
-            self.file
-                .sync_data()
-                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        match self.sync {
+            SyncPolicy::Always => self.sync_now(),
+            SyncPolicy::Interval(d) => {
+                let since = *self.unsynced_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= d {
+                    self.sync_now()?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     fn rotate(&mut self) -> Result<(), String> {
+        self.unsynced_since = None;
         self.file
             .sync_all()
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
@@ -446,6 +490,8 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use std::time::Duration;
 
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
@@ -485,6 +531,24 @@ mod tests {
         assert_eq!(r.last_seq, 5);
         assert_eq!(r.entries[0].table, "cpu");
         assert_eq!(r.entries[0].batch.num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn interval_policy_acknowledges_and_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(
+            dir.path(),
+            0,
+            SyncPolicy::Interval(Duration::from_millis(5)),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            let seq = wal.next_seq();
+            wal.append(&entry(seq)).await.unwrap();
+        }
+        drop(wal);
+        let r = replay(dir.path(), 0, Recovery::Strict).unwrap();
+        assert_eq!(r.entries.len(), 3);
     }
 
     #[tokio::test]
