@@ -93,10 +93,11 @@ async fn flushed_and_unflushed_rows_survive_a_restart() {
     for node in &c.cluster().storage {
         node.engine().flush().await.unwrap();
     }
-    let (status, _) = c.write("r", "s", "m,t=c v=3i 3\n").await;
+    // c is new; b is a retried write of a flushed point, with a new value.
+    let (status, _) = c.write("r", "s", "m,t=c v=3i 3\nm,t=b v=20i 2\n").await;
     assert_eq!(status, 204);
     c.restart().await;
     let got = c.query("r", "SELECT t, v FROM m ORDER BY t").await;
-    assert_eq!(got, vec!["a|1", "b|2", "c|3"]);
+    assert_eq!(got, vec!["a|1", "b|20", "c|3"]);
     assert!(c.data_dir().join("catalog").exists());
 }

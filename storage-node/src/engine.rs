@@ -116,8 +116,18 @@ pub struct Engine {
 
 /// What a scan reads: in-memory batches and Parquet files of one table.
 pub struct ScanSnapshot {
+    /// Memtable batches, oldest first.
     pub batches: Vec<RecordBatch>,
-    pub files: Vec<PathBuf>,
+    /// Parquet files, oldest first; each holds one row per primary key.
+    pub files: Vec<FileSource>,
+}
+
+/// A Parquet file to scan and the time range of its rows.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    pub path: PathBuf,
+    pub min_time: i64,
+    pub max_time: i64,
 }
 
 impl Engine {
@@ -233,7 +243,11 @@ impl Engine {
             .files
             .iter()
             .filter(|f| f.table == table && shard_ids.contains(&f.shard_id))
-            .map(|f| self.config.data_dir.join(&f.path))
+            .map(|f| FileSource {
+                path: self.config.data_dir.join(&f.path),
+                min_time: f.min_time,
+                max_time: f.max_time,
+            })
             .collect();
         ScanSnapshot { batches, files }
     }
@@ -272,7 +286,7 @@ impl Engine {
             .map(|b| b.schema().as_ref().clone())
             .collect();
         for f in &snap.files {
-            if let Ok(file) = std::fs::File::open(f) {
+            if let Ok(file) = std::fs::File::open(&f.path) {
                 if let Ok(b) =
                     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                 {
@@ -490,7 +504,7 @@ mod tests {
             .files
             .iter()
             .map(|f| {
-                let file = std::fs::File::open(f).unwrap();
+                let file = std::fs::File::open(&f.path).unwrap();
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                     .unwrap()
                     .build()

@@ -1,6 +1,6 @@
 //! Turning memtable batches into one Parquet file: batches with differing
-//! columns are aligned to their merged schema, rows are sorted by (tags,
-//! time), and the file is written with zstd, dictionary-encoded tags,
+//! columns are aligned to their merged schema, rows are deduplicated on the
+//! primary key and sorted by (tags, time), and the file is written with zstd, dictionary-encoded tags,
 //! row-group statistics and a page index, then fsynced.
 
 use std::fs::File;
@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use snafu::{ResultExt, Snafu};
 use strata_catalog::fsutil::sync_dir;
 use strata_catalog::model::TIME_COLUMN;
+
+use crate::dedup::dedup_sorted;
 
 #[derive(Debug, Snafu)]
 pub enum FlushError {
@@ -84,49 +85,10 @@ pub fn merged_schema<'a>(
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// Sorts rows by every tag column (dictionary strings) in name order, then
-/// by time.
-pub fn sort_by_series_and_time(
-    batch: &RecordBatch,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let schema = batch.schema();
-    let mut tag_idx: Vec<usize> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| matches!(f.data_type(), DataType::Dictionary(_, _)))
-        .map(|(i, _)| i)
-        .collect();
-    tag_idx.sort_by_key(|i| schema.field(*i).name().clone());
-    let mut cols: Vec<SortColumn> = tag_idx
-        .into_iter()
-        .map(|i| SortColumn {
-            values: batch.column(i).clone(),
-            options: None,
-        })
-        .collect();
-    if let Some(t) = batch.column_by_name(TIME_COLUMN) {
-        cols.push(SortColumn {
-            values: t.clone(),
-            options: None,
-        });
-    }
-    if cols.is_empty() {
-        return Ok(batch.clone());
-    }
-    let indices = lexsort_to_indices(&cols, None)?;
-    take_record_batch(batch, &indices)
-}
-
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<Written, FlushError> {
     let schema = merged_schema(batches).context(ArrowSnafu { path })?;
-    let aligned: Vec<RecordBatch> = batches
-        .iter()
-        .map(|b| adapt_batch(b, &schema))
-        .collect::<Result<_, _>>()
-        .context(ArrowSnafu { path })?;
-    let all = concat_batches(&schema, &aligned).context(ArrowSnafu { path })?;
-    let sorted = sort_by_series_and_time(&all).context(ArrowSnafu { path })?;
+    // One row per primary key in every file: scans rely on it.
+    let sorted = dedup_sorted(batches, &schema).context(ArrowSnafu { path })?;
 
     let (min_time, max_time) = sorted
         .column_by_name(TIME_COLUMN)

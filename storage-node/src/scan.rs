@@ -2,30 +2,42 @@
 //! batches and Parquet files) as a DataFusion table, with the ticket's
 //! filters, projection and limit applied.
 //!
-//! Filters are pushed to the Parquet reader for row-group pruning and
-//! evaluated again above it, so results are exact.
+//! Rows are deduplicated on the primary key ([`ShardScanExec`]). Filters on
+//! key columns (tags, time) are pushed to the Parquet reader for row-group
+//! pruning; every filter is evaluated again above the scan, so results are
+//! exact.
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch, TimestampNanosecondArray};
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, DataFusionError};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{col, Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::Serializeable;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use strata_catalog::model::TIME_COLUMN;
 use strata_proto::storage::v1::ScanTicket;
 
+use crate::dedup::{dedup_sorted, is_key_column};
 use crate::engine::{Engine, ScanSnapshot};
 use crate::flush::adapt_batch;
 
@@ -42,6 +54,42 @@ impl std::fmt::Debug for ShardTable {
             .field("files", &self.snapshot.files.len())
             .finish()
     }
+}
+
+/// Whether every column `e` refers to is part of the primary key, so that
+/// filtering on it before deduplication cannot change the result.
+fn only_key_columns(e: &Expr, schema: &SchemaRef) -> bool {
+    e.column_refs().iter().all(|c| {
+        schema
+            .field_with_name(&c.name)
+            .is_ok_and(|f| is_key_column(f.name(), f.data_type()))
+    })
+}
+
+/// The `[min, max]` time of memtable batches, if they hold rows.
+fn batches_time_range(batches: &[RecordBatch]) -> Option<(i64, i64)> {
+    let mut range: Option<(i64, i64)> = None;
+    for b in batches {
+        let Some(t) = b
+            .column_by_name(TIME_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        else {
+            continue;
+        };
+        if let (Some(lo), Some(hi)) = (arrow::compute::min(t), arrow::compute::max(t)) {
+            range = Some(match range {
+                Some((a, b)) => (a.min(lo), b.max(hi)),
+                None => (lo, hi),
+            });
+        }
+    }
+    range
+}
+
+/// Whether any two of the time ranges overlap (then a key may be in both).
+fn any_overlap(mut ranges: Vec<(i64, i64)>) -> bool {
+    ranges.sort();
+    ranges.windows(2).any(|w| w[1].0 <= w[0].1)
 }
 
 #[async_trait]
@@ -68,40 +116,237 @@ impl TableProvider for ShardTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let mut plans: Vec<Arc<dyn ExecutionPlan>> = vec![];
-        if !self.snapshot.batches.is_empty() {
-            let batches: Vec<RecordBatch> = self
-                .snapshot
-                .batches
-                .iter()
-                .map(|b| adapt_batch(b, &self.schema))
-                .collect::<Result<_, _>>()?;
-            let mem = MemTable::try_new(self.schema.clone(), vec![batches])?;
-            plans.push(mem.scan(state, projection, filters, limit).await?);
+        // Deduplication needs the key columns whatever the query asked for.
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let mut read: Vec<usize> = wanted.clone();
+        for (i, f) in self.schema.fields().iter().enumerate() {
+            if is_key_column(f.name(), f.data_type()) && !read.contains(&i) {
+                read.push(i);
+            }
         }
-        if !self.snapshot.files.is_empty() {
-            let urls = self
-                .snapshot
-                .files
-                .iter()
-                .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
-                .collect::<Result<Vec<_>, _>>()?;
+        read.sort_unstable();
+        let read_schema = Arc::new(self.schema.project(&read)?);
+        let output: Vec<usize> = wanted
+            .iter()
+            .map(|w| {
+                read.iter()
+                    .position(|r| r == w)
+                    .expect("wanted columns are read")
+            })
+            .collect();
+
+        // Only key-column filters may prune below deduplication: a field
+        // filter could drop the newest version of a point and resurrect an
+        // older one.
+        let key_filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| only_key_columns(f, &self.schema))
+            .cloned()
+            .collect();
+        let mut files = Vec::with_capacity(self.snapshot.files.len());
+        let mut ranges: Vec<(i64, i64)> = vec![];
+        for f in &self.snapshot.files {
+            let url = ListingTableUrl::parse(f.path.to_string_lossy())?;
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");
-            let config = ListingTableConfig::new_with_multi_paths(urls)
+            let config = ListingTableConfig::new(url)
                 .with_listing_options(options)
                 .with_schema(self.schema.clone());
-            let files = ListingTable::try_new(config)?;
-            plans.push(files.scan(state, projection, filters, limit).await?);
+            let table = ListingTable::try_new(config)?;
+            files.push(table.scan(state, Some(&read), &key_filters, None).await?);
+            ranges.push((f.min_time, f.max_time));
         }
-        if plans.is_empty() {
-            let schema = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => self.schema.clone(),
-            };
-            return Ok(Arc::new(EmptyExec::new(schema)));
+        let memtable: Vec<RecordBatch> = self
+            .snapshot
+            .batches
+            .iter()
+            .map(|b| adapt_batch(b, &read_schema))
+            .collect::<Result<_, _>>()?;
+        ranges.extend(batches_time_range(&memtable));
+        Ok(Arc::new(ShardScanExec::new(
+            read_schema,
+            output,
+            files,
+            memtable,
+            any_overlap(ranges),
+            limit,
+        )))
+    }
+}
+
+/// Reads a table's Parquet files and memtable rows and deduplicates them on
+/// the primary key (newest non-null value per field wins). Files hold one
+/// row per key already; when no two sources overlap in time, file rows
+/// stream through untouched and only the memtable is deduplicated.
+pub struct ShardScanExec {
+    /// Schema of what sources produce: the wanted columns plus key columns.
+    read_schema: SchemaRef,
+    /// Columns of `read_schema` to output.
+    output: Vec<usize>,
+    /// One plan per Parquet file, oldest first.
+    files: Vec<Arc<dyn ExecutionPlan>>,
+    /// Memtable batches, oldest first (newer than every file).
+    memtable: Vec<RecordBatch>,
+    /// Sources overlap in time, so keys may repeat across them.
+    merge_all: bool,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl ShardScanExec {
+    fn new(
+        read_schema: SchemaRef,
+        output: Vec<usize>,
+        files: Vec<Arc<dyn ExecutionPlan>>,
+        memtable: Vec<RecordBatch>,
+        merge_all: bool,
+        limit: Option<usize>,
+    ) -> Self {
+        let schema = Arc::new(read_schema.project(&output).expect("output columns exist"));
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            read_schema,
+            output,
+            files,
+            memtable,
+            merge_all,
+            limit,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
         }
-        UnionExec::try_new(plans)
+    }
+}
+
+impl std::fmt::Debug for ShardScanExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardScanExec")
+            .field("files", &self.files.len())
+            .field("memtable_batches", &self.memtable.len())
+            .finish()
+    }
+}
+
+impl DisplayAs for ShardScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "ShardScanExec: files={}, memtable_batches={}, merge_all={}",
+            self.files.len(),
+            self.memtable.len(),
+            self.merge_all
+        )?;
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ShardScanExec {
+    fn name(&self) -> &str {
+        "ShardScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.files.iter().collect()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(ShardScanExec::new(
+            self.read_schema.clone(),
+            self.output.clone(),
+            children,
+            self.memtable.clone(),
+            self.merge_all,
+            self.limit,
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "ShardScanExec has one partition, asked for {partition}"
+            )));
+        }
+        let schema = self.properties.eq_properties.schema().clone();
+        let read_schema = self.read_schema.clone();
+        let output = self.output.clone();
+        let files = self.files.clone();
+        let memtable = self.memtable.clone();
+        let merge_all = self.merge_all;
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let project = move |b: RecordBatch| b.project(&output).map_err(DataFusionError::from);
+
+        let stream: BoxStream<'static, datafusion::error::Result<RecordBatch>> = if merge_all {
+            futures::stream::once(async move {
+                let mut all = vec![];
+                for f in files {
+                    all.extend(datafusion::physical_plan::collect(f, ctx.clone()).await?);
+                }
+                all.extend(memtable);
+                Ok::<_, DataFusionError>(dedup_sorted(&all, &read_schema)?)
+            })
+            .boxed()
+        } else {
+            let file_streams = futures::stream::iter(files)
+                .then(move |f| {
+                    let ctx = ctx.clone();
+                    async move { datafusion::physical_plan::execute_stream(f, ctx) }
+                })
+                .try_flatten();
+            let mem = futures::stream::once(async move {
+                Ok::<_, DataFusionError>(dedup_sorted(&memtable, &read_schema)?)
+            });
+            file_streams.chain(mem).boxed()
+        };
+        let stream = stream
+            .try_filter(|b| futures::future::ready(b.num_rows() > 0))
+            .map(move |b| b.and_then(&project))
+            // Stop reading sources once the limit is reached.
+            .scan(self.limit.unwrap_or(usize::MAX), |left, b| {
+                if *left == 0 {
+                    return futures::future::ready(None);
+                }
+                let b = b.map(|b| {
+                    let n = b.num_rows().min(*left);
+                    *left -= n;
+                    b.slice(0, n)
+                });
+                futures::future::ready(Some(b))
+            })
+            .inspect_ok(move |b| baseline.record_output(b.num_rows()));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 }
 
@@ -140,4 +385,146 @@ pub async fn execute_ticket(
         df = df.limit(0, Some(limit as usize))?;
     }
     df.execute_stream().await
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float64Array, StringDictionaryBuilder};
+    use arrow::datatypes::{DataType, Field, Int32Type, TimeUnit};
+    use arrow::util::pretty::pretty_format_batches;
+    use datafusion::logical_expr::lit;
+    use strata_proto::storage::v1::ScanTicket;
+
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::flight::schema_to_ipc;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "host",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                true,
+            ),
+            Field::new("a", DataType::Float64, true),
+            Field::new("b", DataType::Float64, true),
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                false,
+            ),
+        ]))
+    }
+
+    fn batch(rows: &[(&str, Option<f64>, Option<f64>, i64)]) -> RecordBatch {
+        let mut host = StringDictionaryBuilder::<Int32Type>::new();
+        rows.iter().for_each(|r| host.append_value(r.0));
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(host.finish()),
+                Arc::new(rows.iter().map(|r| r.1).collect::<Float64Array>()),
+                Arc::new(rows.iter().map(|r| r.2).collect::<Float64Array>()),
+                Arc::new(TimestampNanosecondArray::from(
+                    rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn scan(engine: &Engine, filters: Vec<Expr>, projection: Option<Vec<&str>>) -> String {
+        let ticket = ScanTicket {
+            database: "db".into(),
+            table: "cpu".into(),
+            shard_ids: vec![1],
+            table_schema_ipc: schema_to_ipc(&schema()).unwrap(),
+            projection: projection.map(|p| strata_proto::storage::v1::Projection {
+                columns: p.into_iter().map(str::to_string).collect(),
+            }),
+            filters: filters
+                .iter()
+                .map(|f| f.to_bytes().unwrap().to_vec())
+                .collect(),
+            limit: None,
+            query_id: "test".into(),
+        };
+        let ctx = SessionContext::new();
+        let stream = execute_ticket(&ctx, engine, &ticket).await.unwrap();
+        let batches = datafusion::physical_plan::common::collect(stream)
+            .await
+            .unwrap();
+        // Rows in a stable order (sources may interleave), duplicates kept.
+        let text = pretty_format_batches(&batches).unwrap().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() <= 4 {
+            return text;
+        }
+        let mut body = lines[3..lines.len() - 1].to_vec();
+        body.sort();
+        [&lines[..3], &body[..], &lines[lines.len() - 1..]]
+            .concat()
+            .join("\n")
+    }
+
+    /// The same points written again, across memtable and files, read back
+    /// once with the newest value of each field; a filter on a field sees
+    /// only the newest value.
+    #[tokio::test]
+    async fn scans_merge_duplicates_across_files_and_memtable() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        engine
+            .write(
+                "db",
+                "cpu",
+                1,
+                batch(&[("x", Some(1.0), Some(10.0), 5), ("y", Some(2.0), None, 5)]),
+            )
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&[("x", Some(3.0), None, 5)]))
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        engine
+            .write(
+                "db",
+                "cpu",
+                1,
+                batch(&[("y", None, Some(7.0), 5), ("z", Some(9.0), None, 6)]),
+            )
+            .await
+            .unwrap();
+
+        let expected = "\
++------+-----+------+-------------------------------+
+| host | a   | b    | time                          |
++------+-----+------+-------------------------------+
+| x    | 3.0 | 10.0 | 1970-01-01T00:00:00.000000005 |
+| y    | 2.0 | 7.0  | 1970-01-01T00:00:00.000000005 |
+| z    | 9.0 |      | 1970-01-01T00:00:00.000000006 |
++------+-----+------+-------------------------------+";
+        assert_eq!(scan(&engine, vec![], None).await, expected);
+
+        // x's a was 1.0 once, but 3.0 now: a field filter must not see 1.0.
+        let got = scan(
+            &engine,
+            vec![col("a").eq(lit(1.0))],
+            Some(vec!["host", "a"]),
+        )
+        .await;
+        assert_eq!(got, "++\n++", "{got}");
+        let got = scan(&engine, vec![col("a").eq(lit(3.0))], Some(vec!["a"])).await;
+        assert_eq!(got, "+-----+\n| a   |\n+-----+\n| 3.0 |\n+-----+");
+
+        // The same after every row is flushed, and after a restart.
+        engine.flush().await.unwrap();
+        assert_eq!(scan(&engine, vec![], None).await, expected);
+        drop(engine);
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        assert_eq!(scan(&engine, vec![], None).await, expected);
+    }
 }
