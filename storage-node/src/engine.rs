@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use snafu::{ResultExt, Snafu};
 use tokio::sync::{Notify, RwLock};
 
@@ -39,6 +42,8 @@ pub enum EngineError {
         used_bytes: usize,
         limit_bytes: usize,
     },
+    #[snafu(display("compacting {}: {reason}", path.display()))]
+    Compaction { path: PathBuf, reason: String },
     #[snafu(display("storage I/O on {}: {source}", path.display()))]
     Io {
         path: PathBuf,
@@ -72,6 +77,9 @@ impl EngineConfig {
         }
     }
 }
+
+/// A (shard, table) with this many Parquet files is compacted after a flush.
+pub const COMPACT_MIN_FILES: usize = 4;
 
 /// Identifies the data of one table in one shard.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -110,6 +118,11 @@ pub struct Engine {
     /// segments it retires.
     write_gate: RwLock<()>,
     flush_lock: tokio::sync::Mutex<()>,
+    compaction_lock: tokio::sync::Mutex<()>,
+    /// Serializes manifest changes (flush and compaction both make them).
+    manifest_lock: tokio::sync::Mutex<()>,
+    /// Next Parquet file id; ids are never reused.
+    next_file_id: AtomicU64,
     state: Mutex<State>,
     flush_wanted: Arc<Notify>,
 }
@@ -138,6 +151,7 @@ impl Engine {
         std::fs::create_dir_all(dir).context(IoSnafu { path: dir })?;
         let manifest = Manifest::load(dir).context(ManifestSnafu)?;
         remove_orphans(dir, &manifest)?;
+        let next_file_id = manifest.next_file_id;
         let wal_dir = dir.join("wal");
         let replayed =
             wal::replay(&wal_dir, manifest.flushed_seq, config.recovery).context(WalSnafu)?;
@@ -162,6 +176,9 @@ impl Engine {
             wal,
             write_gate: RwLock::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
+            compaction_lock: tokio::sync::Mutex::new(()),
+            manifest_lock: tokio::sync::Mutex::new(()),
+            next_file_id: AtomicU64::new(next_file_id),
             state: Mutex::new(state),
             flush_wanted: Arc::new(Notify::new()),
         }))
@@ -238,11 +255,15 @@ impl Engine {
                 batches.extend(m.batches.iter().cloned());
             }
         }
-        let files = st
+        let mut listed: Vec<&ParquetFileMeta> = st
             .manifest
             .files
             .iter()
             .filter(|f| f.table == table && shard_ids.contains(&f.shard_id))
+            .collect();
+        listed.sort_by_key(|f| (f.order, f.id));
+        let files = listed
+            .into_iter()
             .map(|f| FileSource {
                 path: self.config.data_dir.join(&f.path),
                 min_time: f.min_time,
@@ -318,37 +339,113 @@ impl Engine {
             st.oldest_active = None;
             self.wal.last_seq()
         };
-        let (frozen, mut manifest) = {
+        let (frozen, flushed_seq) = {
             let st = self.state.lock();
-            (st.frozen.clone(), st.manifest.clone())
+            (st.frozen.clone(), st.manifest.flushed_seq)
         };
-        if frozen.is_empty() && manifest.flushed_seq >= upto {
+        if frozen.is_empty() && flushed_seq >= upto {
             return Ok(());
         }
         let dir = self.config.data_dir.clone();
         let frozen_for_write = frozen.clone();
-        let first_id = manifest.next_file_id;
-        let (files, next_id) =
-            tokio::task::spawn_blocking(move || write_frozen(&dir, &frozen_for_write, first_id))
-                .await
-                .expect("flush task panicked")?;
-        manifest.files.extend(files);
-        manifest.next_file_id = next_id;
-        manifest.flushed_seq = upto;
+        let ids = self.file_ids(frozen.iter().map(|f| f.tables.len()).sum());
+        let files = tokio::task::spawn_blocking(move || write_frozen(&dir, &frozen_for_write, ids))
+            .await
+            .expect("flush task panicked")?;
+        self.update_manifest(
+            |m| {
+                m.files.extend(files);
+                m.flushed_seq = upto;
+            },
+            // The flushed memtables leave the read snapshot in the same step
+            // their files join it.
+            |st| {
+                st.frozen
+                    .retain(|f| !frozen.iter().any(|g| Arc::ptr_eq(f, g)))
+            },
+        )
+        .await?;
+        self.wal.remove_flushed(upto).context(WalSnafu)?;
+        Ok(())
+    }
+
+    /// Reserves `n` file ids.
+    fn file_ids(&self, n: usize) -> std::ops::Range<u64> {
+        let first = self.next_file_id.fetch_add(n as u64, Ordering::SeqCst);
+        first..first + n as u64
+    }
+
+    /// Changes the manifest: applies `change` to a copy, stores it
+    /// atomically, then swaps it in together with `on_swap` under the state
+    /// lock, so readers see the old or the new set of files, never a mix.
+    async fn update_manifest(
+        &self,
+        change: impl FnOnce(&mut Manifest),
+        on_swap: impl FnOnce(&mut State),
+    ) -> Result<(), EngineError> {
+        let _one_at_a_time = self.manifest_lock.lock().await;
+        let mut manifest = self.state.lock().manifest.clone();
+        change(&mut manifest);
+        manifest.next_file_id = self.next_file_id.load(Ordering::SeqCst);
         let dir = self.config.data_dir.clone();
         let to_store = manifest.clone();
         tokio::task::spawn_blocking(move || to_store.store(&dir))
             .await
             .expect("manifest task panicked")
             .context(ManifestSnafu)?;
-        {
-            let mut st = self.state.lock();
-            st.manifest = manifest;
-            st.frozen
-                .retain(|f| !frozen.iter().any(|g| Arc::ptr_eq(f, g)));
-        }
-        self.wal.remove_flushed(upto).context(WalSnafu)?;
+        let mut st = self.state.lock();
+        st.manifest = manifest;
+        on_swap(&mut st);
         Ok(())
+    }
+
+    /// Merges the Parquet files of every (shard, table) that has at least
+    /// `min_files` of them into one, deduplicated, file. A crash at any
+    /// point leaves either the inputs or the output listed, never both:
+    /// the manifest switch is atomic and unlisted files are removed on
+    /// start. Returns how many (shard, table) pairs were compacted.
+    pub async fn compact(&self, min_files: usize) -> Result<usize, EngineError> {
+        let _one_at_a_time = self.compaction_lock.lock().await;
+        let mut groups: BTreeMap<TableKey, Vec<ParquetFileMeta>> = BTreeMap::new();
+        for f in &self.state.lock().manifest.files {
+            let key = TableKey {
+                shard_id: f.shard_id,
+                table: f.table.clone(),
+            };
+            groups.entry(key).or_default().push(f.clone());
+        }
+        let mut compacted = 0;
+        for (key, mut inputs) in groups {
+            if inputs.len() < min_files.max(2) {
+                continue;
+            }
+            inputs.sort_by_key(|f| f.order);
+            let id = self.file_ids(1).start;
+            let dir = self.config.data_dir.clone();
+            let job_inputs = inputs.clone();
+            let output =
+                tokio::task::spawn_blocking(move || compact_files(&dir, &key, &job_inputs, id))
+                    .await
+                    .expect("compaction task panicked")?;
+            let input_ids: Vec<u64> = inputs.iter().map(|f| f.id).collect();
+            self.update_manifest(
+                |m| {
+                    m.files.retain(|f| !input_ids.contains(&f.id));
+                    m.files.push(output);
+                },
+                |_| {},
+            )
+            .await?;
+            for f in &inputs {
+                let path = self.config.data_dir.join(&f.path);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    // Left behind, it is an orphan and goes on the next start.
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a compacted file");
+                }
+            }
+            compacted += 1;
+        }
+        Ok(compacted)
     }
 
     /// Runs flushes in the background until the engine is dropped: when the
@@ -370,6 +467,8 @@ impl Engine {
                 if due {
                     if let Err(e) = engine.flush().await {
                         tracing::error!(error = %e, "flush failed; rows stay in the WAL and memory");
+                    } else if let Err(e) = engine.compact(COMPACT_MIN_FILES).await {
+                        tracing::error!(error = %e, "compaction failed; the input files stay");
                     }
                 }
                 drop(engine);
@@ -398,8 +497,8 @@ fn insert(st: &mut State, e: WalEntry) {
 fn write_frozen(
     dir: &Path,
     frozen: &[Arc<Frozen>],
-    mut next_id: u64,
-) -> Result<(Vec<ParquetFileMeta>, u64), EngineError> {
+    mut ids: std::ops::Range<u64>,
+) -> Result<Vec<ParquetFileMeta>, EngineError> {
     // Merge the memtables of one table across frozen sets into one file.
     let mut merged: BTreeMap<TableKey, (String, Vec<RecordBatch>)> = BTreeMap::new();
     for f in frozen {
@@ -412,27 +511,72 @@ fn write_frozen(
     }
     let mut files = vec![];
     for (key, (database, batches)) in merged {
-        let rel = format!(
-            "shards/{}/{}-{:010}.parquet",
-            key.shard_id,
-            path_safe(&key.table),
-            next_id
-        );
-        let written = write_parquet(&dir.join(&rel), &batches).context(FlushSnafu)?;
-        files.push(ParquetFileMeta {
-            id: next_id,
-            shard_id: key.shard_id,
-            database,
-            table: key.table,
-            path: rel,
-            rows: written.rows,
-            min_time: written.min_time,
-            max_time: written.max_time,
-            size_bytes: written.size_bytes,
-        });
-        next_id += 1;
+        let id = ids.next().expect("an id was reserved per table");
+        files.push(write_file(dir, &key, database, &batches, id, id)?);
     }
-    Ok((files, next_id))
+    Ok(files)
+}
+
+/// Writes one deduplicated Parquet file of a shard's table.
+fn write_file(
+    dir: &Path,
+    key: &TableKey,
+    database: String,
+    batches: &[RecordBatch],
+    id: u64,
+    order: u64,
+) -> Result<ParquetFileMeta, EngineError> {
+    let rel = format!(
+        "shards/{}/{}-{:010}.parquet",
+        key.shard_id,
+        path_safe(&key.table),
+        id
+    );
+    let written = write_parquet(&dir.join(&rel), batches).context(FlushSnafu)?;
+    Ok(ParquetFileMeta {
+        id,
+        order,
+        shard_id: key.shard_id,
+        database,
+        table: key.table.clone(),
+        path: rel,
+        rows: written.rows,
+        min_time: written.min_time,
+        max_time: written.max_time,
+        size_bytes: written.size_bytes,
+    })
+}
+
+/// Reads `inputs` (oldest first) and writes their merge as file `id`.
+fn compact_files(
+    dir: &Path,
+    key: &TableKey,
+    inputs: &[ParquetFileMeta],
+    id: u64,
+) -> Result<ParquetFileMeta, EngineError> {
+    let mut batches = vec![];
+    for f in inputs {
+        let path = dir.join(&f.path);
+        let file = std::fs::File::open(&path).context(IoSnafu { path: &path })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| EngineError::Compaction {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        for b in reader {
+            batches.push(b.map_err(|e| EngineError::Compaction {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?);
+        }
+    }
+    let database = inputs
+        .first()
+        .map(|f| f.database.clone())
+        .unwrap_or_default();
+    let order = inputs.iter().map(|f| f.order).max().unwrap_or(id);
+    write_file(dir, key, database, &batches, id, order)
 }
 
 /// Keeps table names usable as file names whatever they contain.

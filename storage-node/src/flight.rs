@@ -242,8 +242,15 @@ impl FlightService for StorageFlightService {
                     .map_err(|e| into_status(StorageError::Engine { source: e }))?;
                 Ok(Response::new(Box::pin(stream::empty())))
             }
+            "compact" => {
+                self.engine
+                    .compact(2)
+                    .await
+                    .map_err(|e| into_status(StorageError::Engine { source: e }))?;
+                Ok(Response::new(Box::pin(stream::empty())))
+            }
             other => Err(Status::invalid_argument(format!(
-                "unknown action '{other}'; storage nodes know: flush"
+                "unknown action '{other}'; storage nodes know: flush, compact"
             ))),
         }
     }
@@ -256,6 +263,13 @@ impl FlightService for StorageFlightService {
             r#type: "flush".into(),
             description: "write all in-memory rows to Parquet".into(),
         };
-        Ok(Response::new(Box::pin(stream::iter([Ok(flush)]))))
+        let compact = ActionType {
+            r#type: "compact".into(),
+            description: "merge each shard table's Parquet files into one".into(),
+        };
+        Ok(Response::new(Box::pin(stream::iter([
+            Ok(flush),
+            Ok(compact),
+        ]))))
     }
 }

@@ -37,6 +37,11 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParquetFileMeta {
     pub id: u64,
+    /// Age of the file's rows relative to the other files of its table and
+    /// shard: a higher order holds newer writes. A flushed file's order is
+    /// its id; a compacted file takes the highest order of its inputs.
+    #[serde(default)]
+    pub order: u64,
     pub shard_id: u64,
     pub database: String,
     pub table: String,
