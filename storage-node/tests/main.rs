@@ -1,0 +1,3 @@
+//! Integration tests of the storage engine through its public API.
+
+mod model;
