@@ -60,6 +60,8 @@ fn schema() -> SchemaRef {
 
 type Point = (Option<f64>, Option<f64>);
 type Model = BTreeMap<(String, i64), Point>;
+/// The model's version of a filter.
+type Keep = Box<dyn Fn(&(String, i64), &Point) -> bool>;
 
 fn random_batch(rng: &mut Rng, model: &mut Model) -> RecordBatch {
     let n = 1 + rng.below(20) as usize;
@@ -100,7 +102,7 @@ fn random_batch(rng: &mut Rng, model: &mut Model) -> RecordBatch {
 }
 
 /// A random predicate with the model's version of it.
-fn random_filter(rng: &mut Rng) -> (Option<Expr>, Box<dyn Fn(&(String, i64), &Point) -> bool>) {
+fn random_filter(rng: &mut Rng) -> (Option<Expr>, Keep) {
     match rng.below(5) {
         0 => (None, Box::new(|_, _| true)),
         1 => {
