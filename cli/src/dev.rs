@@ -17,6 +17,8 @@ pub struct DevConfig {
     pub flight_addr: String,
     pub catalog_addr: String,
     pub storage_nodes: u32,
+    /// Flush a storage node's memtables at this many rows.
+    pub flush_rows: Option<usize>,
 }
 
 impl DevConfig {
@@ -27,6 +29,7 @@ impl DevConfig {
             flight_addr: "127.0.0.1:8082".into(),
             catalog_addr: "127.0.0.1:0".into(),
             storage_nodes: 3,
+            flush_rows: None,
         }
     }
 
@@ -83,7 +86,10 @@ impl DevCluster {
         let catalog_addr = catalog.addr().to_string();
         let mut storage = vec![];
         for id in 1..=config.storage_nodes as u64 {
-            let engine = EngineConfig::new(config.data_dir.join(format!("storage-{id}")));
+            let mut engine = EngineConfig::new(config.data_dir.join(format!("storage-{id}")));
+            if let Some(rows) = config.flush_rows {
+                engine.flush_rows = rows;
+            }
             let node = StorageNode::start(StorageConfig {
                 node_id: id,
                 listen: "127.0.0.1:0".into(),

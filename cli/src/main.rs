@@ -50,6 +50,9 @@ struct DevArgs {
     flight_addr: String,
     #[arg(long, default_value_t = 3)]
     storage_nodes: u32,
+    /// Flush a storage node's memtables to Parquet at this many rows.
+    #[arg(long)]
+    flush_rows: Option<usize>,
     /// Write the bound addresses as JSON to this file once ready.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -101,6 +104,9 @@ struct StorageArgs {
     /// memory to be flushed.
     #[arg(long)]
     memory_limit_mib: Option<usize>,
+    /// Flush memtables to Parquet at this many rows.
+    #[arg(long)]
+    flush_rows: Option<usize>,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -207,6 +213,7 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         http_addr: a.http_addr,
         flight_addr: a.flight_addr,
         storage_nodes: a.storage_nodes.max(1),
+        flush_rows: a.flush_rows,
         ..DevConfig::new(&a.data_dir)
     };
     let cluster = DevCluster::start(config).await.map_err(|e| e.to_string())?;
@@ -296,6 +303,9 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
             ))
         }
     };
+    engine.flush_rows = f
+        .pick(a.flush_rows, "flush_rows", engine.flush_rows)
+        .map_err(|e| e.0)?;
     engine.memory_limit_bytes = f
         .pick(
             a.memory_limit_mib,

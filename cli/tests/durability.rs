@@ -101,3 +101,108 @@ async fn flushed_and_unflushed_rows_survive_a_restart() {
     assert_eq!(got, vec!["a|1", "b|20", "c|3"]);
     assert!(c.data_dir().join("catalog").exists());
 }
+
+/// Twenty SIGKILLs at random moments while a writer streams batches and
+/// the nodes flush and compact every few hundred rows: after each restart
+/// every acknowledged row is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_rows_survive_kills_during_flush_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next_random = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut acked: u64 = 0; // batches 0..acked are acknowledged
+                            // Twenty killed runs, then one more start that only checks.
+    for cycle in 0..=20 {
+        let (process, addrs) = ServerProcess::start(
+            &[
+                "dev",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--flight-addr",
+                "127.0.0.1:0",
+                "--flush-rows",
+                "300",
+                "--data-dir",
+                dir.path().join("data").to_str().unwrap(),
+            ],
+            &dir.path().join("addrs.json"),
+        );
+        let url = format!(
+            "http://{}/write?db=chaos&precision=s",
+            addrs["http"].as_str().unwrap()
+        );
+        let flight = addrs["flight"].as_str().unwrap().to_string();
+
+        // Everything acknowledged before this start is still there, once.
+        let mut sql = strata::sql_client::SqlClient::connect(&flight, Some("chaos".into()))
+            .await
+            .unwrap();
+        if acked > 0 {
+            let got = crate::support::rows(
+                &sql.query(&format!(
+                    "SELECT count(*), count(DISTINCT batch * 1000 + i) FROM k WHERE batch < {acked}"
+                ))
+                .await
+                .unwrap(),
+            );
+            assert_eq!(
+                got,
+                vec![format!("{}|{}", acked * 100, acked * 100)],
+                "cycle {cycle}"
+            );
+        }
+
+        // Write until killed.
+        let writer = tokio::spawn({
+            let http = http.clone();
+            let start = acked;
+            async move {
+                let mut done = start;
+                loop {
+                    let mut body = String::new();
+                    for i in 0..100u64 {
+                        body.push_str(&format!(
+                            "k,host=h{} batch={done}i,i={i}i {}\n",
+                            i % 5,
+                            1_600_000_000 + done * 100 + i
+                        ));
+                    }
+                    let resp = http.post(&url).body(body).send().await;
+                    match resp {
+                        Ok(r) if r.status().as_u16() == 204 => done += 1,
+                        _ => return done,
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50 + next_random(400))).await;
+        process.kill9();
+        acked = writer.await.unwrap();
+    }
+    assert!(acked > 20, "the writer made progress: {acked} batches");
+    // The runs flushed (and so compacted) along the way.
+    let parquet_files = walk(&dir.path().join("data"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert!(parquet_files > 0, "no flush happened");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
