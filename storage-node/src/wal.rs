@@ -567,6 +567,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn zero_length_segments_are_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 1..=2).await;
+        // A crash right after a rotation leaves an empty newest segment; an
+        // empty one in the middle (rotation, then nothing) is fine too.
+        fs::write(segment_path(dir.path(), 3), b"").unwrap();
+        fs::write(segment_path(dir.path(), 2), b"").unwrap();
+        let r = replay(dir.path(), 0, Recovery::Strict).unwrap();
+        assert_eq!(
+            r.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(r.last_seq, 2);
+    }
+
+    #[tokio::test]
     async fn zero_filled_tail_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), 1..=2).await;
