@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -107,6 +108,8 @@ struct State {
     oldest_active: Option<Instant>,
     frozen: Vec<Arc<Frozen>>,
     manifest: Manifest,
+    /// One guard per file the manifest lists, by file id.
+    guards: HashMap<u64, Arc<FileGuard>>,
 }
 
 pub struct Engine {
@@ -135,12 +138,42 @@ pub struct ScanSnapshot {
     pub files: Vec<FileSource>,
 }
 
+/// Deletes a file that compaction replaced once the last reader that may
+/// still read it lets go.
+#[derive(Debug)]
+pub struct FileGuard {
+    path: PathBuf,
+    obsolete: AtomicBool,
+}
+
+impl FileGuard {
+    fn new(path: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            obsolete: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::SeqCst) {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                // Left behind, it is an orphan and goes on the next start.
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a compacted file");
+            }
+        }
+    }
+}
+
 /// A Parquet file to scan and the time range of its rows.
 #[derive(Debug, Clone)]
 pub struct FileSource {
     pub path: PathBuf,
     pub min_time: i64,
     pub max_time: i64,
+    /// Keeps the file on disk while this snapshot may read it.
+    pub guard: Arc<FileGuard>,
 }
 
 impl Engine {
@@ -162,6 +195,11 @@ impl Engine {
             active_bytes: 0,
             oldest_active: None,
             frozen: vec![],
+            guards: manifest
+                .files
+                .iter()
+                .map(|f| (f.id, FileGuard::new(dir.join(&f.path))))
+                .collect(),
             manifest,
         };
         let n = replayed.entries.len();
@@ -268,6 +306,7 @@ impl Engine {
                 path: self.config.data_dir.join(&f.path),
                 min_time: f.min_time,
                 max_time: f.max_time,
+                guard: st.guards[&f.id].clone(),
             })
             .collect();
         ScanSnapshot { batches, files }
@@ -394,6 +433,20 @@ impl Engine {
             .expect("manifest task panicked")
             .context(ManifestSnafu)?;
         let mut st = self.state.lock();
+        let listed: std::collections::HashSet<u64> = manifest.files.iter().map(|f| f.id).collect();
+        st.guards.retain(|id, guard| {
+            let keep = listed.contains(id);
+            if !keep {
+                // Deleted once no snapshot holds it any more.
+                guard.obsolete.store(true, Ordering::SeqCst);
+            }
+            keep
+        });
+        for f in &manifest.files {
+            st.guards
+                .entry(f.id)
+                .or_insert_with(|| FileGuard::new(self.config.data_dir.join(&f.path)));
+        }
         st.manifest = manifest;
         on_swap(&mut st);
         Ok(())
@@ -403,7 +456,8 @@ impl Engine {
     /// `min_files` of them into one, deduplicated, file. A crash at any
     /// point leaves either the inputs or the output listed, never both:
     /// the manifest switch is atomic and unlisted files are removed on
-    /// start. Returns how many (shard, table) pairs were compacted.
+    /// start. Inputs are deleted when the last scan reading them ends.
+    /// Returns how many (shard, table) pairs were compacted.
     pub async fn compact(&self, min_files: usize) -> Result<usize, EngineError> {
         let _one_at_a_time = self.compaction_lock.lock().await;
         let mut groups: BTreeMap<TableKey, Vec<ParquetFileMeta>> = BTreeMap::new();
@@ -436,13 +490,6 @@ impl Engine {
                 |_| {},
             )
             .await?;
-            for f in &inputs {
-                let path = self.config.data_dir.join(&f.path);
-                if let Err(e) = std::fs::remove_file(&path) {
-                    // Left behind, it is an orphan and goes on the next start.
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a compacted file");
-                }
-            }
             compacted += 1;
         }
         Ok(compacted)

@@ -38,7 +38,7 @@ use strata_catalog::model::TIME_COLUMN;
 use strata_proto::storage::v1::ScanTicket;
 
 use crate::dedup::{dedup_sorted, is_key_column};
-use crate::engine::{Engine, ScanSnapshot};
+use crate::engine::{Engine, FileGuard, ScanSnapshot};
 use crate::flush::adapt_batch;
 
 /// One table's rows on this node, restricted to some shards.
@@ -172,6 +172,11 @@ impl TableProvider for ShardTable {
             files,
             memtable,
             any_overlap(ranges),
+            self.snapshot
+                .files
+                .iter()
+                .map(|f| f.guard.clone())
+                .collect(),
             limit,
         )))
     }
@@ -192,6 +197,8 @@ pub struct ShardScanExec {
     memtable: Vec<RecordBatch>,
     /// Sources overlap in time, so keys may repeat across them.
     merge_all: bool,
+    /// Keep the files on disk until the scan is done with them.
+    guards: Vec<Arc<FileGuard>>,
     limit: Option<usize>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -204,6 +211,7 @@ impl ShardScanExec {
         files: Vec<Arc<dyn ExecutionPlan>>,
         memtable: Vec<RecordBatch>,
         merge_all: bool,
+        guards: Vec<Arc<FileGuard>>,
         limit: Option<usize>,
     ) -> Self {
         let schema = Arc::new(read_schema.project(&output).expect("output columns exist"));
@@ -219,6 +227,7 @@ impl ShardScanExec {
             files,
             memtable,
             merge_all,
+            guards,
             limit,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -281,6 +290,7 @@ impl ExecutionPlan for ShardScanExec {
             children,
             self.memtable.clone(),
             self.merge_all,
+            self.guards.clone(),
             self.limit,
         )))
     }
@@ -302,6 +312,7 @@ impl ExecutionPlan for ShardScanExec {
         let memtable = self.memtable.clone();
         let merge_all = self.merge_all;
         let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let guards = self.guards.clone();
         let project = move |b: RecordBatch| b.project(&output).map_err(DataFusionError::from);
 
         let stream: BoxStream<'static, datafusion::error::Result<RecordBatch>> = if merge_all {
@@ -341,7 +352,10 @@ impl ExecutionPlan for ShardScanExec {
                 });
                 futures::future::ready(Some(b))
             })
-            .inspect_ok(move |b| baseline.record_output(b.num_rows()));
+            .inspect_ok(move |b| {
+                let _keep_files = &guards;
+                baseline.record_output(b.num_rows());
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 
@@ -577,5 +591,42 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(files.len(), 2, "the compacted inputs are gone");
+    }
+
+    /// A scan that started before a compaction still reads the replaced
+    /// files; they are deleted when it ends.
+    #[tokio::test]
+    async fn compaction_waits_for_running_scans_before_deleting() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        for t in 0..3 {
+            engine
+                .write("db", "cpu", 1, batch(&[("x", Some(t as f64), None, t)]))
+                .await
+                .unwrap();
+            engine.flush().await.unwrap();
+        }
+        let ticket = ScanTicket {
+            database: "db".into(),
+            table: "cpu".into(),
+            shard_ids: vec![1],
+            table_schema_ipc: schema_to_ipc(&schema()).unwrap(),
+            ..Default::default()
+        };
+        let ctx = SessionContext::new();
+        let stream = execute_ticket(&ctx, &engine, &ticket).await.unwrap();
+        assert_eq!(engine.compact(2).await.unwrap(), 1);
+        let count = |d: &std::path::Path| std::fs::read_dir(d.join("shards/1")).unwrap().count();
+        assert_eq!(count(dir.path()), 4, "inputs stay while the scan runs");
+        let batches = datafusion::physical_plan::common::collect(stream)
+            .await
+            .unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        drop(batches);
+        assert_eq!(
+            count(dir.path()),
+            1,
+            "inputs are deleted once the scan is done"
+        );
     }
 }
