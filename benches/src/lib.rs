@@ -1,2 +1,5 @@
-//! The TSBS-style benchmark harness (generate, load, query, compare) and
-//! micro-benchmarks. Not built yet: tracked as its own piece of work.
+//! strata's TSBS-style benchmark harness. So far: [`load`], which posts
+//! line protocol to any InfluxDB-v1-compatible `/write` endpoint (strata or
+//! InfluxDB itself) and reports rows/s and metrics/s.
+
+pub mod load;

@@ -1,6 +1,7 @@
 //! Integration tests of the `strata` binary and its dev cluster: real
 //! servers on port 0, real files, real Raft.
 
+mod bench;
 mod durability;
 mod end_to_end;
 mod line_protocol;
