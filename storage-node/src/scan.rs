@@ -3,9 +3,15 @@
 //! filters, projection and limit applied.
 //!
 //! Rows are deduplicated on the primary key ([`ShardScanExec`]). Filters on
-//! key columns (tags, time) are pushed to the Parquet reader for row-group
-//! pruning; every filter is evaluated again above the scan, so results are
-//! exact.
+//! key columns (tags, time) are handed to the Parquet file scans, the only
+//! place where pruning below the merge is safe; every filter is evaluated
+//! again above the scan, so results are exact.
+//!
+//! Known gap: in DataFusion 55, `ListingTable::scan` does not turn the
+//! filters it is given into a Parquet predicate (the physical
+//! `FilterPushdown` rule does that, and it stops at `ShardScanExec`), so no
+//! row-group or page pruning happens yet. The fix is to build the Parquet
+//! source with a predicate made from the key filters.
 
 use std::sync::Arc;
 
