@@ -3,15 +3,11 @@
 //! filters, projection and limit applied.
 //!
 //! Rows are deduplicated on the primary key ([`ShardScanExec`]). Filters on
-//! key columns (tags, time) are handed to the Parquet file scans, the only
-//! place where pruning below the merge is safe; every filter is evaluated
+//! key columns (tags, time) are applied to each Parquet file below the
+//! merge, the only place where that is safe, as a `FilterExec` right above
+//! the file scan: DataFusion's physical filter pushdown makes it the Parquet
+//! predicate, so row groups and pages are pruned. Every filter is evaluated
 //! again above the scan, so results are exact.
-//!
-//! Known gap: in DataFusion 55, `ListingTable::scan` does not turn the
-//! filters it is given into a Parquet predicate (the physical
-//! `FilterPushdown` rule does that, and it stops at `ShardScanExec`), so no
-//! row-group or page pruning happens yet. The fix is to build the Parquet
-//! source with a predicate made from the key filters.
 
 use std::sync::Arc;
 
@@ -20,7 +16,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Column, DataFusionError};
+use datafusion::common::{Column, DFSchema, DataFusionError};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -28,9 +24,11 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{col, Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -152,6 +150,13 @@ impl TableProvider for ShardTable {
             .filter(|f| only_key_columns(f, &self.schema))
             .cloned()
             .collect();
+        let key_predicate = match conjunction(key_filters) {
+            Some(e) => {
+                let df_schema = DFSchema::try_from(read_schema.as_ref().clone())?;
+                Some(state.create_physical_expr(e, &df_schema)?)
+            }
+            None => None,
+        };
         let mut files = Vec::with_capacity(self.snapshot.files.len());
         let mut ranges: Vec<(i64, i64)> = vec![];
         for f in &self.snapshot.files {
@@ -162,7 +167,14 @@ impl TableProvider for ShardTable {
                 .with_listing_options(options)
                 .with_schema(self.schema.clone());
             let table = ListingTable::try_new(config)?;
-            files.push(table.scan(state, Some(&read), &key_filters, None).await?);
+            let file = table.scan(state, Some(&read), &[], None).await?;
+            // A filter right above the file scan: DataFusion's physical
+            // filter pushdown turns it into the Parquet predicate that
+            // prunes row groups and pages.
+            files.push(match &key_predicate {
+                Some(p) => Arc::new(FilterExec::try_new(p.clone(), file)?),
+                None => file,
+            });
             ranges.push((f.min_time, f.max_time));
         }
         let memtable: Vec<RecordBatch> = self
