@@ -647,4 +647,42 @@ mod tests {
             "inputs are deleted once the scan is done"
         );
     }
+
+    /// Key-column filters reach the Parquet reader as a pruning predicate;
+    /// field filters do not (they would be unsafe below the merge).
+    #[tokio::test]
+    async fn key_filters_become_the_parquet_pruning_predicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&[("x", Some(3.0), None, 5)]))
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        let plan_for = |filter: Expr| {
+            let table = Arc::new(ShardTable {
+                schema: schema(),
+                snapshot: engine.snapshot("cpu", &[1]),
+            });
+            async move {
+                let ctx = SessionContext::new();
+                let plan = ctx
+                    .read_table(table)
+                    .unwrap()
+                    .filter(filter)
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap();
+                let text = datafusion::physical_plan::displayable(plan.as_ref())
+                    .indent(true)
+                    .to_string();
+                text
+            }
+        };
+        let plan = plan_for(col("host").eq(lit("y"))).await;
+        assert!(plan.contains("pruning_predicate=host_null_count"), "{plan}");
+        let plan = plan_for(col("a").eq(lit(1.0))).await;
+        assert!(!plan.contains("pruning_predicate"), "{plan}");
+    }
 }
