@@ -11,7 +11,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, TimestampNanosecondArray};
+use arrow::array::{Array, AsArray, RecordBatch, TimestampNanosecondArray};
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -177,12 +178,21 @@ impl TableProvider for ShardTable {
             });
             ranges.push((f.min_time, f.max_time));
         }
-        let memtable: Vec<RecordBatch> = self
-            .snapshot
-            .batches
-            .iter()
-            .map(|b| adapt_batch(b, &read_schema))
-            .collect::<Result<_, _>>()?;
+        // The same key filters cut the memtable before it is merged.
+        let mut memtable = Vec::with_capacity(self.snapshot.batches.len());
+        for b in &self.snapshot.batches {
+            let b = adapt_batch(b, &read_schema)?;
+            let b = match &key_predicate {
+                Some(p) => {
+                    let keep = p.evaluate(&b)?.into_array(b.num_rows())?;
+                    filter_record_batch(&b, keep.as_boolean())?
+                }
+                None => b,
+            };
+            if b.num_rows() > 0 {
+                memtable.push(b);
+            }
+        }
         ranges.extend(batches_time_range(&memtable));
         Ok(Arc::new(ShardScanExec::new(
             read_schema,
