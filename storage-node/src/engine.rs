@@ -147,6 +147,10 @@ pub struct FileGuard {
 }
 
 impl FileGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn new(path: PathBuf) -> Arc<Self> {
         Arc::new(Self {
             path,
@@ -169,10 +173,9 @@ impl Drop for FileGuard {
 /// A Parquet file to scan and the time range of its rows.
 #[derive(Debug, Clone)]
 pub struct FileSource {
-    pub path: PathBuf,
     pub min_time: i64,
     pub max_time: i64,
-    /// Keeps the file on disk while this snapshot may read it.
+    /// Names the file and keeps it on disk while this snapshot may read it.
     pub guard: Arc<FileGuard>,
 }
 
@@ -303,7 +306,6 @@ impl Engine {
         let files = listed
             .into_iter()
             .map(|f| FileSource {
-                path: self.config.data_dir.join(&f.path),
                 min_time: f.min_time,
                 max_time: f.max_time,
                 guard: st.guards[&f.id].clone(),
@@ -346,7 +348,7 @@ impl Engine {
             .map(|b| b.schema().as_ref().clone())
             .collect();
         for f in &snap.files {
-            if let Ok(file) = std::fs::File::open(&f.path) {
+            if let Ok(file) = std::fs::File::open(f.guard.path()) {
                 if let Ok(b) =
                     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                 {
@@ -695,7 +697,7 @@ mod tests {
             .files
             .iter()
             .map(|f| {
-                let file = std::fs::File::open(&f.path).unwrap();
+                let file = std::fs::File::open(f.guard.path()).unwrap();
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                     .unwrap()
                     .build()

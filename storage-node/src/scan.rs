@@ -161,7 +161,7 @@ impl TableProvider for ShardTable {
         let mut files = Vec::with_capacity(self.snapshot.files.len());
         let mut ranges: Vec<(i64, i64)> = vec![];
         for f in &self.snapshot.files {
-            let url = ListingTableUrl::parse(f.path.to_string_lossy())?;
+            let url = ListingTableUrl::parse(f.guard.path().to_string_lossy())?;
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");
             let config = ListingTableConfig::new(url)
