@@ -3,3 +3,4 @@
 //! InfluxDB itself) and reports rows/s and metrics/s.
 
 pub mod load;
+pub mod tsbs;
