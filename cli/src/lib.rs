@@ -1,7 +1,8 @@
 //! The `strata` binary's library side: the embedded dev cluster, the role
-//! runners and the SQL client, so that integration tests drive the same
+//! runners, the SQL client and the benchmark commands, so that integration tests drive the same
 //! code as users.
 
+pub mod bench;
 pub mod config;
 pub mod dev;
 pub mod sql_client;

@@ -38,34 +38,7 @@ enum Command {
     Sql(SqlArgs),
     /// Benchmark tools (TSBS-style).
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Post a line-protocol file to an InfluxDB v1 compatible `/write`
-    /// endpoint (strata or InfluxDB) and report rows/s and metrics/s.
-    Load(LoadArgs),
-}
-
-#[derive(Args)]
-struct LoadArgs {
-    /// Line-protocol file; `-` reads stdin.
-    #[arg(long)]
-    file: PathBuf,
-    /// Base URL of the endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:8086")]
-    url: String,
-    #[arg(long)]
-    db: String,
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
-    /// Lines per request.
-    #[arg(long, default_value_t = 10_000)]
-    batch_size: usize,
-    /// Precision of the file's timestamps.
-    #[arg(long, default_value = "ns")]
-    precision: String,
+    Bench(strata::bench::BenchCommand),
 }
 
 #[derive(Args)]
@@ -224,7 +197,10 @@ fn main() -> ExitCode {
             Command::Storage(a) => run_storage(a).await,
             Command::Coordinator(a) => run_coordinator(a).await,
             Command::Sql(a) => run_sql(a).await,
-            Command::Bench(BenchCommand::Load(a)) => run_load(a).await,
+            Command::Bench(b) => {
+                init_tracing("warn");
+                strata::bench::run(b).await
+            }
         }
     });
     match result {
@@ -438,27 +414,4 @@ async fn run_sql(a: SqlArgs) -> Result<(), String> {
             .map_err(|e| e.to_string());
     }
     session.interactive().await.map_err(|e| e.to_string())
-}
-
-async fn run_load(a: LoadArgs) -> Result<(), String> {
-    use std::io::BufReader;
-    init_tracing("warn");
-    let config = strata_benches::load::LoadConfig {
-        url: a.url,
-        db: a.db,
-        workers: a.workers,
-        batch_size: a.batch_size,
-        precision: a.precision,
-        progress_every: Some(std::time::Duration::from_secs(1)),
-    };
-    let summary = if a.file.as_os_str() == "-" {
-        strata_benches::load::load(&config, BufReader::new(std::io::stdin())).await
-    } else {
-        let file = std::fs::File::open(&a.file)
-            .map_err(|e| format!("cannot open {}: {e}", a.file.display()))?;
-        strata_benches::load::load(&config, BufReader::with_capacity(1 << 20, file)).await
-    }
-    .map_err(|e| e.to_string())?;
-    println!("{summary}");
-    Ok(())
 }
