@@ -90,7 +90,7 @@ pub fn render_svg(reports: &[RunReport]) -> String {
             r##"<line x1="{gx:.1}" y1="{}" x2="{gx:.1}" y2="{plot_bottom}" stroke="#ddd"/><text x="{gx:.1}" y="{}" text-anchor="middle" fill="#555">{}</text>"##,
             TOP - 8.0,
             plot_bottom + 15.0,
-            format_ms(10f64.powf(d))
+            decade_label(d)
         );
         d += 1.0;
     }
@@ -138,6 +138,12 @@ pub fn render_svg(reports: &[RunReport]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// `1000`, `1`, `0.01`: a decade without trailing digits.
+fn decade_label(exponent: f64) -> String {
+    let decimals = (-exponent).max(0.0) as usize;
+    format!("{:.*}", decimals, 10f64.powf(exponent))
 }
 
 fn format_ms(ms: f64) -> String {
