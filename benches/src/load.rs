@@ -3,7 +3,7 @@
 //! number of lines, printing progress and a final summary. The file is read
 //! as it goes; it is never held in memory whole.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ pub struct LoadConfig {
     pub precision: String,
     /// Print progress to stderr every this often.
     pub progress_every: Option<Duration>,
+    /// Size of the input in bytes, when known: the progress bar's 100 %.
+    pub total_bytes: Option<u64>,
 }
 
 #[derive(Debug, Snafu)]
@@ -103,9 +105,37 @@ pub fn field_count(line: &str) -> u64 {
     }
 }
 
+/// One progress report: a bar, percentage and time left when the input's
+/// size is known, else just the count and rate.
+pub fn progress_line(rows: u64, bytes: u64, total_bytes: Option<u64>, elapsed: Duration) -> String {
+    const WIDTH: usize = 30;
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let rate = format!("{rows} rows, {:.0} rows/s", rows as f64 / secs);
+    match total_bytes {
+        Some(total) if total > 0 => {
+            let fraction = (bytes as f64 / total as f64).min(1.0);
+            let filled = (fraction * WIDTH as f64) as usize;
+            let left = if fraction > 0.0 {
+                format!("{:.0} s left", secs / fraction - secs)
+            } else {
+                "? s left".to_string()
+            };
+            format!(
+                "[{}{}] {:5.1}%  {rate}  {left}",
+                "#".repeat(filled),
+                "-".repeat(WIDTH - filled),
+                fraction * 100.0
+            )
+        }
+        _ => format!("{rate} in {secs:.1} s"),
+    }
+}
+
 struct Batch {
     index: u64,
     body: String,
+    /// Input bytes the batch covers, skipped lines included.
+    bytes: u64,
     rows: u64,
     metrics: u64,
 }
@@ -125,9 +155,10 @@ pub async fn load(
     let batch_size = config.batch_size.max(1);
     let reader = tokio::task::spawn_blocking(move || -> Result<(), LoadError> {
         let mut body = String::new();
-        let (mut rows, mut metrics, mut index) = (0u64, 0u64, 0u64);
+        let (mut rows, mut metrics, mut index, mut bytes) = (0u64, 0u64, 0u64, 0u64);
         for line in input.lines() {
             let line = line.map_err(|source| LoadError::Read { source })?;
+            bytes += line.len() as u64 + 1;
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -139,6 +170,7 @@ pub async fn load(
                 let batch = Batch {
                     index,
                     body: std::mem::take(&mut body),
+                    bytes: std::mem::take(&mut bytes),
                     rows,
                     metrics,
                 };
@@ -154,6 +186,7 @@ pub async fn load(
             let _ = tx.blocking_send(Batch {
                 index,
                 body,
+                bytes,
                 rows,
                 metrics,
             });
@@ -164,12 +197,14 @@ pub async fn load(
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let rows_done = Arc::new(AtomicU64::new(0));
     let metrics_done = Arc::new(AtomicU64::new(0));
+    let bytes_done = Arc::new(AtomicU64::new(0));
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut workers = vec![];
     for _ in 0..config.workers.max(1) {
         let (rx, client, url) = (rx.clone(), client.clone(), url.clone());
-        let (rows_done, metrics_done) = (rows_done.clone(), metrics_done.clone());
+        let (rows_done, metrics_done, bytes_done) =
+            (rows_done.clone(), metrics_done.clone(), bytes_done.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let Some(batch) = rx.lock().await.recv().await else {
@@ -196,22 +231,30 @@ pub async fn load(
                 }
                 rows_done.fetch_add(batch.rows, Ordering::Relaxed);
                 metrics_done.fetch_add(batch.metrics, Ordering::Relaxed);
+                bytes_done.fetch_add(batch.bytes, Ordering::Relaxed);
             }
         }));
     }
+    let total_bytes = config.total_bytes;
+    let on_terminal = std::io::stderr().is_terminal();
     let progress = config.progress_every.map(|every| {
-        let rows_done = rows_done.clone();
+        let (rows_done, bytes_done) = (rows_done.clone(), bytes_done.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let rows = rows_done.load(Ordering::Relaxed);
-                let secs = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "{rows} rows in {secs:.1} s ({:.0} rows/s)",
-                    rows as f64 / secs
+                let line = progress_line(
+                    rows_done.load(Ordering::Relaxed),
+                    bytes_done.load(Ordering::Relaxed),
+                    total_bytes,
+                    started.elapsed(),
                 );
+                if on_terminal {
+                    eprint!("\r{line}");
+                } else {
+                    eprintln!("{line}");
+                }
             }
         })
     });
@@ -225,6 +268,9 @@ pub async fn load(
     }
     if let Some(p) = progress {
         p.abort();
+        if on_terminal {
+            eprintln!();
+        }
     }
     reader.await.expect("reader panicked")?;
     if let Some(e) = first_error {
@@ -240,6 +286,17 @@ pub async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_shows_a_bar_when_the_size_is_known() {
+        let line = progress_line(500, 250, Some(1000), Duration::from_secs(10));
+        assert_eq!(
+            line,
+            "[#######-----------------------]  25.0%  500 rows, 50 rows/s  30 s left"
+        );
+        let line = progress_line(500, 250, None, Duration::from_secs(10));
+        assert_eq!(line, "500 rows, 50 rows/s in 10.0 s");
+    }
 
     #[test]
     fn counts_fields_with_quotes_and_escapes() {

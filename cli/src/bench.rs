@@ -314,19 +314,21 @@ fn queries(a: QueriesArgs) -> Result<(), String> {
 }
 
 async fn load(a: LoadArgs) -> Result<(), String> {
-    let config = strata_benches::load::LoadConfig {
+    let mut config = strata_benches::load::LoadConfig {
         url: a.url,
         db: a.db,
         workers: a.workers,
         batch_size: a.batch_size,
         precision: a.precision,
         progress_every: Some(Duration::from_secs(1)),
+        total_bytes: None,
     };
     let summary = if a.file.as_os_str() == "-" {
         strata_benches::load::load(&config, BufReader::new(std::io::stdin())).await
     } else {
         let file =
             File::open(&a.file).map_err(|e| format!("cannot open {}: {e}", a.file.display()))?;
+        config.total_bytes = file.metadata().ok().map(|m| m.len());
         strata_benches::load::load(&config, BufReader::with_capacity(1 << 20, file)).await
     }
     .map_err(|e| e.to_string())?;
