@@ -467,9 +467,19 @@ mod tests {
                 Arc::new(StringArray::from(vec!["b", "a"])),
             ],
         );
-        compare("SELECT * FROM cpu", &[a.clone()], &[b.clone()]).unwrap();
+        compare(
+            "SELECT * FROM cpu",
+            std::slice::from_ref(&a),
+            std::slice::from_ref(&b),
+        )
+        .unwrap();
         // With ORDER BY the row order counts.
-        let e = compare("SELECT * FROM cpu ORDER BY v", &[a.clone()], &[b]).unwrap_err();
+        let e = compare(
+            "SELECT * FROM cpu ORDER BY v",
+            std::slice::from_ref(&a),
+            &[b],
+        )
+        .unwrap_err();
         assert!(e.contains("row 0 of 2 differs"), "{e}");
         let c = batch(
             &["host", "v"],
@@ -478,7 +488,7 @@ mod tests {
                 Arc::new(Float64Array::from(vec![1.5, 2.1])),
             ],
         );
-        let e = compare("SELECT 1", &[a.clone()], &[c]).unwrap_err();
+        let e = compare("SELECT 1", std::slice::from_ref(&a), &[c]).unwrap_err();
         assert!(e.contains("2.1"), "{e}");
         let e = compare("SELECT 1", &[a], &[]).unwrap_err();
         assert!(e.contains("2 rows, the reference has 0"), "{e}");
