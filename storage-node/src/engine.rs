@@ -23,9 +23,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use snafu::{ResultExt, Snafu};
 use tokio::sync::{Notify, RwLock};
 
+use crate::delete::{retain_all, DeletePredicate};
 use crate::flush::{write_parquet, FlushError};
 use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
-use crate::wal::{self, Recovery, SyncPolicy, Wal, WalEntry, WalError};
+use crate::wal::{self, DeleteEntry, Recovery, SyncPolicy, Wal, WalEntry, WalError};
 
 #[derive(Debug, Snafu)]
 pub enum EngineError {
@@ -42,6 +43,12 @@ pub enum EngineError {
     MemoryPressure {
         used_bytes: usize,
         limit_bytes: usize,
+    },
+    #[snafu(display("deleting from shard {shard_id} table '{table}': {source}"))]
+    Delete {
+        shard_id: u64,
+        table: String,
+        source: arrow::error::ArrowError,
     },
     #[snafu(display("compacting {}: {reason}", path.display()))]
     Compaction { path: PathBuf, reason: String },
@@ -89,7 +96,7 @@ pub struct TableKey {
     pub table: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct MemTable {
     database: String,
     batches: Vec<RecordBatch>,
@@ -177,6 +184,9 @@ pub struct FileSource {
     pub max_time: i64,
     /// Names the file and keeps it on disk while this snapshot may read it.
     pub guard: Arc<FileGuard>,
+    /// Deletes made after the file was written: its rows they match are
+    /// not part of the table any more.
+    pub deletes: Vec<Arc<DeletePredicate>>,
 }
 
 impl Engine {
@@ -205,9 +215,30 @@ impl Engine {
                 .collect(),
             manifest,
         };
-        let n = replayed.entries.len();
+        let n = replayed.entries.len() + replayed.deletes.len();
+        let mut deletes = replayed.deletes.into_iter().peekable();
+        let mut tombstones_changed = false;
+        let mut apply = |st: &mut State, d: DeleteEntry| -> Result<(), EngineError> {
+            delete_from_memtables(st, &d)?;
+            // A delete that crashed before its tombstone was stored: no
+            // flush can have followed it (it would have retired this
+            // record), so every file now listed predates it.
+            st.manifest
+                .add_tombstone(d.seq, d.shard_id, &d.table, &d.predicate);
+            tombstones_changed = true;
+            Ok(())
+        };
         for e in replayed.entries {
+            while let Some(d) = deletes.next_if(|d| d.seq < e.seq) {
+                apply(&mut state, d)?;
+            }
             insert(&mut state, e);
+        }
+        for d in deletes {
+            apply(&mut state, d)?;
+        }
+        if tombstones_changed {
+            state.manifest.store(dir).context(ManifestSnafu)?;
         }
         if n > 0 {
             tracing::info!(records = n, rows = state.active_rows, "replayed WAL");
@@ -262,6 +293,38 @@ impl Engine {
         Ok(())
     }
 
+    /// Deletes the rows of `table` in `shard_id` that `predicate` matches,
+    /// as of now: durable in the WAL, applied to the memtables at once and
+    /// to Parquet files through a tombstone. No flush or compaction runs
+    /// meanwhile, and writes wait, so "as of now" is exact. Returns how
+    /// many rows left memory (file rows are removed as they are read).
+    pub async fn delete(
+        &self,
+        database: &str,
+        table: &str,
+        shard_id: u64,
+        predicate: DeletePredicate,
+    ) -> Result<u64, EngineError> {
+        let _no_flush = self.flush_lock.lock().await;
+        let _no_compaction = self.compaction_lock.lock().await;
+        let _gate = self.write_gate.write().await;
+        let entry = DeleteEntry {
+            seq: self.wal.next_seq(),
+            shard_id,
+            database: database.to_string(),
+            table: table.to_string(),
+            predicate,
+        };
+        self.wal.append_delete(&entry).await.context(WalSnafu)?;
+        let removed = delete_from_memtables(&mut self.state.lock(), &entry)?;
+        self.update_manifest(
+            |m| m.add_tombstone(entry.seq, shard_id, table, &entry.predicate),
+            |_| {},
+        )
+        .await?;
+        Ok(removed)
+    }
+
     /// Refuses a write, before anything is logged, while memtables are over
     /// budget; asks for a flush so that the pressure goes away.
     fn check_memory(&self) -> Result<(), EngineError> {
@@ -309,6 +372,12 @@ impl Engine {
                 min_time: f.min_time,
                 max_time: f.max_time,
                 guard: st.guards[&f.id].clone(),
+                deletes: st
+                    .manifest
+                    .deletes_for(f.id)
+                    .into_iter()
+                    .map(|d| Arc::new(d.clone()))
+                    .collect(),
             })
             .collect();
         ScanSnapshot { batches, files }
@@ -478,7 +547,16 @@ impl Engine {
             inputs.sort_by_key(|f| f.order);
             let id = self.file_ids(1).start;
             let dir = self.config.data_dir.clone();
-            let job_inputs = inputs.clone();
+            let job_inputs: Vec<(ParquetFileMeta, Vec<DeletePredicate>)> = {
+                let st = self.state.lock();
+                inputs
+                    .iter()
+                    .map(|f| {
+                        let deletes = st.manifest.deletes_for(f.id).into_iter().cloned().collect();
+                        (f.clone(), deletes)
+                    })
+                    .collect()
+            };
             let output =
                 tokio::task::spawn_blocking(move || compact_files(&dir, &key, &job_inputs, id))
                     .await
@@ -487,7 +565,12 @@ impl Engine {
             self.update_manifest(
                 |m| {
                     m.files.retain(|f| !input_ids.contains(&f.id));
-                    m.files.push(output);
+                    // Deletes only run while no compaction does, so the
+                    // output applied every delete covering its inputs.
+                    m.retire_files(&input_ids);
+                    if let Some(output) = output {
+                        m.files.push(output);
+                    }
                 },
                 |_| {},
             )
@@ -543,6 +626,55 @@ fn insert(st: &mut State, e: WalEntry) {
     m.batches.push(e.batch);
 }
 
+/// Removes the rows `d` matches from the memtables (active and frozen) of
+/// its shard and table; returns how many.
+fn delete_from_memtables(st: &mut State, d: &DeleteEntry) -> Result<u64, EngineError> {
+    let key = TableKey {
+        shard_id: d.shard_id,
+        table: d.table.clone(),
+    };
+    let filter = |batches: &[RecordBatch]| -> Result<(Vec<RecordBatch>, u64), EngineError> {
+        let mut kept = Vec::with_capacity(batches.len());
+        let mut removed = 0u64;
+        for b in batches {
+            let k = d.predicate.retain(b).context(DeleteSnafu {
+                shard_id: d.shard_id,
+                table: &d.table,
+            })?;
+            removed += (b.num_rows() - k.num_rows()) as u64;
+            if k.num_rows() > 0 {
+                kept.push(k);
+            }
+        }
+        Ok((kept, removed))
+    };
+    let mut removed = 0;
+    if let Some(m) = st.active.get_mut(&key) {
+        let (kept, n) = filter(&m.batches)?;
+        m.batches = kept;
+        removed += n;
+        st.active_rows = st.active_rows.saturating_sub(n as usize);
+    }
+    for frozen in &mut st.frozen {
+        let Some(m) = frozen.tables.get(&key) else {
+            continue;
+        };
+        let (kept, n) = filter(&m.batches)?;
+        if n > 0 {
+            let mut tables = frozen.tables.clone();
+            if let Some(t) = tables.get_mut(&key) {
+                t.batches = kept;
+            }
+            *frozen = Arc::new(Frozen {
+                tables,
+                bytes: frozen.bytes,
+            });
+            removed += n;
+        }
+    }
+    Ok(removed)
+}
+
 fn write_frozen(
     dir: &Path,
     frozen: &[Arc<Frozen>],
@@ -596,15 +728,17 @@ fn write_file(
     })
 }
 
-/// Reads `inputs` (oldest first) and writes their merge as file `id`.
+/// Reads `inputs` (oldest first), drops the rows their deletes match, and
+/// writes their merge as file `id`; `None` when no row is left.
 fn compact_files(
     dir: &Path,
     key: &TableKey,
-    inputs: &[ParquetFileMeta],
+    inputs: &[(ParquetFileMeta, Vec<DeletePredicate>)],
     id: u64,
-) -> Result<ParquetFileMeta, EngineError> {
+) -> Result<Option<ParquetFileMeta>, EngineError> {
     let mut batches = vec![];
-    for f in inputs {
+    for (f, deletes) in inputs {
+        let deletes: Vec<Arc<DeletePredicate>> = deletes.iter().cloned().map(Arc::new).collect();
         let path = dir.join(&f.path);
         let file = std::fs::File::open(&path).context(IoSnafu { path: &path })?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -614,18 +748,26 @@ fn compact_files(
                 reason: e.to_string(),
             })?;
         for b in reader {
-            batches.push(b.map_err(|e| EngineError::Compaction {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?);
+            let b =
+                b.and_then(|b| retain_all(&deletes, b))
+                    .map_err(|e| EngineError::Compaction {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+            if b.num_rows() > 0 {
+                batches.push(b);
+            }
         }
+    }
+    if batches.is_empty() {
+        return Ok(None);
     }
     let database = inputs
         .first()
-        .map(|f| f.database.clone())
+        .map(|(f, _)| f.database.clone())
         .unwrap_or_default();
-    let order = inputs.iter().map(|f| f.order).max().unwrap_or(id);
-    write_file(dir, key, database, &batches, id, order)
+    let order = inputs.iter().map(|(f, _)| f.order).max().unwrap_or(id);
+    write_file(dir, key, database, &batches, id, order).map(Some)
 }
 
 /// Keeps table names usable as file names whatever they contain.

@@ -20,7 +20,7 @@ use arrow_flight::{
 use datafusion::prelude::SessionContext;
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use prost::Message;
-use strata_proto::storage::v1::{ScanTicket, WriteAck};
+use strata_proto::storage::v1::{DeleteRequest, ScanTicket, WriteAck};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -249,8 +249,26 @@ impl FlightService for StorageFlightService {
                     .map_err(|e| into_status(StorageError::Engine { source: e }))?;
                 Ok(Response::new(Box::pin(stream::empty())))
             }
+            "delete" => {
+                let req = DeleteRequest::decode(request.get_ref().body.as_ref()).map_err(|e| {
+                    Status::invalid_argument(format!("the delete action's body is unreadable: {e}"))
+                })?;
+                let predicate = req.predicate.ok_or_else(|| {
+                    Status::invalid_argument("the delete action needs a predicate")
+                })?;
+                let removed = self
+                    .engine
+                    .delete(&req.database, &req.table, req.shard_id, predicate.into())
+                    .await
+                    .map_err(|e| into_status(StorageError::Engine { source: e }))?;
+                tracing::info!(
+                    database = %req.database, table = %req.table, shard = req.shard_id,
+                    rows_in_memory = removed, "deleted"
+                );
+                Ok(Response::new(Box::pin(stream::empty())))
+            }
             other => Err(Status::invalid_argument(format!(
-                "unknown action '{other}'; storage nodes know: flush, compact"
+                "unknown action '{other}'; storage nodes know: flush, compact, delete"
             ))),
         }
     }
@@ -267,9 +285,14 @@ impl FlightService for StorageFlightService {
             r#type: "compact".into(),
             description: "merge each shard table's Parquet files into one".into(),
         };
+        let delete = ActionType {
+            r#type: "delete".into(),
+            description: "delete the rows of a shard's table that match a DeleteRequest".into(),
+        };
         Ok(Response::new(Box::pin(stream::iter([
             Ok(flush),
             Ok(compact),
+            Ok(delete),
         ]))))
     }
 }

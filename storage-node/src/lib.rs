@@ -2,6 +2,7 @@
 //! Parquet files) and serves them as Arrow Flight tables.
 
 pub mod dedup;
+pub mod delete;
 pub mod engine;
 pub mod error;
 pub mod flight;

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use snafu::{ResultExt, Snafu};
 use strata_catalog::fsutil::write_atomic;
 
+use crate::delete::{DeletePredicate, Tombstone};
+
 const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, Snafu)]
@@ -32,6 +34,61 @@ pub struct Manifest {
     pub files: Vec<ParquetFileMeta>,
     /// Next number for a file name.
     pub next_file_id: u64,
+    /// Deletes not yet applied to every file they cover.
+    #[serde(default)]
+    pub tombstones: Vec<Tombstone>,
+}
+
+impl Manifest {
+    /// Records a delete against the files of `(shard_id, table)` that may
+    /// hold rows it matches; replaces an earlier record of the same delete
+    /// (replay after a crash). Files written later are not covered.
+    pub fn add_tombstone(
+        &mut self,
+        seq: u64,
+        shard_id: u64,
+        table: &str,
+        predicate: &DeletePredicate,
+    ) {
+        self.tombstones.retain(|t| t.seq != seq);
+        let file_ids: Vec<u64> = self
+            .files
+            .iter()
+            .filter(|f| {
+                f.shard_id == shard_id
+                    && f.table == table
+                    && predicate.overlaps(f.min_time, f.max_time)
+            })
+            .map(|f| f.id)
+            .collect();
+        if !file_ids.is_empty() {
+            self.tombstones.push(Tombstone {
+                seq,
+                shard_id,
+                table: table.to_string(),
+                predicate: predicate.clone(),
+                file_ids,
+            });
+        }
+    }
+
+    /// The deletes covering file `id`, oldest first.
+    pub fn deletes_for(&self, id: u64) -> Vec<&DeletePredicate> {
+        self.tombstones
+            .iter()
+            .filter(|t| t.file_ids.contains(&id))
+            .map(|t| &t.predicate)
+            .collect()
+    }
+
+    /// Forgets files that are gone (compacted with their deletes applied);
+    /// drops tombstones that cover nothing any more.
+    pub fn retire_files(&mut self, ids: &[u64]) {
+        for t in &mut self.tombstones {
+            t.file_ids.retain(|id| !ids.contains(id));
+        }
+        self.tombstones.retain(|t| !t.file_ids.is_empty());
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

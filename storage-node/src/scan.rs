@@ -43,7 +43,8 @@ use strata_catalog::model::TIME_COLUMN;
 use strata_proto::storage::v1::ScanTicket;
 
 use crate::dedup::{dedup_sorted, is_key_column};
-use crate::engine::{Engine, FileGuard, ScanSnapshot};
+use crate::delete::{retain_all, DeletePredicate};
+use crate::engine::{Engine, FileSource, ScanSnapshot};
 use crate::flush::adapt_batch;
 
 /// One table's rows on this node, restricted to some shards.
@@ -200,11 +201,7 @@ impl TableProvider for ShardTable {
             files,
             memtable,
             any_overlap(ranges),
-            self.snapshot
-                .files
-                .iter()
-                .map(|f| f.guard.clone())
-                .collect(),
+            self.snapshot.files.clone(),
             limit,
         )))
     }
@@ -225,8 +222,9 @@ pub struct ShardScanExec {
     memtable: Vec<RecordBatch>,
     /// Sources overlap in time, so keys may repeat across them.
     merge_all: bool,
-    /// Keep the files on disk until the scan is done with them.
-    guards: Vec<Arc<FileGuard>>,
+    /// The files behind `files`, in the same order: they stay on disk until
+    /// the scan is done with them, and carry the deletes that cover them.
+    sources: Vec<FileSource>,
     limit: Option<usize>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -239,7 +237,7 @@ impl ShardScanExec {
         files: Vec<Arc<dyn ExecutionPlan>>,
         memtable: Vec<RecordBatch>,
         merge_all: bool,
-        guards: Vec<Arc<FileGuard>>,
+        sources: Vec<FileSource>,
         limit: Option<usize>,
     ) -> Self {
         let schema = Arc::new(read_schema.project(&output).expect("output columns exist"));
@@ -255,7 +253,7 @@ impl ShardScanExec {
             files,
             memtable,
             merge_all,
-            guards,
+            sources,
             limit,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -318,7 +316,7 @@ impl ExecutionPlan for ShardScanExec {
             children,
             self.memtable.clone(),
             self.merge_all,
-            self.guards.clone(),
+            self.sources.clone(),
             self.limit,
         )))
     }
@@ -340,24 +338,33 @@ impl ExecutionPlan for ShardScanExec {
         let memtable = self.memtable.clone();
         let merge_all = self.merge_all;
         let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let guards = self.guards.clone();
+        let sources = self.sources.clone();
+        let deletes: Vec<Vec<Arc<DeletePredicate>>> =
+            self.sources.iter().map(|s| s.deletes.clone()).collect();
         let project = move |b: RecordBatch| b.project(&output).map_err(DataFusionError::from);
 
         let stream: BoxStream<'static, datafusion::error::Result<RecordBatch>> = if merge_all {
             futures::stream::once(async move {
                 let mut all = vec![];
-                for f in files {
-                    all.extend(datafusion::physical_plan::collect(f, ctx.clone()).await?);
+                for (f, deletes) in files.into_iter().zip(deletes) {
+                    for b in datafusion::physical_plan::collect(f, ctx.clone()).await? {
+                        all.push(retain_all(&deletes, b)?);
+                    }
                 }
                 all.extend(memtable);
                 Ok::<_, DataFusionError>(dedup_sorted(&all, &read_schema)?)
             })
             .boxed()
         } else {
-            let file_streams = futures::stream::iter(files)
-                .then(move |f| {
+            let file_streams = futures::stream::iter(files.into_iter().zip(deletes))
+                .then(move |(f, deletes)| {
                     let ctx = ctx.clone();
-                    async move { datafusion::physical_plan::execute_stream(f, ctx) }
+                    async move {
+                        let stream = datafusion::physical_plan::execute_stream(f, ctx)?;
+                        Ok::<_, DataFusionError>(stream.map(move |b| {
+                            b.and_then(|b| retain_all(&deletes, b).map_err(DataFusionError::from))
+                        }))
+                    }
                 })
                 .try_flatten();
             let mem = futures::stream::once(async move {
@@ -381,7 +388,7 @@ impl ExecutionPlan for ShardScanExec {
                 futures::future::ready(Some(b))
             })
             .inspect_ok(move |b| {
-                let _keep_files = &guards;
+                let _keep_files = &sources;
                 baseline.record_output(b.num_rows());
             });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
@@ -440,6 +447,7 @@ mod tests {
     use super::*;
     use crate::engine::EngineConfig;
     use crate::flight::schema_to_ipc;
+    use crate::manifest::Manifest;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -568,6 +576,141 @@ mod tests {
         drop(engine);
         let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
         assert_eq!(scan(&engine, vec![], None).await, expected);
+    }
+
+    fn delete_host(host: &str, min_time: i64, max_time: i64) -> crate::delete::DeletePredicate {
+        crate::delete::DeletePredicate {
+            min_time,
+            max_time,
+            tags: vec![crate::delete::TagCondition {
+                tag: "host".into(),
+                values: vec![host.into()],
+                negated: false,
+            }],
+        }
+    }
+
+    /// A delete removes matching rows from files and memtable at once;
+    /// a point written after it is visible; compaction applies and retires
+    /// the tombstone; the answer survives a restart.
+    #[tokio::test]
+    async fn delete_covers_files_and_memtable_but_not_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        let rows = |host, times: &[i64]| -> Vec<(&str, Option<f64>, Option<f64>, i64)> {
+            times
+                .iter()
+                .map(|t| (host, Some(*t as f64), None, *t))
+                .collect()
+        };
+        engine
+            .write("db", "cpu", 1, batch(&rows("x", &[1, 2, 3])))
+            .await
+            .unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&rows("y", &[1, 2, 3])))
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&rows("x", &[4, 5])))
+            .await
+            .unwrap();
+
+        let removed = engine
+            .delete("db", "cpu", 1, delete_host("x", 2, 4))
+            .await
+            .unwrap();
+        assert_eq!(removed, 1, "x@4 was in memory");
+        let expected = "\
++------+-----+
+| host | a   |
++------+-----+
+| x    | 1.0 |
+| x    | 5.0 |
+| y    | 1.0 |
+| y    | 2.0 |
+| y    | 3.0 |
++------+-----+";
+        assert_eq!(
+            scan(&engine, vec![], Some(vec!["host", "a"])).await,
+            expected
+        );
+
+        // Written again after the delete: there again, with its new value.
+        engine
+            .write("db", "cpu", 1, batch(&[("x", Some(30.0), None, 3)]))
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        let expected = "\
++------+------+
+| host | a    |
++------+------+
+| x    | 1.0  |
+| x    | 30.0 |
+| x    | 5.0  |
+| y    | 1.0  |
+| y    | 2.0  |
+| y    | 3.0  |
++------+------+";
+        assert_eq!(
+            scan(&engine, vec![], Some(vec!["host", "a"])).await,
+            expected
+        );
+
+        // Compaction applies the delete for good and drops the tombstone.
+        assert_eq!(engine.compact(2).await.unwrap(), 1);
+        assert!(Manifest::load(dir.path()).unwrap().tombstones.is_empty());
+        assert_eq!(
+            scan(&engine, vec![], Some(vec!["host", "a"])).await,
+            expected
+        );
+        drop(engine);
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        assert_eq!(
+            scan(&engine, vec![], Some(vec!["host", "a"])).await,
+            expected
+        );
+    }
+
+    /// A crash after the delete reached the WAL but before its tombstone
+    /// reached the manifest: replay restores the tombstone.
+    #[tokio::test]
+    async fn replay_restores_a_tombstone_the_manifest_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        engine
+            .write(
+                "db",
+                "cpu",
+                1,
+                batch(&[("x", Some(1.0), None, 1), ("y", Some(2.0), None, 1)]),
+            )
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&[("x", Some(3.0), None, 2)]))
+            .await
+            .unwrap();
+        engine
+            .delete("db", "cpu", 1, delete_host("x", 0, 10))
+            .await
+            .unwrap();
+        drop(engine);
+        let mut m = Manifest::load(dir.path()).unwrap();
+        assert_eq!(m.tombstones.len(), 1);
+        m.tombstones.clear();
+        m.store(dir.path()).unwrap();
+
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        let got = scan(&engine, vec![], Some(vec!["host", "a"])).await;
+        assert_eq!(
+            got,
+            "+------+-----+\n| host | a   |\n+------+-----+\n| y    | 2.0 |\n+------+-----+"
+        );
+        assert_eq!(Manifest::load(dir.path()).unwrap().tombstones.len(), 1);
     }
 
     /// Compaction merges files into one without changing any answer, and

@@ -16,6 +16,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
+
+use crate::delete::DeletePredicate;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use snafu::{ResultExt, Snafu};
@@ -86,27 +88,78 @@ pub struct WalEntry {
     pub batch: RecordBatch,
 }
 
-pub fn encode_entry(e: &WalEntry) -> Result<Vec<u8>, WalError> {
-    let mut payload = Vec::with_capacity(64 + e.batch.get_array_memory_size());
-    payload.extend_from_slice(&e.seq.to_le_bytes());
-    payload.extend_from_slice(&e.shard_id.to_le_bytes());
-    for s in [&e.database, &e.table] {
+/// A logged delete, replayed in sequence with the writes around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteEntry {
+    pub seq: u64,
+    pub shard_id: u64,
+    pub database: String,
+    pub table: String,
+    pub predicate: DeletePredicate,
+}
+
+/// What follows a record's names: an Arrow IPC stream (a write) or a JSON
+/// delete predicate. Records written before deletes existed start the IPC
+/// stream right away, with its 0xFF continuation marker.
+const KIND_WRITE: u8 = 0;
+const KIND_DELETE: u8 = 1;
+const IPC_CONTINUATION: u8 = 0xFF;
+
+fn record_head(seq: u64, shard_id: u64, database: &str, table: &str, kind: u8) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(64);
+    payload.extend_from_slice(&seq.to_le_bytes());
+    payload.extend_from_slice(&shard_id.to_le_bytes());
+    for s in [database, table] {
         payload.extend_from_slice(&(s.len() as u16).to_le_bytes());
         payload.extend_from_slice(s.as_bytes());
     }
+    payload.push(kind);
+    payload
+}
+
+pub fn encode_entry(e: &WalEntry) -> Result<Vec<u8>, WalError> {
+    let mut payload = record_head(e.seq, e.shard_id, &e.database, &e.table, KIND_WRITE);
+    payload.reserve(e.batch.get_array_memory_size());
     {
         let mut w = StreamWriter::try_new(&mut payload, &e.batch.schema()).context(EncodeSnafu)?;
         w.write(&e.batch).context(EncodeSnafu)?;
         w.finish().context(EncodeSnafu)?;
     }
+    Ok(frame(payload))
+}
+
+pub fn encode_delete(d: &DeleteEntry) -> Vec<u8> {
+    let mut payload = record_head(d.seq, d.shard_id, &d.database, &d.table, KIND_DELETE);
+    payload.extend(serde_json::to_vec(&d.predicate).expect("a predicate serializes"));
+    frame(payload)
+}
+
+/// Length, CRC, payload.
+fn frame(payload: Vec<u8>) -> Vec<u8> {
     let mut rec = Vec::with_capacity(HEADER_LEN + payload.len());
     rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     rec.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     rec.extend_from_slice(&payload);
-    Ok(rec)
+    rec
 }
 
-fn decode_payload(p: &[u8]) -> Result<WalEntry, String> {
+/// One replayed record.
+#[derive(Debug)]
+pub enum WalRecord {
+    Write(WalEntry),
+    Delete(DeleteEntry),
+}
+
+impl WalRecord {
+    pub fn seq(&self) -> u64 {
+        match self {
+            WalRecord::Write(e) => e.seq,
+            WalRecord::Delete(d) => d.seq,
+        }
+    }
+}
+
+fn decode_payload(p: &[u8]) -> Result<WalRecord, String> {
     let take = |p: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
         if p.len() < n {
             return Err("record shorter than its fields".into());
@@ -123,20 +176,37 @@ fn decode_payload(p: &[u8]) -> Result<WalEntry, String> {
         let n = u16::from_le_bytes(take(&mut p, 2)?.try_into().expect("2 bytes")) as usize;
         strings.push(String::from_utf8(take(&mut p, n)?).map_err(|e| e.to_string())?);
     }
-    let mut reader = StreamReader::try_new(p, None).map_err(|e| e.to_string())?;
+    let table = strings.pop().expect("two strings");
+    let database = strings.pop().expect("two strings");
+    let kind = *p.first().ok_or("record ends before its content")?;
+    if kind == KIND_DELETE {
+        let predicate = serde_json::from_slice(&p[1..])
+            .map_err(|e| format!("unreadable delete record: {e}"))?;
+        return Ok(WalRecord::Delete(DeleteEntry {
+            seq,
+            shard_id,
+            database,
+            table,
+            predicate,
+        }));
+    }
+    let ipc = match kind {
+        KIND_WRITE => &p[1..],
+        IPC_CONTINUATION => p,
+        other => return Err(format!("unknown record kind {other}")),
+    };
+    let mut reader = StreamReader::try_new(ipc, None).map_err(|e| e.to_string())?;
     let batch = reader
         .next()
         .ok_or("record holds no batch")?
         .map_err(|e| e.to_string())?;
-    let table = strings.pop().expect("two strings");
-    let database = strings.pop().expect("two strings");
-    Ok(WalEntry {
+    Ok(WalRecord::Write(WalEntry {
         seq,
         shard_id,
         database,
         table,
         batch,
-    })
+    }))
 }
 
 /// Segment files in `dir`, ordered by their first sequence number.
@@ -167,6 +237,8 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 /// What replay found.
 pub struct Replayed {
     pub entries: Vec<WalEntry>,
+    /// Deletes, to apply in sequence with `entries`.
+    pub deletes: Vec<DeleteEntry>,
     /// The highest sequence number seen (0 when the log is empty).
     pub last_seq: u64,
 }
@@ -177,6 +249,7 @@ pub fn replay(dir: &Path, after_seq: u64, recovery: Recovery) -> Result<Replayed
     fs::create_dir_all(dir).context(IoSnafu { path: dir })?;
     let segs = segments(dir)?;
     let mut entries = vec![];
+    let mut deletes = vec![];
     let mut last_seq = after_seq;
     for (i, (_, path)) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
@@ -189,10 +262,13 @@ pub fn replay(dir: &Path, after_seq: u64, recovery: Recovery) -> Result<Replayed
             let record = read_record(&bytes[off..])
                 .and_then(|(payload, n)| decode_payload(payload).map(|e| (e, n)));
             match record {
-                Ok((entry, n)) => {
-                    last_seq = last_seq.max(entry.seq);
-                    if entry.seq > after_seq {
-                        entries.push(entry);
+                Ok((record, n)) => {
+                    last_seq = last_seq.max(record.seq());
+                    if record.seq() > after_seq {
+                        match record {
+                            WalRecord::Write(e) => entries.push(e),
+                            WalRecord::Delete(d) => deletes.push(d),
+                        }
                     }
                     off += n;
                 }
@@ -222,7 +298,11 @@ pub fn replay(dir: &Path, after_seq: u64, recovery: Recovery) -> Result<Replayed
             }
         }
     }
-    Ok(Replayed { entries, last_seq })
+    Ok(Replayed {
+        entries,
+        deletes,
+        last_seq,
+    })
 }
 
 /// A record that is cut short, or whose checksum fails with nothing valid
@@ -332,7 +412,15 @@ impl Wal {
 
     /// Appends `entry` and returns once it is durable (per the sync policy).
     pub async fn append(&self, entry: &WalEntry) -> Result<(), WalError> {
-        let record = encode_entry(entry)?;
+        self.append_record(encode_entry(entry)?).await
+    }
+
+    /// Appends a delete and returns once it is durable.
+    pub async fn append_delete(&self, delete: &DeleteEntry) -> Result<(), WalError> {
+        self.append_record(encode_delete(delete)).await
+    }
+
+    async fn append_record(&self, record: Vec<u8>) -> Result<(), WalError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Request::Append { record, done })

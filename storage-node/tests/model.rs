@@ -1,5 +1,6 @@
-//! Randomized writes (duplicates, out-of-order rows, partial fields) with
-//! flushes, compactions and reopenings at random points; every scan, with
+//! Randomized writes (duplicates, out-of-order rows, partial fields) and
+//! deletes (time ranges, host conditions) with flushes, compactions and
+//! reopenings at random points; every scan, with
 //! random predicates and projections, must equal a simple in-memory model
 //! of InfluxDB semantics (a point is (host, time); fields merge, newest
 //! non-null value wins).
@@ -16,6 +17,7 @@ use datafusion::logical_expr::{col, lit, Expr};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::Serializeable;
 use strata_proto::storage::v1::{Projection, ScanTicket};
+use strata_storage::delete::{DeletePredicate, TagCondition};
 use strata_storage::engine::{Engine, EngineConfig};
 use strata_storage::flight::schema_to_ipc;
 use strata_storage::scan::execute_ticket;
@@ -99,6 +101,32 @@ fn random_batch(rng: &mut Rng, model: &mut Model) -> RecordBatch {
         ],
     )
     .unwrap()
+}
+
+/// A random delete, applied to the model: a time range and maybe a host
+/// condition (`=` or `!=`).
+fn random_delete(rng: &mut Rng, model: &mut Model) -> DeletePredicate {
+    let min_time = rng.below(50) as i64;
+    let max_time = min_time + rng.below(15) as i64;
+    let tags = match rng.below(3) {
+        0 => vec![],
+        n => vec![TagCondition {
+            tag: "host".into(),
+            values: vec![HOSTS[rng.below(4) as usize].to_string()],
+            negated: n == 2,
+        }],
+    };
+    let p = DeletePredicate {
+        min_time,
+        max_time,
+        tags,
+    };
+    model.retain(|(host, time), _| {
+        let in_range = (min_time..=max_time).contains(time);
+        let tag_ok = p.tags.iter().all(|c| c.values.contains(host) != c.negated);
+        !(in_range && tag_ok)
+    });
+    p
 }
 
 /// A random predicate with the model's version of it.
@@ -228,6 +256,10 @@ async fn scans_match_the_model_through_flushes_compactions_and_restarts() {
         for step in 0..40 {
             let batch = random_batch(&mut rng, &mut model);
             engine.write("db", "t", 1, batch).await.unwrap();
+            if rng.chance(15) {
+                let delete = random_delete(&mut rng, &mut model);
+                engine.delete("db", "t", 1, delete).await.unwrap();
+            }
             match rng.below(10) {
                 0 | 1 => engine.flush().await.unwrap(),
                 2 => {
