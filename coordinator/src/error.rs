@@ -23,6 +23,11 @@ pub enum Error {
         failures: String,
     },
 
+    #[snafu(display(
+        "DELETE from '{table}' did not reach every replica, so some rows may remain: \
+         {failures}; run it again once the nodes are back (deleting twice is harmless)"
+    ))]
+    DeleteIncomplete { table: String, failures: String },
     #[snafu(display("request body is not valid {what}: {reason}"))]
     BadBody { what: &'static str, reason: String },
 
@@ -58,7 +63,7 @@ impl Error {
                 _ => S::SERVICE_UNAVAILABLE,
             },
             Error::DatabaseNotFound { .. } => S::NOT_FOUND,
-            Error::Consistency { .. } => S::SERVICE_UNAVAILABLE,
+            Error::Consistency { .. } | Error::DeleteIncomplete { .. } => S::SERVICE_UNAVAILABLE,
             Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {
                 S::BAD_REQUEST
             }
@@ -79,7 +84,7 @@ impl Error {
                 _ => tonic::Code::Unavailable,
             },
             Error::DatabaseNotFound { .. } => tonic::Code::NotFound,
-            Error::Consistency { .. } => tonic::Code::Unavailable,
+            Error::Consistency { .. } | Error::DeleteIncomplete { .. } => tonic::Code::Unavailable,
             Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {
                 tonic::Code::InvalidArgument
             }

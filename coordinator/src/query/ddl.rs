@@ -5,6 +5,8 @@
 //! - `DROP DATABASE [IF EXISTS] name`
 //! - `SHOW DATABASES`
 //!
+//! (`DELETE` is also strata's own; see [`super::delete`].)
+//!
 //! Durations are an integer and a unit: `ns us ms s m h d w`
 //! (e.g. `30d`, `1h`); `INF` means keep forever.
 
@@ -22,6 +24,8 @@ pub enum OwnStatement {
         if_exists: bool,
     },
     ShowDatabases,
+    /// Handled by [`super::delete`].
+    Delete(super::delete::DeleteStatement),
 }
 
 fn tokens(sql: &str) -> Vec<String> {

@@ -4,6 +4,7 @@
 
 pub mod catalog_provider;
 pub mod ddl;
+pub mod delete;
 
 use std::sync::Arc;
 
@@ -87,6 +88,11 @@ impl QueryEngine {
         if let Some(own) = ddl::parse(sql).map_err(|reason| Error::BadStatement { reason })? {
             return Ok(Planned::Own(own));
         }
+        if delete::is_delete(sql) {
+            let d = delete::parse(sql, database, &self.catalog.state())
+                .map_err(|reason| Error::BadStatement { reason })?;
+            return Ok(Planned::Own(OwnStatement::Delete(d)));
+        }
         let ctx = self.session(database, query_id);
         let options = SQLOptions::new()
             .with_allow_ddl(false)
@@ -124,6 +130,68 @@ impl QueryEngine {
             .context(QuerySnafu)
     }
 
+    /// Sends a DELETE to every replica of every shard whose window overlaps
+    /// its time range; all must apply it.
+    async fn delete(&self, d: delete::DeleteStatement) -> Result<()> {
+        use arrow_flight::Action;
+        use prost::Message;
+        let state = self.catalog.state();
+        let db = state
+            .databases
+            .get(&d.database)
+            .ok_or_else(|| Error::DatabaseNotFound {
+                database: d.database.clone(),
+            })?;
+        let mut sends = vec![];
+        for group in &db.shard_groups {
+            if group.end_ns <= d.predicate.min_time || group.start_ns > d.predicate.max_time {
+                continue;
+            }
+            for shard in &group.shards {
+                let body = strata_proto::storage::v1::DeleteRequest {
+                    database: d.database.clone(),
+                    table: d.table.clone(),
+                    shard_id: shard.id,
+                    predicate: Some(d.predicate.clone()),
+                }
+                .encode_to_vec();
+                for node in &shard.owners {
+                    let addr = state.nodes.get(node).map(|n| n.flight_addr.clone());
+                    let (nodes, body, shard_id, node) =
+                        (self.nodes.clone(), body.clone(), shard.id, *node);
+                    sends.push(async move {
+                        let outcome = async {
+                            let addr = addr.ok_or_else(|| "not registered".to_string())?;
+                            let mut client =
+                                nodes.flight(&addr).map_err(|e| e.message().to_string())?;
+                            let action = Action::new("delete", body);
+                            let mut results =
+                                client.do_action(action).await.map_err(|e| e.to_string())?;
+                            while let Some(r) = futures::StreamExt::next(&mut results).await {
+                                r.map_err(|e| e.to_string())?;
+                            }
+                            Ok::<_, String>(())
+                        }
+                        .await;
+                        outcome.map_err(|e| format!("shard {shard_id} on node {node}: {e}"))
+                    });
+                }
+            }
+        }
+        let failures: Vec<String> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter_map(|r| r.err())
+            .collect();
+        if !failures.is_empty() {
+            return Err(Error::DeleteIncomplete {
+                table: d.table,
+                failures: failures.join("; "),
+            });
+        }
+        Ok(())
+    }
+
     async fn run_own(&self, own: OwnStatement, schema: SchemaRef) -> Result<Vec<RecordBatch>> {
         match own {
             OwnStatement::CreateDatabase {
@@ -146,6 +214,10 @@ impl QueryEngine {
                     .execute(Command::DropDatabase { name, if_exists })
                     .await
                     .context(CatalogSnafu)?;
+                Ok(vec![])
+            }
+            OwnStatement::Delete(d) => {
+                self.delete(d).await?;
                 Ok(vec![])
             }
             OwnStatement::ShowDatabases => {
