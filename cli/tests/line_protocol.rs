@@ -167,4 +167,19 @@ async fn v1_query_endpoint_manages_databases() {
         .await
         .unwrap();
     assert_eq!(resp, "v\n1.0\n");
+
+    // InfluxQL's DELETE through the same endpoint, in `db`.
+    let (status, _) = c.write("v1db", "s", "m,host=a v=2 2\nm,host=b v=3 3").await;
+    assert_eq!(status, 204);
+    let url = c.http_url("/query?db=v1db&q=DELETE%20FROM%20m%20WHERE%20host%20%3D%20%27a%27");
+    let (status, resp) = post(&c.http, &url, vec![], None).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(
+        c.query("v1db", "SELECT v FROM m ORDER BY time").await,
+        vec!["1.0", "3.0"]
+    );
+    let url = c.http_url("/query?db=v1db&q=DELETE%20FROM%20m%20WHERE%20v%20%3E%201");
+    let (status, resp) = post(&c.http, &url, vec![], None).await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("'v' is a field"), "{resp}");
 }

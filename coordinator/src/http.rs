@@ -304,10 +304,12 @@ fn format_batches(batches: &[RecordBatch], format: &str) -> Result<(&'static str
 #[derive(Debug, Deserialize)]
 struct V1QueryParams {
     q: Option<String>,
+    db: Option<String>,
 }
 
 /// InfluxDB v1 `/query`: database management statements, which v1 client
-/// libraries send (`CREATE DATABASE`, `DROP DATABASE`, `SHOW DATABASES`).
+/// libraries send (`CREATE DATABASE`, `DROP DATABASE`, `SHOW DATABASES`),
+/// and `DELETE FROM measurement WHERE ...` in `db`.
 async fn query_v1(State(state): State<HttpState>, Query(p): Query<V1QueryParams>) -> Response {
     let Some(q) = p.q else {
         return error_response(Error::BadParameter {
@@ -315,13 +317,20 @@ async fn query_v1(State(state): State<HttpState>, Query(p): Query<V1QueryParams>
             reason: "give the statement to run as ?q=".into(),
         });
     };
+    if crate::query::delete::is_delete(&q) {
+        return match state.engine.query(&q, p.db.as_deref()).await {
+            Ok(_) => Json(json!({ "results": [{ "statement_id": 0 }] })).into_response(),
+            Err(e) => error_response(e),
+        };
+    }
     let own = match ddl::parse(&q) {
         Ok(Some(own)) => own,
         Ok(None) => {
             return error_response(Error::BadStatement {
-                reason: "the v1 /query endpoint runs CREATE DATABASE, DROP DATABASE and SHOW \
-                         DATABASES; run SQL queries over Flight SQL or /api/v3/query_sql"
-                    .into(),
+                reason:
+                    "the v1 /query endpoint runs CREATE DATABASE, DROP DATABASE, SHOW \
+                         DATABASES and DELETE; run SQL queries over Flight SQL or /api/v3/query_sql"
+                        .into(),
             })
         }
         Err(reason) => return error_response(Error::BadStatement { reason }),
