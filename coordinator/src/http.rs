@@ -32,6 +32,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/write", post(write_v1))
         .route("/api/v2/write", post(write_v2))
+        .route("/api/v2/delete", post(delete_v2))
         .route("/api/v3/query_sql", get(query_sql_get).post(query_sql_post))
         .route("/query", get(query_v1).post(query_v1))
         .route("/ping", get(ping).head(ping))
@@ -77,6 +78,61 @@ struct V1WriteParams {
 struct V2WriteParams {
     bucket: Option<String>,
     precision: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct V2DeleteParams {
+    bucket: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct V2DeleteBody {
+    start: String,
+    stop: String,
+    #[serde(default)]
+    predicate: String,
+}
+
+/// InfluxDB 2's `/api/v2/delete`: a time range and a predicate such as
+/// `_measurement="cpu" AND host="a"`; 204 once every replica applied it.
+async fn delete_v2(
+    State(state): State<HttpState>,
+    Query(p): Query<V2DeleteParams>,
+    body: Bytes,
+) -> Response {
+    let Some(bucket) = p.bucket else {
+        return error_response(Error::BadParameter {
+            name: "bucket",
+            reason: "name the bucket (database) to delete from".into(),
+        });
+    };
+    let db = bucket.split('/').next().unwrap_or_default().to_string();
+    let req: V2DeleteBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(Error::BadBody {
+                what: "JSON with start, stop and predicate",
+                reason: e.to_string(),
+            })
+        }
+    };
+    let catalog = state.engine.catalog().state();
+    let statements = match crate::query::delete::parse_v2(
+        &catalog,
+        &db,
+        &req.start,
+        &req.stop,
+        &req.predicate,
+    ) {
+        Ok(s) => s,
+        Err(reason) => return error_response(Error::BadStatement { reason }),
+    };
+    for d in statements {
+        if let Err(e) = state.engine.delete(d).await {
+            return error_response(e);
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn write_v1(

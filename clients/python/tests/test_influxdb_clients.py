@@ -62,3 +62,32 @@ def test_influxdb_v2_client(strata):
         assert "line 2" in str(err.value)
         rows = sql(strata, "v2client", "SELECT count(*) AS n FROM mem")
         assert rows == [{"n": 3}]
+
+
+def test_influxdb_v2_delete_api(strata):
+    with InfluxDBClientV2(url=strata.http_url, token="unused", org="any") as client:
+        write = client.write_api(write_options=SYNCHRONOUS)
+        write.write(
+            bucket="v2delete",
+            record="cpu,host=a v=1 1451606400\ncpu,host=b v=2 1451606400\n"
+            "cpu,host=a v=3 1451606460\nmem,host=a free=4 1451606400",
+            write_precision=WritePrecision.S,
+        )
+        delete = client.delete_api()
+        delete.delete(
+            "2016-01-01T00:00:00Z",
+            "2016-01-01T00:00:30Z",
+            '_measurement="cpu" AND host="a"',
+            bucket="v2delete",
+            org="any",
+        )
+        rows = sql(strata, "v2delete", "SELECT host, v FROM cpu ORDER BY time, host")
+        assert rows == [{"host": "b", "v": 2.0}, {"host": "a", "v": 3.0}]
+        # Without _measurement every table of the bucket is covered.
+        delete.delete("2016-01-01T00:00:00Z", "2016-01-02T00:00:00Z", 'host="a"', bucket="v2delete", org="any")
+        assert sql(strata, "v2delete", "SELECT count(*) AS n FROM mem") == [{"n": 0}]
+        assert sql(strata, "v2delete", "SELECT host FROM cpu") == [{"host": "b"}]
+        with pytest.raises(InfluxDBError) as err:
+            delete.delete("2016-01-01T00:00:00Z", "2016-01-02T00:00:00Z", '_measurement="cpu" AND v="2"',
+                          bucket="v2delete", org="any")
+        assert "'v' is a field" in str(err.value)

@@ -112,6 +112,121 @@ pub fn parse(
     })
 }
 
+/// InfluxDB 2's delete (`/api/v2/delete`): rows of `database` with time in
+/// `[start, stop]` (RFC 3339, both inclusive) matching `predicate`, e.g.
+/// `_measurement="cpu" AND host="a"` (conditions `key="value"` or
+/// `key!="value"` joined by AND; without `_measurement`, every table).
+/// Returns one statement per table to delete from.
+pub fn parse_v2(
+    catalog: &CatalogData,
+    database: &str,
+    start: &str,
+    stop: &str,
+    predicate: &str,
+) -> Result<Vec<DeleteStatement>, String> {
+    let db = catalog
+        .databases
+        .get(database)
+        .ok_or_else(|| format!("bucket '{database}' not found"))?;
+    let min_time = parse_timestamp(start).map_err(|e| format!("start: {e}"))?;
+    let max_time = parse_timestamp(stop).map_err(|e| format!("stop: {e}"))?;
+    let mut measurement = None;
+    let mut tags = vec![];
+    for part in split_and(predicate) {
+        let (key, negated, value) = match part.split_once("!=") {
+            Some((k, v)) => (k, true, v),
+            None => match part.split_once('=') {
+                Some((k, v)) => (k, false, v),
+                None => {
+                    return Err(format!(
+                        "predicate condition '{part}' is not key=\"value\" or key!=\"value\""
+                    ))
+                }
+            },
+        };
+        let key = unquote(key.trim());
+        let value = unquote(value.trim());
+        if key == "_measurement" && !negated {
+            measurement = Some(value);
+        } else if key.starts_with('_') {
+            return Err(format!(
+                "predicate key '{key}' is not supported; use _measurement=\"...\" and tags"
+            ));
+        } else {
+            tags.push(pb::TagCondition {
+                tag: key,
+                values: vec![value],
+                negated,
+            });
+        }
+    }
+    let tables: Vec<&String> = match &measurement {
+        Some(m) => db.tables.keys().filter(|t| *t == m).collect(),
+        None => db.tables.keys().collect(),
+    };
+    let mut out = vec![];
+    for table in tables {
+        let t = &db.tables[table];
+        for c in &tags {
+            if let Some(ColumnKind::Field(_)) = t.column(&c.tag).map(|c| c.kind) {
+                if measurement.is_some() {
+                    return Err(format!(
+                        "delete predicates filter on tags; '{}' is a field of '{table}'",
+                        c.tag
+                    ));
+                }
+            }
+        }
+        out.push(DeleteStatement {
+            database: database.to_string(),
+            table: table.clone(),
+            predicate: pb::DeletePredicate {
+                min_time,
+                max_time,
+                tags: tags.clone(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Splits on AND outside quotes; empty input gives no parts.
+fn split_and(s: &str) -> Vec<String> {
+    let mut parts = vec![];
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    let words: Vec<&str> = s.split_inclusive(char::is_whitespace).collect();
+    for w in words {
+        for c in w.chars() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                None if c == '"' || c == '\'' => quote = Some(c),
+                _ => {}
+            }
+        }
+        if quote.is_none() && w.trim().eq_ignore_ascii_case("and") {
+            parts.push(std::mem::take(&mut current));
+        } else {
+            current.push_str(w);
+        }
+    }
+    parts.push(current);
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+fn unquote(s: &str) -> String {
+    for q in ['"', '\''] {
+        if s.len() >= 2 && s.starts_with(q) && s.ends_with(q) {
+            return s[1..s.len() - 1].to_string();
+        }
+    }
+    s.to_string()
+}
+
 fn table_name(name: &ObjectName, default: Option<&str>) -> Result<(String, String), String> {
     let parts: Vec<String> = name
         .0
@@ -412,6 +527,52 @@ mod tests {
             (i64::MIN, i64::MAX)
         );
         assert!(is_delete("  delete from cpu") && !is_delete("SELECT 1"));
+    }
+
+    #[test]
+    fn influxdb_2_predicates() {
+        let d = parse_v2(
+            &catalog(),
+            "metrics",
+            "2024-01-01T00:00:00Z",
+            "2024-01-02T00:00:00Z",
+            "_measurement=\"cpu\" AND host=\"a b\" and region != 'eu'",
+        )
+        .unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].table, "cpu");
+        assert_eq!(d[0].predicate.max_time, 1_704_153_600_000_000_000);
+        assert_eq!(d[0].predicate.tags[0].values, vec!["a b"]);
+        assert!(d[0].predicate.tags[1].negated);
+        let all = parse_v2(
+            &catalog(),
+            "metrics",
+            "1970-01-01T00:00:00Z",
+            "2100-01-01T00:00:00Z",
+            "",
+        )
+        .unwrap();
+        assert_eq!(all.len(), 1, "every table of the bucket");
+        let none = parse_v2(
+            &catalog(),
+            "metrics",
+            "1970-01-01T00:00:00Z",
+            "1970-01-02T00:00:00Z",
+            "_measurement=\"mem\"",
+        )
+        .unwrap();
+        assert!(none.is_empty());
+        let e = parse_v2(
+            &catalog(),
+            "metrics",
+            "1970-01-01T00:00:00Z",
+            "1970-01-02T00:00:00Z",
+            "_measurement=\"cpu\" AND usage=\"1\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("'usage' is a field"), "{e}");
+        let e = parse_v2(&catalog(), "metrics", "now", "1970-01-02T00:00:00Z", "").unwrap_err();
+        assert!(e.starts_with("start:"), "{e}");
     }
 
     #[test]

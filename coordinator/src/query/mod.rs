@@ -132,7 +132,7 @@ impl QueryEngine {
 
     /// Sends a DELETE to every replica of every shard whose window overlaps
     /// its time range; all must apply it.
-    async fn delete(&self, d: delete::DeleteStatement) -> Result<()> {
+    pub async fn delete(&self, d: delete::DeleteStatement) -> Result<()> {
         use arrow_flight::Action;
         use prost::Message;
         let state = self.catalog.state();
