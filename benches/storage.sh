@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Storage benchmark through the full product path: TSBS cpu-only rows
+# (SCALE hosts, 10 fields, 10 s apart) posted as line protocol to a release
+# `strata dev` by 4 writers in 10,000-line batches; then the node process's
+# peak RSS, and scans over SQL-over-HTTP: a full-table scan of every field,
+# and a one-host one-hour scan with key pruning and with pruning defeated.
+# Numbers are printed, never asserted.
+#
+#   benches/storage.sh                 # 100 hosts, one day (864,000 rows)
+#   SCALE=100 HOURS=72 benches/storage.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scale="${SCALE:-100}"
+hours="${HOURS:-24}"
+workers="${WORKERS:-4}"
+batch="${BATCH:-10000}"
+flush_rows="${FLUSH_ROWS:-1000000}"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+
+cargo build --release --quiet --bin strata
+bin="$target/release/strata"
+
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start="2016-01-01T00:00:00Z"
+end="$(date -u -d "2016-01-01 00:00:00 UTC + $hours hours" +%Y-%m-%dT%H:%M:%SZ)"
+"$bin" bench generate --use-case cpu-only --scale "$scale" --seed 123 \
+  --timestamp-start "$start" --timestamp-end "$end" --output "$work/cpu.lp"
+
+"$bin" dev --data-dir "$work/data" --http-addr 127.0.0.1:0 --flight-addr 127.0.0.1:0 \
+  --flush-rows "$flush_rows" --addr-file "$work/addr.json" >"$work/dev.log" 2>&1 &
+pid=$!
+for _ in $(seq 600); do [ -s "$work/addr.json" ] && break; sleep 0.1; done
+[ -s "$work/addr.json" ] || { echo "strata dev did not start:"; cat "$work/dev.log"; exit 1; }
+http="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$work/addr.json")"
+
+echo "== ingest: $scale hosts x $hours h, $workers writers, $batch-line batches"
+"$bin" bench load --file "$work/cpu.lp" --url "http://$http" --db benchmark \
+  --workers "$workers" --batch-size "$batch" 2>/dev/null
+echo "peak RSS of strata dev: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
+
+# Times one SQL query over HTTP (best of 3) and prints rows/s over `rows`.
+scan() {
+  local label="$1" rows="$2" sql="$3" best=""
+  for _ in 1 2 3; do
+    local t
+    t="$(curl -s -o "$work/out.csv" -w '%{time_total}' -G "http://$http/api/v3/query_sql" \
+      --data-urlencode db=benchmark --data-urlencode format=csv --data-urlencode "q=$sql")"
+    if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN{exit !(a<b)}'; then best="$t"; fi
+  done
+  awk -v l="$label" -v r="$rows" -v t="$best" \
+    'BEGIN { printf "%-44s %9.1f ms %14.0f rows/s\n", l, t*1000, r/t }'
+}
+
+total=$((scale * hours * 360))
+fields="max(usage_user), max(usage_system), max(usage_idle), max(usage_nice), max(usage_iowait),
+        max(usage_irq), max(usage_softirq), max(usage_steal), max(usage_guest), max(usage_guest_nice)"
+window="time >= '2016-01-01T10:00:00Z' AND time < '2016-01-01T11:00:00Z'"
+echo "== scans ($total rows in the table; rows/s over the rows each scan covers)"
+scan "full table, all 10 fields" "$total" "SELECT count(*), $fields FROM cpu"
+scan "one host, one hour (pruned)" "$total" \
+  "SELECT * FROM cpu WHERE hostname = 'host_7' AND $window"
+scan "one host, one hour (pruning defeated)" "$total" \
+  "SELECT * FROM cpu WHERE concat(hostname, '') = 'host_7' AND time + INTERVAL '0 seconds' >= '2016-01-01T10:00:00Z' AND time + INTERVAL '0 seconds' < '2016-01-01T11:00:00Z'"
+echo "(one-host answers: $(($(wc -l <"$work/out.csv") - 1)) rows)"
