@@ -49,6 +49,8 @@ pub struct LoadSummary {
     pub rows: u64,
     pub metrics: u64,
     pub elapsed: Duration,
+    /// Batches sent again after the server asked to slow down.
+    pub retries: u64,
 }
 
 impl LoadSummary {
@@ -71,7 +73,11 @@ impl std::fmt::Display for LoadSummary {
             self.elapsed.as_secs_f64(),
             self.rows_per_sec(),
             self.metrics_per_sec()
-        )
+        )?;
+        if self.retries > 0 {
+            write!(f, " (retried {} times after \"slow down\")", self.retries)?;
+        }
+        Ok(())
     }
 }
 
@@ -130,6 +136,9 @@ pub fn progress_line(rows: u64, bytes: u64, total_bytes: Option<u64>, elapsed: D
         _ => format!("{rate} in {secs:.1} s"),
     }
 }
+
+/// Times one batch is sent again after a "slow down" answer.
+const MAX_RETRIES: u32 = 60;
 
 struct Batch {
     index: u64,
@@ -198,30 +207,54 @@ pub async fn load(
     let rows_done = Arc::new(AtomicU64::new(0));
     let metrics_done = Arc::new(AtomicU64::new(0));
     let bytes_done = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut workers = vec![];
     for _ in 0..config.workers.max(1) {
         let (rx, client, url) = (rx.clone(), client.clone(), url.clone());
-        let (rows_done, metrics_done, bytes_done) =
-            (rows_done.clone(), metrics_done.clone(), bytes_done.clone());
+        let (rows_done, metrics_done, bytes_done, retries) = (
+            rows_done.clone(),
+            metrics_done.clone(),
+            bytes_done.clone(),
+            retries.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let Some(batch) = rx.lock().await.recv().await else {
                     return Ok(());
                 };
-                let resp = client
-                    .post(&url)
-                    .body(batch.body)
-                    .send()
-                    .await
-                    .map_err(|e| LoadError::Send {
-                        batch: batch.index,
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let status = resp.status().as_u16();
-                if !(200..300).contains(&status) {
+                let body = bytes::Bytes::from(batch.body);
+                let mut attempt = 0;
+                loop {
+                    let resp = client
+                        .post(&url)
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .map_err(|e| LoadError::Send {
+                            batch: batch.index,
+                            url: url.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    let status = resp.status().as_u16();
+                    if (200..300).contains(&status) {
+                        break;
+                    }
+                    // "Slow down": wait as asked and send the batch again.
+                    if (status == 503 || status == 429) && attempt < MAX_RETRIES {
+                        attempt += 1;
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        let wait = resp
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .map_or(Duration::from_millis(500), Duration::from_secs)
+                            .min(Duration::from_secs(10));
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
                     let body = resp.text().await.unwrap_or_default();
                     return Err(LoadError::Refused {
                         batch: batch.index,
@@ -280,12 +313,78 @@ pub async fn load(
         rows: rows_done.load(Ordering::Relaxed),
         metrics: metrics_done.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+        retries: retries.load(Ordering::Relaxed),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads one HTTP request (headers and Content-Length body).
+    async fn read_request(sock: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = sock.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len || n == 0 {
+                    return text;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_down_answers_are_retried_after_the_asked_wait() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut bodies = vec![];
+            for i in 0..3 {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let req = read_request(&mut sock).await;
+                bodies.push(req.split("\r\n\r\n").nth(1).unwrap_or_default().to_string());
+                let answer: &[u8] = if i < 2 {
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+                };
+                sock.write_all(answer).await.unwrap();
+            }
+            bodies
+        });
+        let config = LoadConfig {
+            url: format!("http://{addr}"),
+            db: "db".into(),
+            workers: 1,
+            batch_size: 10,
+            precision: "ns".into(),
+            progress_every: None,
+            total_bytes: None,
+        };
+        let summary = load(&config, std::io::Cursor::new("m v=1 1\nm v=2 2\n"))
+            .await
+            .unwrap();
+        assert_eq!((summary.rows, summary.retries), (2, 2));
+        assert!(summary
+            .to_string()
+            .ends_with("(retried 2 times after \"slow down\")"));
+        // The same batch each time.
+        assert_eq!(server.await.unwrap(), vec!["m v=1 1\nm v=2 2\n"; 3]);
+    }
 
     #[test]
     fn progress_shows_a_bar_when_the_size_is_known() {

@@ -617,13 +617,28 @@ fn insert(st: &mut State, e: WalEntry) {
         table: e.table,
     };
     st.active_rows += e.batch.num_rows();
-    st.active_bytes += e.batch.get_array_memory_size();
+    st.active_bytes += batch_bytes(&e.batch);
     st.oldest_active.get_or_insert_with(Instant::now);
     let m = st.active.entry(key).or_insert_with(|| MemTable {
         database: e.database,
         batches: vec![],
     });
     m.batches.push(e.batch);
+}
+
+/// The bytes a batch's rows take. Batches decoded from Flight or the WAL
+/// are zero-copy slices of one message buffer, and
+/// `get_array_memory_size` would count that whole buffer once per column.
+fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let data = c.to_data();
+            data.get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
 }
 
 /// Removes the rows `d` matches from the memtables (active and frozen) of
@@ -831,6 +846,27 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// A batch decoded from IPC shares one buffer among its columns; it is
+    /// counted once, not once per column.
+    #[test]
+    fn decoded_batches_are_counted_by_their_rows_bytes() {
+        let b = batch(&(0..10_000).collect::<Vec<_>>(), &vec![1.0; 10_000]);
+        let mut ipc = vec![];
+        {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &b.schema()).unwrap();
+            w.write(&b).unwrap();
+            w.finish().unwrap();
+        }
+        let decoded = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let logical = 10_000 * (8 + 8);
+        assert!(batch_bytes(&b) >= logical && batch_bytes(&b) < 2 * logical);
+        assert!(batch_bytes(&decoded) >= logical && batch_bytes(&decoded) < 2 * logical);
     }
 
     fn rows(snap: &ScanSnapshot) -> usize {
