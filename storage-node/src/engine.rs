@@ -23,8 +23,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use snafu::{ResultExt, Snafu};
 use tokio::sync::{Notify, RwLock};
 
+use crate::dedup::dedup_sorted;
 use crate::delete::{retain_all, DeletePredicate};
-use crate::flush::{write_parquet, FlushError};
+use crate::flush::{merged_schema, write_parquet, FlushError};
 use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
 use crate::wal::{self, DeleteEntry, Recovery, SyncPolicy, Wal, WalEntry, WalError};
 
@@ -99,7 +100,20 @@ pub struct TableKey {
 #[derive(Debug, Default, Clone)]
 struct MemTable {
     database: String,
+    /// Oldest first. When `first_settled`, `batches[0]` is sorted by key
+    /// with one row per key, and the rest are writes since.
     batches: Vec<RecordBatch>,
+    first_settled: bool,
+    /// Bumped by every change other than an append, so that a merge
+    /// computed outside the lock is only swapped in over what it read.
+    generation: u64,
+}
+
+impl MemTable {
+    /// Needs no deduplication: nothing, or one settled batch.
+    fn is_settled(&self) -> bool {
+        self.batches.is_empty() || (self.batches.len() == 1 && self.first_settled)
+    }
 }
 
 /// Memtables that are being written to Parquet; still readable.
@@ -141,6 +155,9 @@ pub struct Engine {
 pub struct ScanSnapshot {
     /// Memtable batches, oldest first.
     pub batches: Vec<RecordBatch>,
+    /// The memtable batches hold one row per key already (each is a
+    /// settled memtable of its own shard), so a scan need not merge them.
+    pub memtable_deduplicated: bool,
     /// Parquet files, oldest first; each holds one row per primary key.
     pub files: Vec<FileSource>,
 }
@@ -344,19 +361,23 @@ impl Engine {
 
     /// The rows of `table` in `shard_ids` as of now.
     pub fn snapshot(&self, table: &str, shard_ids: &[u64]) -> ScanSnapshot {
-        let st = self.state.lock();
         let wanted = |k: &TableKey| k.table == table && shard_ids.contains(&k.shard_id);
+        self.settle_memtables(&wanted);
+        let st = self.state.lock();
         let mut batches = vec![];
+        let mut memtable_deduplicated = true;
         for frozen in &st.frozen {
             for (k, m) in &frozen.tables {
                 if wanted(k) {
                     batches.extend(m.batches.iter().cloned());
+                    memtable_deduplicated &= m.is_settled();
                 }
             }
         }
         for (k, m) in &st.active {
             if wanted(k) {
                 batches.extend(m.batches.iter().cloned());
+                memtable_deduplicated &= m.is_settled();
             }
         }
         let mut listed: Vec<&ParquetFileMeta> = st
@@ -380,7 +401,53 @@ impl Engine {
                     .collect(),
             })
             .collect();
-        ScanSnapshot { batches, files }
+        ScanSnapshot {
+            batches,
+            memtable_deduplicated,
+            files,
+        }
+    }
+
+    /// Replaces the batches of each wanted active memtable by their sorted,
+    /// deduplicated merge, so that scans stop redoing it: the first scan
+    /// after writes merges, later ones read the result. The merge runs
+    /// outside the state lock (writes go on) and is swapped in only if the
+    /// memtable has only grown meanwhile; the newer batches stay after it.
+    fn settle_memtables(&self, wanted: &dyn Fn(&TableKey) -> bool) {
+        let work: Vec<(TableKey, u64, Vec<RecordBatch>)> = {
+            let st = self.state.lock();
+            st.active
+                .iter()
+                .filter(|(k, m)| wanted(k) && !m.is_settled())
+                .map(|(k, m)| (k.clone(), m.generation, m.batches.clone()))
+                .collect()
+        };
+        for (key, generation, batches) in work {
+            let merged = merged_schema(&batches).and_then(|schema| dedup_sorted(&batches, &schema));
+            let merged = match merged {
+                Ok(m) => m,
+                Err(e) => {
+                    // Scans merge for themselves meanwhile.
+                    tracing::warn!(table = %key.table, shard = key.shard_id, error = %e, "cannot settle a memtable");
+                    continue;
+                }
+            };
+            let mut st = self.state.lock();
+            let st = &mut *st;
+            let Some(m) = st.active.get_mut(&key) else {
+                continue;
+            };
+            if m.generation != generation || m.batches.len() < batches.len() {
+                continue;
+            }
+            let old_bytes: usize = m.batches[..batches.len()].iter().map(batch_bytes).sum();
+            let old_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            st.active_bytes = (st.active_bytes + batch_bytes(&merged)).saturating_sub(old_bytes);
+            st.active_rows = (st.active_rows + merged.num_rows()).saturating_sub(old_rows);
+            m.batches.splice(..batches.len(), [merged]);
+            m.first_settled = true;
+            m.generation += 1;
+        }
     }
 
     /// Every (shard, table) this node holds data for, with its database.
@@ -621,7 +688,7 @@ fn insert(st: &mut State, e: WalEntry) {
     st.oldest_active.get_or_insert_with(Instant::now);
     let m = st.active.entry(key).or_insert_with(|| MemTable {
         database: e.database,
-        batches: vec![],
+        ..Default::default()
     });
     m.batches.push(e.batch);
 }
@@ -666,7 +733,13 @@ fn delete_from_memtables(st: &mut State, d: &DeleteEntry) -> Result<u64, EngineE
     let mut removed = 0;
     if let Some(m) = st.active.get_mut(&key) {
         let (kept, n) = filter(&m.batches)?;
+        // Removing rows keeps a settled batch sorted and unique, but if a
+        // batch was emptied and dropped the first one may not be settled.
+        if kept.len() != m.batches.len() {
+            m.first_settled = false;
+        }
         m.batches = kept;
+        m.generation += 1;
         removed += n;
         st.active_rows = st.active_rows.saturating_sub(n as usize);
     }
@@ -678,6 +751,9 @@ fn delete_from_memtables(st: &mut State, d: &DeleteEntry) -> Result<u64, EngineE
         if n > 0 {
             let mut tables = frozen.tables.clone();
             if let Some(t) = tables.get_mut(&key) {
+                if kept.len() != t.batches.len() {
+                    t.first_settled = false;
+                }
                 t.batches = kept;
             }
             *frozen = Arc::new(Frozen {

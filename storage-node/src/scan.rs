@@ -201,6 +201,7 @@ impl TableProvider for ShardTable {
             files,
             memtable,
             any_overlap(ranges),
+            self.snapshot.memtable_deduplicated,
             self.snapshot.files.clone(),
             limit,
         )))
@@ -222,6 +223,8 @@ pub struct ShardScanExec {
     memtable: Vec<RecordBatch>,
     /// Sources overlap in time, so keys may repeat across them.
     merge_all: bool,
+    /// The memtable batches hold one row per key already.
+    memtable_deduplicated: bool,
     /// The files behind `files`, in the same order: they stay on disk until
     /// the scan is done with them, and carry the deletes that cover them.
     sources: Vec<FileSource>,
@@ -237,6 +240,7 @@ impl ShardScanExec {
         files: Vec<Arc<dyn ExecutionPlan>>,
         memtable: Vec<RecordBatch>,
         merge_all: bool,
+        memtable_deduplicated: bool,
         sources: Vec<FileSource>,
         limit: Option<usize>,
     ) -> Self {
@@ -253,6 +257,7 @@ impl ShardScanExec {
             files,
             memtable,
             merge_all,
+            memtable_deduplicated,
             sources,
             limit,
             properties,
@@ -316,6 +321,7 @@ impl ExecutionPlan for ShardScanExec {
             children,
             self.memtable.clone(),
             self.merge_all,
+            self.memtable_deduplicated,
             self.sources.clone(),
             self.limit,
         )))
@@ -337,6 +343,7 @@ impl ExecutionPlan for ShardScanExec {
         let files = self.files.clone();
         let memtable = self.memtable.clone();
         let merge_all = self.merge_all;
+        let memtable_deduplicated = self.memtable_deduplicated;
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let sources = self.sources.clone();
         let deletes: Vec<Vec<Arc<DeletePredicate>>> =
@@ -367,9 +374,15 @@ impl ExecutionPlan for ShardScanExec {
                     }
                 })
                 .try_flatten();
-            let mem = futures::stream::once(async move {
-                Ok::<_, DataFusionError>(dedup_sorted(&memtable, &read_schema)?)
-            });
+            let mem: BoxStream<'static, datafusion::error::Result<RecordBatch>> =
+                if memtable_deduplicated {
+                    futures::stream::iter(memtable.into_iter().map(Ok)).boxed()
+                } else {
+                    futures::stream::once(async move {
+                        Ok::<_, DataFusionError>(dedup_sorted(&memtable, &read_schema)?)
+                    })
+                    .boxed()
+                };
             file_streams.chain(mem).boxed()
         };
         let stream = stream
