@@ -199,9 +199,11 @@ impl TableProvider for ShardTable {
             read_schema,
             output,
             files,
-            memtable,
+            MemtableRows {
+                batches: memtable,
+                deduplicated: self.snapshot.memtable_deduplicated,
+            },
             any_overlap(ranges),
-            self.snapshot.memtable_deduplicated,
             self.snapshot.files.clone(),
             limit,
         )))
@@ -212,6 +214,14 @@ impl TableProvider for ShardTable {
 /// the primary key (newest non-null value per field wins). Files hold one
 /// row per key already; when no two sources overlap in time, file rows
 /// stream through untouched and only the memtable is deduplicated.
+/// Memtable batches, oldest first, and whether they hold one row per key
+/// already (settled memtables) or still need merging.
+#[derive(Debug, Clone)]
+struct MemtableRows {
+    batches: Vec<RecordBatch>,
+    deduplicated: bool,
+}
+
 pub struct ShardScanExec {
     /// Schema of what sources produce: the wanted columns plus key columns.
     read_schema: SchemaRef,
@@ -219,12 +229,10 @@ pub struct ShardScanExec {
     output: Vec<usize>,
     /// One plan per Parquet file, oldest first.
     files: Vec<Arc<dyn ExecutionPlan>>,
-    /// Memtable batches, oldest first (newer than every file).
-    memtable: Vec<RecordBatch>,
+    /// Memtable rows (newer than every file).
+    memtable: MemtableRows,
     /// Sources overlap in time, so keys may repeat across them.
     merge_all: bool,
-    /// The memtable batches hold one row per key already.
-    memtable_deduplicated: bool,
     /// The files behind `files`, in the same order: they stay on disk until
     /// the scan is done with them, and carry the deletes that cover them.
     sources: Vec<FileSource>,
@@ -238,9 +246,8 @@ impl ShardScanExec {
         read_schema: SchemaRef,
         output: Vec<usize>,
         files: Vec<Arc<dyn ExecutionPlan>>,
-        memtable: Vec<RecordBatch>,
+        memtable: MemtableRows,
         merge_all: bool,
-        memtable_deduplicated: bool,
         sources: Vec<FileSource>,
         limit: Option<usize>,
     ) -> Self {
@@ -257,7 +264,6 @@ impl ShardScanExec {
             files,
             memtable,
             merge_all,
-            memtable_deduplicated,
             sources,
             limit,
             properties,
@@ -270,7 +276,7 @@ impl std::fmt::Debug for ShardScanExec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardScanExec")
             .field("files", &self.files.len())
-            .field("memtable_batches", &self.memtable.len())
+            .field("memtable_batches", &self.memtable.batches.len())
             .finish()
     }
 }
@@ -281,7 +287,7 @@ impl DisplayAs for ShardScanExec {
             f,
             "ShardScanExec: files={}, memtable_batches={}, merge_all={}",
             self.files.len(),
-            self.memtable.len(),
+            self.memtable.batches.len(),
             self.merge_all
         )?;
         if let Some(l) = self.limit {
@@ -321,7 +327,6 @@ impl ExecutionPlan for ShardScanExec {
             children,
             self.memtable.clone(),
             self.merge_all,
-            self.memtable_deduplicated,
             self.sources.clone(),
             self.limit,
         )))
@@ -343,7 +348,8 @@ impl ExecutionPlan for ShardScanExec {
         let files = self.files.clone();
         let memtable = self.memtable.clone();
         let merge_all = self.merge_all;
-        let memtable_deduplicated = self.memtable_deduplicated;
+        let memtable_deduplicated = memtable.deduplicated;
+        let memtable = memtable.batches;
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let sources = self.sources.clone();
         let deletes: Vec<Vec<Arc<DeletePredicate>>> =
