@@ -23,7 +23,7 @@ pub fn is_key_column(name: &str, data_type: &DataType) -> bool {
 }
 
 /// Indices of the key columns of `schema`: tags in name order, then time.
-fn key_columns(schema: &SchemaRef) -> Vec<usize> {
+pub(crate) fn key_columns(schema: &SchemaRef) -> Vec<usize> {
     let mut tags: Vec<usize> = schema
         .fields()
         .iter()

@@ -8,6 +8,7 @@ pub mod error;
 pub mod flight;
 pub mod flush;
 pub mod manifest;
+pub mod merge;
 pub mod scan;
 pub mod server;
 pub mod wal;

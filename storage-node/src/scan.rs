@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::filter_record_batch;
+use arrow::compute::SortOptions;
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -26,8 +27,13 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{col, Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::logical_expr::{col, Expr, SortExpr, TableProviderFilterPushDown};
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_expr::{
+    Distribution, EquivalenceProperties, LexOrdering, OrderingRequirements, PhysicalExpr,
+    PhysicalSortExpr,
+};
+use datafusion::physical_plan::distribution_requirements::InputDistributionRequirements;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
@@ -42,10 +48,11 @@ use futures::{StreamExt, TryStreamExt};
 use strata_catalog::model::TIME_COLUMN;
 use strata_proto::storage::v1::ScanTicket;
 
-use crate::dedup::{dedup_sorted, is_key_column};
+use crate::dedup::{dedup_sorted, is_key_column, key_columns};
 use crate::delete::{retain_all, DeletePredicate};
 use crate::engine::{Engine, FileSource, ScanSnapshot};
 use crate::flush::adapt_batch;
+use crate::merge::MergeDedup;
 
 /// One table's rows on this node, restricted to some shards.
 pub struct ShardTable {
@@ -159,26 +166,6 @@ impl TableProvider for ShardTable {
             }
             None => None,
         };
-        let mut files = Vec::with_capacity(self.snapshot.files.len());
-        let mut ranges: Vec<(i64, i64)> = vec![];
-        for f in &self.snapshot.files {
-            let url = ListingTableUrl::parse(f.guard.path().to_string_lossy())?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
-            let config = ListingTableConfig::new(url)
-                .with_listing_options(options)
-                .with_schema(self.schema.clone());
-            let table = ListingTable::try_new(config)?;
-            let file = table.scan(state, Some(&read), &[], None).await?;
-            // A filter right above the file scan: DataFusion's physical
-            // filter pushdown turns it into the Parquet predicate that
-            // prunes row groups and pages.
-            files.push(match &key_predicate {
-                Some(p) => Arc::new(FilterExec::try_new(p.clone(), file)?),
-                None => file,
-            });
-            ranges.push((f.min_time, f.max_time));
-        }
         // The same key filters cut the memtable before it is merged.
         let mut memtable = Vec::with_capacity(self.snapshot.batches.len());
         for b in &self.snapshot.batches {
@@ -194,7 +181,39 @@ impl TableProvider for ShardTable {
                 memtable.push(b);
             }
         }
+        let mut ranges: Vec<(i64, i64)> = self
+            .snapshot
+            .files
+            .iter()
+            .map(|f| (f.min_time, f.max_time))
+            .collect();
         ranges.extend(batches_time_range(&memtable));
+        // Sources that overlap in time are merged, which needs each file
+        // read in its (key) order: declared to DataFusion so that it keeps
+        // each file one ordered stream.
+        let merge = any_overlap(ranges);
+        let key_order = merge.then(|| key_order(&read_schema));
+        let mut files = Vec::with_capacity(self.snapshot.files.len());
+        for f in &self.snapshot.files {
+            let url = ListingTableUrl::parse(f.guard.path().to_string_lossy())?;
+            let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet");
+            if let Some((logical, _)) = &key_order {
+                options = options.with_file_sort_order(vec![logical.clone()]);
+            }
+            let config = ListingTableConfig::new(url)
+                .with_listing_options(options)
+                .with_schema(self.schema.clone());
+            let table = ListingTable::try_new(config)?;
+            let file = table.scan(state, Some(&read), &[], None).await?;
+            // A filter right above the file scan: DataFusion's physical
+            // filter pushdown turns it into the Parquet predicate that
+            // prunes row groups and pages.
+            files.push(match &key_predicate {
+                Some(p) => Arc::new(FilterExec::try_new(p.clone(), file)?),
+                None => file,
+            });
+        }
         Ok(Arc::new(ShardScanExec::new(
             read_schema,
             output,
@@ -203,17 +222,35 @@ impl TableProvider for ShardTable {
                 batches: memtable,
                 deduplicated: self.snapshot.memtable_deduplicated,
             },
-            any_overlap(ranges),
+            key_order.map(|(_, physical)| physical),
             self.snapshot.files.clone(),
             limit,
         )))
     }
 }
 
-/// Reads a table's Parquet files and memtable rows and deduplicates them on
-/// the primary key (newest non-null value per field wins). Files hold one
-/// row per key already; when no two sources overlap in time, file rows
-/// stream through untouched and only the memtable is deduplicated.
+/// The primary-key order files are written in (tags by name, then time;
+/// ascending, NULLs first), as DataFusion sort expressions over `schema`:
+/// logical for the file scans, physical for [`ShardScanExec`]'s inputs.
+fn key_order(schema: &SchemaRef) -> (Vec<SortExpr>, LexOrdering) {
+    let keys = key_columns(schema);
+    let logical = keys
+        .iter()
+        .map(|i| col(Column::new_unqualified(schema.field(*i).name())).sort(true, true))
+        .collect();
+    let physical = LexOrdering::new(keys.iter().map(|i| {
+        PhysicalSortExpr::new(
+            Arc::new(PhysicalColumn::new(schema.field(*i).name(), *i)),
+            SortOptions {
+                descending: false,
+                nulls_first: true,
+            },
+        )
+    }))
+    .expect("every table has a time column");
+    (logical, physical)
+}
+
 /// Memtable batches, oldest first, and whether they hold one row per key
 /// already (settled memtables) or still need merging.
 #[derive(Debug, Clone)]
@@ -221,6 +258,13 @@ struct MemtableRows {
     batches: Vec<RecordBatch>,
     deduplicated: bool,
 }
+
+/// Reads a table's Parquet files and memtable rows and deduplicates them on
+/// the primary key (newest non-null value per field wins). Files hold one
+/// row per key already; when no two sources overlap in time, file rows
+/// stream through untouched and only the memtable is deduplicated.
+/// Otherwise every source streams, sorted, into a k-way [`MergeDedup`], so
+/// memory stays at about a batch per source whatever the data size.
 
 pub struct ShardScanExec {
     /// Schema of what sources produce: the wanted columns plus key columns.
@@ -231,8 +275,9 @@ pub struct ShardScanExec {
     files: Vec<Arc<dyn ExecutionPlan>>,
     /// Memtable rows (newer than every file).
     memtable: MemtableRows,
-    /// Sources overlap in time, so keys may repeat across them.
-    merge_all: bool,
+    /// Set when sources overlap in time, so keys may repeat across them:
+    /// the key order every file must arrive in for the merge.
+    key_order: Option<LexOrdering>,
     /// The files behind `files`, in the same order: they stay on disk until
     /// the scan is done with them, and carry the deletes that cover them.
     sources: Vec<FileSource>,
@@ -247,7 +292,7 @@ impl ShardScanExec {
         output: Vec<usize>,
         files: Vec<Arc<dyn ExecutionPlan>>,
         memtable: MemtableRows,
-        merge_all: bool,
+        key_order: Option<LexOrdering>,
         sources: Vec<FileSource>,
         limit: Option<usize>,
     ) -> Self {
@@ -263,7 +308,7 @@ impl ShardScanExec {
             output,
             files,
             memtable,
-            merge_all,
+            key_order,
             sources,
             limit,
             properties,
@@ -285,10 +330,14 @@ impl DisplayAs for ShardScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(
             f,
-            "ShardScanExec: files={}, memtable_batches={}, merge_all={}",
+            "ShardScanExec: files={}, memtable_batches={}, merge={}",
             self.files.len(),
             self.memtable.batches.len(),
-            self.merge_all
+            if self.key_order.is_some() {
+                "sorted"
+            } else {
+                "memtable"
+            }
         )?;
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
@@ -310,6 +359,18 @@ impl ExecutionPlan for ShardScanExec {
         self.files.iter().collect()
     }
 
+    /// Each file is read as one stream (the sources are merged or
+    /// concatenated here, not by partition).
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        InputDistributionRequirements::new(vec![Distribution::SinglePartition; self.files.len()])
+    }
+
+    /// The merge needs every file in key order.
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        let order = self.key_order.clone().map(OrderingRequirements::from);
+        vec![order; self.files.len()]
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
@@ -326,7 +387,7 @@ impl ExecutionPlan for ShardScanExec {
             self.output.clone(),
             children,
             self.memtable.clone(),
-            self.merge_all,
+            self.key_order.clone(),
             self.sources.clone(),
             self.limit,
         )))
@@ -347,7 +408,7 @@ impl ExecutionPlan for ShardScanExec {
         let output = self.output.clone();
         let files = self.files.clone();
         let memtable = self.memtable.clone();
-        let merge_all = self.merge_all;
+        let merge_all = self.key_order.is_some();
         let memtable_deduplicated = memtable.deduplicated;
         let memtable = memtable.batches;
         let baseline = BaselineMetrics::new(&self.metrics, partition);
@@ -357,17 +418,42 @@ impl ExecutionPlan for ShardScanExec {
         let project = move |b: RecordBatch| b.project(&output).map_err(DataFusionError::from);
 
         let stream: BoxStream<'static, datafusion::error::Result<RecordBatch>> = if merge_all {
-            futures::stream::once(async move {
-                let mut all = vec![];
-                for (f, deletes) in files.into_iter().zip(deletes) {
-                    for b in datafusion::physical_plan::collect(f, ctx.clone()).await? {
-                        all.push(retain_all(&deletes, b)?);
-                    }
-                }
-                all.extend(memtable);
-                Ok::<_, DataFusionError>(dedup_sorted(&all, &read_schema)?)
-            })
-            .boxed()
+            // One sorted, per-key-unique input per file and per settled
+            // memtable (or one for the whole memtable, merged here), oldest
+            // first, merged as they stream.
+            let mut inputs: Vec<BoxStream<'static, datafusion::error::Result<RecordBatch>>> =
+                vec![];
+            for (f, deletes) in files.into_iter().zip(deletes) {
+                let stream = datafusion::physical_plan::execute_stream(f, ctx.clone())?;
+                inputs.push(
+                    stream
+                        .map(move |b| {
+                            b.and_then(|b| retain_all(&deletes, b).map_err(DataFusionError::from))
+                        })
+                        .boxed(),
+                );
+            }
+            if memtable_deduplicated {
+                inputs.extend(
+                    memtable
+                        .into_iter()
+                        .map(|b| futures::stream::once(futures::future::ready(Ok(b))).boxed()),
+                );
+            } else if !memtable.is_empty() {
+                let read_schema = read_schema.clone();
+                inputs.push(
+                    futures::stream::once(async move {
+                        Ok::<_, DataFusionError>(dedup_sorted(&memtable, &read_schema)?)
+                    })
+                    .boxed(),
+                );
+            }
+            let merge = MergeDedup::new(
+                read_schema.clone(),
+                inputs.len(),
+                ctx.session_config().batch_size(),
+            )?;
+            merged_stream(merge, inputs)
         } else {
             let file_streams = futures::stream::iter(files.into_iter().zip(deletes))
                 .then(move |(f, deletes)| {
@@ -418,6 +504,29 @@ impl ExecutionPlan for ShardScanExec {
     }
 }
 
+/// Drives a [`MergeDedup`] over async inputs, reading each input only when
+/// the merge needs its next batch.
+fn merged_stream(
+    merge: MergeDedup,
+    inputs: Vec<BoxStream<'static, datafusion::error::Result<RecordBatch>>>,
+) -> BoxStream<'static, datafusion::error::Result<RecordBatch>> {
+    futures::stream::try_unfold((merge, inputs), |(mut merge, mut inputs)| async move {
+        loop {
+            while let Some(i) = merge.wanted() {
+                let next = inputs[i].next().await.transpose()?;
+                merge.push(i, next)?;
+            }
+            if let Some(b) = merge.next_batch()? {
+                return Ok(Some((b, (merge, inputs))));
+            }
+            if merge.is_done() {
+                return Ok(None);
+            }
+        }
+    })
+    .boxed()
+}
+
 /// Decodes the table schema a ticket carries.
 pub fn ticket_schema(ticket: &ScanTicket) -> Result<SchemaRef, DataFusionError> {
     let schema = Schema::try_from(arrow_flight::IpcMessage(
@@ -433,6 +542,16 @@ pub async fn execute_ticket(
     engine: &Engine,
     ticket: &ScanTicket,
 ) -> Result<SendableRecordBatchStream, DataFusionError> {
+    let plan = ticket_plan(ctx, engine, ticket).await?;
+    datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())
+}
+
+/// The physical plan of a scan ticket against the engine's current data.
+pub async fn ticket_plan(
+    ctx: &SessionContext,
+    engine: &Engine,
+    ticket: &ScanTicket,
+) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
     let schema = ticket_schema(ticket)?;
     let snapshot = engine.snapshot(&ticket.table, &ticket.shard_ids);
     let table = Arc::new(ShardTable { schema, snapshot });
@@ -452,7 +571,7 @@ pub async fn execute_ticket(
     if let Some(limit) = ticket.limit {
         df = df.limit(0, Some(limit as usize))?;
     }
-    df.execute_stream().await
+    df.create_physical_plan().await
 }
 
 #[cfg(test)]
@@ -818,6 +937,67 @@ mod tests {
             1,
             "inputs are deleted once the scan is done"
         );
+    }
+
+    /// Files that overlap in time stream through the k-way merge: each file
+    /// stays one ordered partition even when DataFusion would split file
+    /// scans, and every point comes back once, from the newest file.
+    #[tokio::test]
+    async fn overlapping_files_merge_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        // File k holds times [100k, 100k + 300) for ten hosts, value k.
+        for k in 0..3i64 {
+            let mut rows = vec![];
+            let hosts: Vec<String> = (0..10).map(|h| format!("h{h}")).collect();
+            for h in &hosts {
+                for t in 100 * k..100 * k + 300 {
+                    rows.push((h.as_str(), Some(k as f64), None, t));
+                }
+            }
+            engine.write("db", "cpu", 1, batch(&rows)).await.unwrap();
+            engine.flush().await.unwrap();
+        }
+        let ticket = ScanTicket {
+            database: "db".into(),
+            table: "cpu".into(),
+            shard_ids: vec![1],
+            table_schema_ipc: schema_to_ipc(&schema()).unwrap(),
+            ..Default::default()
+        };
+        let mut config = datafusion::prelude::SessionConfig::new()
+            .with_target_partitions(4)
+            .with_batch_size(100);
+        config.options_mut().optimizer.repartition_file_min_size = 0;
+        let ctx = SessionContext::new_with_config(config);
+        let plan = ticket_plan(&ctx, &engine, &ticket).await.unwrap();
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        let below = &text[text.find("ShardScanExec").unwrap()..];
+        assert!(below.contains("merge=sorted"), "{text}");
+        for splitting in ["RepartitionExec", "CoalescePartitionsExec", "SortExec"] {
+            assert!(!below.contains(splitting), "{text}");
+        }
+        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for b in &batches {
+            let host = b.column(0).as_dictionary::<Int32Type>();
+            let hosts = host.values().as_string::<i32>();
+            let a = b.column(1).as_primitive::<arrow::datatypes::Float64Type>();
+            let t = b
+                .column(3)
+                .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+            for i in 0..b.num_rows() {
+                let name = hosts.value(host.keys().value(i) as usize).to_string();
+                let newest = (t.value(i) / 100).min(2) as f64;
+                assert_eq!(a.value(i), newest, "{name} at {}", t.value(i));
+                assert!(seen.insert((name, t.value(i))), "a point came back twice");
+            }
+        }
+        assert_eq!(seen.len(), 10 * 500);
     }
 
     /// Key-column filters reach the Parquet reader as a pruning predicate;
