@@ -19,13 +19,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use snafu::{ResultExt, Snafu};
 use tokio::sync::{Notify, RwLock};
 
+use crate::compaction::{self, CompactionError};
 use crate::dedup::dedup_sorted;
-use crate::delete::{retain_all, DeletePredicate};
-use crate::flush::{merged_schema, write_parquet, FlushError};
+use crate::delete::DeletePredicate;
+use crate::flush::{merged_schema, write_parquet, FlushError, Written};
 use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
 use crate::wal::{self, DeleteEntry, Recovery, SyncPolicy, Wal, WalEntry, WalError};
 
@@ -51,8 +51,8 @@ pub enum EngineError {
         table: String,
         source: arrow::error::ArrowError,
     },
-    #[snafu(display("compacting {}: {reason}", path.display()))]
-    Compaction { path: PathBuf, reason: String },
+    #[snafu(display("compaction: {source}"))]
+    Compaction { source: CompactionError },
     #[snafu(display("storage I/O on {}: {source}", path.display()))]
     Io {
         path: PathBuf,
@@ -798,67 +798,71 @@ fn write_file(
     id: u64,
     order: u64,
 ) -> Result<ParquetFileMeta, EngineError> {
-    let rel = format!(
+    let rel = file_path(key, id);
+    let written = write_parquet(&dir.join(&rel), batches).context(FlushSnafu)?;
+    Ok(file_meta(key, database, rel, id, order, written))
+}
+
+/// Where file `id` of a shard's table lives, relative to the data dir.
+fn file_path(key: &TableKey, id: u64) -> String {
+    format!(
         "shards/{}/{}-{:010}.parquet",
         key.shard_id,
         path_safe(&key.table),
         id
-    );
-    let written = write_parquet(&dir.join(&rel), batches).context(FlushSnafu)?;
-    Ok(ParquetFileMeta {
+    )
+}
+
+fn file_meta(
+    key: &TableKey,
+    database: String,
+    path: String,
+    id: u64,
+    order: u64,
+    written: Written,
+) -> ParquetFileMeta {
+    ParquetFileMeta {
         id,
         order,
         shard_id: key.shard_id,
         database,
         table: key.table.clone(),
-        path: rel,
+        path,
         rows: written.rows,
         min_time: written.min_time,
         max_time: written.max_time,
         size_bytes: written.size_bytes,
-    })
+    }
 }
 
-/// Reads `inputs` (oldest first), drops the rows their deletes match, and
-/// writes their merge as file `id`; `None` when no row is left.
+/// Merges `inputs` (oldest first), without the rows their deletes match,
+/// into file `id`; `None` when no row is left. The output takes the place
+/// of the newest input in write order.
 fn compact_files(
     dir: &Path,
     key: &TableKey,
     inputs: &[(ParquetFileMeta, Vec<DeletePredicate>)],
     id: u64,
 ) -> Result<Option<ParquetFileMeta>, EngineError> {
-    let mut batches = vec![];
-    for (f, deletes) in inputs {
-        let deletes: Vec<Arc<DeletePredicate>> = deletes.iter().cloned().map(Arc::new).collect();
-        let path = dir.join(&f.path);
-        let file = std::fs::File::open(&path).context(IoSnafu { path: &path })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.build())
-            .map_err(|e| EngineError::Compaction {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        for b in reader {
-            let b =
-                b.and_then(|b| retain_all(&deletes, b))
-                    .map_err(|e| EngineError::Compaction {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-            if b.num_rows() > 0 {
-                batches.push(b);
-            }
-        }
-    }
-    if batches.is_empty() {
+    let sources: Vec<compaction::Input> = inputs
+        .iter()
+        .map(|(f, deletes)| compaction::Input {
+            path: dir.join(&f.path),
+            deletes: deletes.iter().cloned().map(Arc::new).collect(),
+        })
+        .collect();
+    let rel = file_path(key, id);
+    let Some(written) =
+        compaction::merge_files(&sources, &dir.join(&rel)).context(CompactionSnafu)?
+    else {
         return Ok(None);
-    }
+    };
     let database = inputs
         .first()
         .map(|(f, _)| f.database.clone())
         .unwrap_or_default();
     let order = inputs.iter().map(|(f, _)| f.order).max().unwrap_or(id);
-    write_file(dir, key, database, &batches, id, order).map(Some)
+    Ok(Some(file_meta(key, database, rel, id, order, written)))
 }
 
 /// Keeps table names usable as file names whatever they contain.

@@ -69,10 +69,13 @@ pub fn adapt_batch(
 pub fn merged_schema<'a>(
     batches: impl IntoIterator<Item = &'a RecordBatch>,
 ) -> Result<SchemaRef, arrow::error::ArrowError> {
-    let schemas: Vec<Schema> = batches
-        .into_iter()
-        .map(|b| b.schema().as_ref().clone())
-        .collect();
+    merge_schemas(batches.into_iter().map(|b| b.schema().as_ref().clone()))
+}
+
+/// Merges schemas into one with every column, nullable except the time.
+pub fn merge_schemas(
+    schemas: impl IntoIterator<Item = Schema>,
+) -> Result<SchemaRef, arrow::error::ArrowError> {
     let merged = Schema::try_merge(schemas)?;
     let fields: Vec<_> = merged
         .fields()
@@ -85,45 +88,85 @@ pub fn merged_schema<'a>(
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// Writes memtable batches as one Parquet file, deduplicated and sorted.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<Written, FlushError> {
     let schema = merged_schema(batches).context(ArrowSnafu { path })?;
     // One row per primary key in every file: scans rely on it.
     let sorted = dedup_sorted(batches, &schema).context(ArrowSnafu { path })?;
+    let mut sink = ParquetSink::create(path, schema)?;
+    sink.write(&sorted)?;
+    sink.finish()
+}
 
-    let (min_time, max_time) = sorted
-        .column_by_name(TIME_COLUMN)
-        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
-        .map(|t| {
-            let min = arrow::compute::min(t).unwrap_or(0);
-            let max = arrow::compute::max(t).unwrap_or(0);
-            (min, max)
+/// A Parquet file being written batch by batch (rows already sorted and
+/// deduplicated): zstd, page statistics and index; durable once finished.
+pub struct ParquetSink {
+    path: PathBuf,
+    writer: ArrowWriter<File>,
+    rows: u64,
+    time: Option<(i64, i64)>,
+}
+
+impl ParquetSink {
+    pub fn create(path: &Path, schema: SchemaRef) -> Result<Self, FlushError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(1).expect("valid level"),
+            ))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(256 * 1024))
+            .build();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).context(IoSnafu { path: parent })?;
+        }
+        let file = File::create(path).context(IoSnafu { path })?;
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(props)).context(ParquetSnafu { path })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            rows: 0,
+            time: None,
         })
-        .unwrap_or((0, 0));
+    }
 
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("valid level"),
-        ))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(256 * 1024))
-        .build();
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).context(IoSnafu { path: parent })?;
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), FlushError> {
+        let path = &self.path;
+        if let Some(t) = batch
+            .column_by_name(TIME_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        {
+            if let (Some(lo), Some(hi)) = (arrow::compute::min(t), arrow::compute::max(t)) {
+                self.time = Some(match self.time {
+                    Some((a, b)) => (a.min(lo), b.max(hi)),
+                    None => (lo, hi),
+                });
+            }
+        }
+        self.rows += batch.num_rows() as u64;
+        self.writer.write(batch).context(ParquetSnafu { path })
     }
-    let file = File::create(path).context(IoSnafu { path })?;
-    let mut writer =
-        ArrowWriter::try_new(file, schema.clone(), Some(props)).context(ParquetSnafu { path })?;
-    writer.write(&sorted).context(ParquetSnafu { path })?;
-    let file = writer.into_inner().context(ParquetSnafu { path })?;
-    file.sync_all().context(IoSnafu { path })?;
-    let size_bytes = file.metadata().context(IoSnafu { path })?.len();
-    if let Some(parent) = path.parent() {
-        sync_dir(parent).context(IoSnafu { path: parent })?;
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
     }
-    Ok(Written {
-        rows: sorted.num_rows() as u64,
-        min_time,
-        max_time,
-        size_bytes,
-    })
+
+    /// Closes the file and makes it and its directory entry durable.
+    pub fn finish(self) -> Result<Written, FlushError> {
+        let path = &self.path;
+        let file = self.writer.into_inner().context(ParquetSnafu { path })?;
+        file.sync_all().context(IoSnafu { path })?;
+        let size_bytes = file.metadata().context(IoSnafu { path })?.len();
+        if let Some(parent) = path.parent() {
+            sync_dir(parent).context(IoSnafu { path: parent })?;
+        }
+        let (min_time, max_time) = self.time.unwrap_or((0, 0));
+        Ok(Written {
+            rows: self.rows,
+            min_time,
+            max_time,
+            size_bytes,
+        })
+    }
 }

@@ -1,6 +1,7 @@
 //! strata storage node: keeps the shards assigned to it (WAL, memtable,
 //! Parquet files) and serves them as Arrow Flight tables.
 
+pub mod compaction;
 pub mod dedup;
 pub mod delete;
 pub mod engine;
