@@ -265,7 +265,6 @@ struct MemtableRows {
 /// stream through untouched and only the memtable is deduplicated.
 /// Otherwise every source streams, sorted, into a k-way [`MergeDedup`], so
 /// memory stays at about a batch per source whatever the data size.
-
 pub struct ShardScanExec {
     /// Schema of what sources produce: the wanted columns plus key columns.
     read_schema: SchemaRef,
