@@ -8,6 +8,7 @@
 #
 #   benches/storage.sh                 # 100 hosts, one day (864,000 rows)
 #   SCALE=100 HOURS=72 benches/storage.sh
+#   BIN=/path/to/strata benches/storage.sh   # a prebuilt binary (to compare builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +19,12 @@ batch="${BATCH:-10000}"
 flush_rows="${FLUSH_ROWS:-1000000}"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 
-cargo build --release --quiet --bin strata
-bin="$target/release/strata"
+if [ -n "${BIN:-}" ]; then
+  bin="$BIN"
+else
+  cargo build --release --quiet --bin strata
+  bin="$target/release/strata"
+fi
 
 work="$(mktemp -d)"
 pid=""
@@ -63,7 +68,8 @@ total=$((scale * hours * 360))
 fields="max(usage_user), max(usage_system), max(usage_idle), max(usage_nice), max(usage_iowait),
         max(usage_irq), max(usage_softirq), max(usage_steal), max(usage_guest), max(usage_guest_nice)"
 window="time >= '2016-01-01T10:00:00Z' AND time < '2016-01-01T11:00:00Z'"
-echo "== scans ($total rows in the table; rows/s over the rows each scan covers)"
+files="$(find "$work/data" -name '*.parquet' | wc -l)"
+echo "== scans ($total rows in the table, $files Parquet files; rows/s over the rows each scan covers)"
 scan "full table, all 10 fields" "$total" "SELECT count(*), $fields FROM cpu"
 scan "one host, one hour (pruned)" "$total" \
   "SELECT * FROM cpu WHERE hostname = 'host_7' AND $window"
