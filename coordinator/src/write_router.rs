@@ -286,8 +286,14 @@ impl WriteRouter {
         // of this request that uses it.
         let mut kinds: HashMap<String, ColumnKind> = existing.clone();
         let mut new_columns: Vec<Column> = vec![];
-        let mut ok_rows = Vec::with_capacity(rows.len());
+        let mut ok_rows: Vec<Row> = Vec::with_capacity(rows.len());
         for r in rows {
+            // Kinds only grow, so a line shaped like the last accepted one
+            // (same names, same field types) is accepted too.
+            if ok_rows.last().is_some_and(|p| same_shape(&p.line, &r.line)) {
+                ok_rows.push(r);
+                continue;
+            }
             match check_line(table, &r.line, &mut kinds, &mut new_columns) {
                 Ok(()) => ok_rows.push(r),
                 Err(message) => errors.push(LineError {
@@ -523,7 +529,10 @@ pub fn series_hash(table: &str, line: &ParsedLine) -> u64 {
         .iter()
         .map(|(k, v)| (k.as_ref(), v.as_ref()))
         .collect();
-    tags.sort_unstable();
+    // Writers usually send tags sorted already.
+    if !tags.is_sorted() {
+        tags.sort_unstable();
+    }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -541,36 +550,115 @@ pub fn series_hash(table: &str, line: &ParsedLine) -> u64 {
     h
 }
 
+/// Where each column's value sits in each row: `positions[row * width +
+/// column]` is the index into the line's tags (for a tag column) or fields
+/// (for a field column), or [`ABSENT`].
+struct Positions {
+    width: usize,
+    positions: Vec<u32>,
+    /// Whether any row has the column.
+    used: Vec<bool>,
+}
+
+const ABSENT: u32 = u32::MAX;
+
+impl Positions {
+    /// Rows of one table usually repeat the previous row's keys in the same
+    /// order, so a row whose tag and field names match the previous row's
+    /// reuses its positions; others look their names up.
+    fn new(table_columns: &[Column], rows: &[&Row]) -> Self {
+        let width = table_columns.len();
+        let index: HashMap<(&str, bool), usize> = table_columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.kind != ColumnKind::Time)
+            .map(|(i, c)| ((c.name.as_str(), c.kind == ColumnKind::Tag), i))
+            .collect();
+        let mut positions = vec![ABSENT; rows.len() * width];
+        let mut used = vec![false; width];
+        for (r, row) in rows.iter().enumerate() {
+            let line = &row.line;
+            let start = r * width;
+            if r > 0 && same_keys(&rows[r - 1].line, line) {
+                positions.copy_within(start - width..start, start);
+                continue;
+            }
+            let this = &mut positions[start..start + width];
+            // Later duplicates of a key win, as in InfluxDB.
+            for (i, (k, _)) in line.tags.iter().enumerate() {
+                if let Some(&c) = index.get(&(k.as_ref(), true)) {
+                    this[c] = i as u32;
+                    used[c] = true;
+                }
+            }
+            for (i, (k, _)) in line.fields.iter().enumerate() {
+                if let Some(&c) = index.get(&(k.as_ref(), false)) {
+                    this[c] = i as u32;
+                    used[c] = true;
+                }
+            }
+        }
+        Self {
+            width,
+            positions,
+            used,
+        }
+    }
+
+    fn at(&self, row: usize, column: usize) -> Option<usize> {
+        match self.positions[row * self.width + column] {
+            ABSENT => None,
+            p => Some(p as usize),
+        }
+    }
+}
+
+/// Whether two lines have the same keys and the same field types.
+fn same_shape(a: &ParsedLine, b: &ParsedLine) -> bool {
+    same_keys(a, b)
+        && a.fields
+            .iter()
+            .zip(&b.fields)
+            .all(|(x, y)| std::mem::discriminant(&x.1) == std::mem::discriminant(&y.1))
+}
+
+/// Whether two lines name the same tags and fields in the same order.
+fn same_keys(a: &ParsedLine, b: &ParsedLine) -> bool {
+    a.tags.len() == b.tags.len()
+        && a.fields.len() == b.fields.len()
+        && a.tags.iter().zip(&b.tags).all(|(x, y)| x.0 == y.0)
+        && a.fields.iter().zip(&b.fields).all(|(x, y)| x.0 == y.0)
+}
+
 /// Builds one batch from rows of a table: the table's columns that these
 /// rows use, in table order, then `time`.
 fn build_batch(
     table_columns: &[Column],
     rows: &[&Row],
 ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
-    let used = |c: &Column| {
-        rows.iter().any(|r| match c.kind {
-            ColumnKind::Tag => r.line.tags.iter().any(|(k, _)| k == &c.name),
-            ColumnKind::Field(_) => r.line.fields.iter().any(|(k, _)| k == &c.name),
-            ColumnKind::Time => false,
-        })
-    };
+    let positions = Positions::new(table_columns, rows);
     let mut fields = vec![];
     let mut arrays: Vec<ArrayRef> = vec![];
-    for c in table_columns.iter().filter(|c| used(c)) {
-        fields.push(Field::new(&c.name, c.kind.data_type(), true));
-        arrays.push(match c.kind {
+    for (c, column) in table_columns.iter().enumerate() {
+        if !positions.used[c] {
+            continue;
+        }
+        fields.push(Field::new(&column.name, column.kind.data_type(), true));
+        arrays.push(match column.kind {
             ColumnKind::Tag => {
                 let mut b = StringDictionaryBuilder::<Int32Type>::new();
-                for r in rows {
-                    match r.line.tags.iter().rev().find(|(k, _)| k == &c.name) {
-                        Some((_, v)) => b.append_value(v.as_ref()),
+                for (r, row) in rows.iter().enumerate() {
+                    match positions.at(r, c) {
+                        Some(p) => b.append_value(row.line.tags[p].1.as_ref()),
                         None => b.append_null(),
                     }
                 }
                 Arc::new(b.finish())
             }
-            ColumnKind::Field(t) => field_array(t, &c.name, rows),
-            ColumnKind::Time => unreachable!("filtered above"),
+            ColumnKind::Field(t) => field_array(t, rows, |r| {
+                positions.at(r, c).map(|p| &rows[r].line.fields[p].1)
+            }),
+            ColumnKind::Time => unreachable!("never marked used"),
         });
     }
     fields.push(Field::new(
@@ -586,20 +674,17 @@ fn build_batch(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
 }
 
-fn field_array(t: FieldType, name: &str, rows: &[&Row]) -> ArrayRef {
-    fn value<'r>(r: &'r Row, name: &str) -> Option<&'r FieldValue<'r>> {
-        r.line
-            .fields
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-    }
+/// One field column of `rows`; `value(r)` is row `r`'s value, if it has one.
+fn field_array<'r>(
+    t: FieldType,
+    rows: &[&Row],
+    value: impl Fn(usize) -> Option<&'r FieldValue<'r>>,
+) -> ArrayRef {
     macro_rules! build {
         ($builder:ty, $variant:ident) => {{
             let mut b = <$builder>::with_capacity(rows.len());
-            for r in rows {
-                match value(r, name) {
+            for r in 0..rows.len() {
+                match value(r) {
                     Some(FieldValue::$variant(v)) => b.append_value(*v),
                     _ => b.append_null(),
                 }
@@ -614,8 +699,8 @@ fn field_array(t: FieldType, name: &str, rows: &[&Row]) -> ArrayRef {
         FieldType::Boolean => build!(BooleanBuilder, Boolean),
         FieldType::String => {
             let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
-            for r in rows {
-                match value(r, name) {
+            for r in 0..rows.len() {
+                match value(r) {
                     Some(FieldValue::String(v)) => b.append_value(v.as_ref()),
                     _ => b.append_null(),
                 }
@@ -702,5 +787,53 @@ mod tests {
         assert_eq!(names, vec!["h", "v", "s", "w", "time"]);
         assert_eq!(b.column(0).null_count(), 1);
         assert_eq!(b.column(3).null_count(), 1);
+    }
+
+    /// Rows that repeat the previous row's keys, rows with the same keys in
+    /// another order, and a key written twice in one line (the later
+    /// wins) all land in the right columns.
+    #[test]
+    fn build_batch_places_values_whatever_the_key_order() {
+        let body = "m,h=a,r=x v=1,w=10i 1\n\
+                    m,h=b,r=y v=2,w=20i 2\n\
+                    m,r=z,h=c w=30i,v=3 3\n\
+                    m,r=z,h=c w=40i,v=4,v=5 4\n\
+                    m,h=d v=6 5";
+        let (lines, errors) = parse_lines(body);
+        assert!(errors.is_empty(), "{errors:?}");
+        let rows: Vec<Row> = lines
+            .into_iter()
+            .map(|line| Row {
+                time_ns: line.timestamp.unwrap(),
+                window_start: 0,
+                line,
+            })
+            .collect();
+        let refs: Vec<&Row> = rows.iter().collect();
+        let column = |name: &str, kind| Column {
+            name: name.into(),
+            kind,
+        };
+        let cols = vec![
+            column("h", ColumnKind::Tag),
+            column("r", ColumnKind::Tag),
+            column("v", ColumnKind::Field(FieldType::Float)),
+            column("w", ColumnKind::Field(FieldType::Integer)),
+        ];
+        let b = build_batch(&cols, &refs).unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&[b])
+            .unwrap()
+            .to_string();
+        let expected = "\
++---+---+-----+----+-------------------------------+
+| h | r | v   | w  | time                          |
++---+---+-----+----+-------------------------------+
+| a | x | 1.0 | 10 | 1970-01-01T00:00:00.000000001 |
+| b | y | 2.0 | 20 | 1970-01-01T00:00:00.000000002 |
+| c | z | 3.0 | 30 | 1970-01-01T00:00:00.000000003 |
+| c | z | 5.0 | 40 | 1970-01-01T00:00:00.000000004 |
+| d |   | 6.0 |    | 1970-01-01T00:00:00.000000005 |
++---+---+-----+----+-------------------------------+";
+        assert_eq!(text, expected);
     }
 }
