@@ -631,81 +631,114 @@ fn same_keys(a: &ParsedLine, b: &ParsedLine) -> bool {
 }
 
 /// Builds one batch from rows of a table: the table's columns that these
-/// rows use, in table order, then `time`.
+/// rows use, in table order, then `time`. Rows are visited once each,
+/// appending to every column (rows are the scattered side in memory).
 fn build_batch(
     table_columns: &[Column],
     rows: &[&Row],
 ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
     let positions = Positions::new(table_columns, rows);
-    let mut fields = vec![];
-    let mut arrays: Vec<ArrayRef> = vec![];
-    for (c, column) in table_columns.iter().enumerate() {
-        if !positions.used[c] {
-            continue;
+    let used: Vec<usize> = (0..table_columns.len())
+        .filter(|c| positions.used[*c])
+        .collect();
+    let mut builders: Vec<ColumnBuilder> = used
+        .iter()
+        .map(|c| ColumnBuilder::new(table_columns[*c].kind, rows.len()))
+        .collect();
+    let mut time = TimestampNanosecondBuilder::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        for (b, c) in builders.iter_mut().zip(&used) {
+            b.append(&row.line, positions.at(r, *c));
         }
-        fields.push(Field::new(&column.name, column.kind.data_type(), true));
-        arrays.push(match column.kind {
-            ColumnKind::Tag => {
-                let mut b = StringDictionaryBuilder::<Int32Type>::new();
-                for (r, row) in rows.iter().enumerate() {
-                    match positions.at(r, c) {
-                        Some(p) => b.append_value(row.line.tags[p].1.as_ref()),
-                        None => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnKind::Field(t) => field_array(t, rows, |r| {
-                positions.at(r, c).map(|p| &rows[r].line.fields[p].1)
-            }),
-            ColumnKind::Time => unreachable!("never marked used"),
-        });
+        time.append_value(row.time_ns);
     }
+    let mut fields: Vec<Field> = used
+        .iter()
+        .map(|c| {
+            let c = &table_columns[*c];
+            Field::new(&c.name, c.kind.data_type(), true)
+        })
+        .collect();
     fields.push(Field::new(
         TIME_COLUMN,
         strata_catalog::model::time_data_type(),
         false,
     ));
-    let mut t = TimestampNanosecondBuilder::with_capacity(rows.len());
-    for r in rows {
-        t.append_value(r.time_ns);
-    }
-    arrays.push(Arc::new(t.finish()));
+    let mut arrays: Vec<ArrayRef> = builders.into_iter().map(ColumnBuilder::finish).collect();
+    arrays.push(Arc::new(time.finish()));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
 }
 
-/// One field column of `rows`; `value(r)` is row `r`'s value, if it has one.
-fn field_array<'r>(
-    t: FieldType,
-    rows: &[&Row],
-    value: impl Fn(usize) -> Option<&'r FieldValue<'r>>,
-) -> ArrayRef {
-    macro_rules! build {
-        ($builder:ty, $variant:ident) => {{
-            let mut b = <$builder>::with_capacity(rows.len());
-            for r in 0..rows.len() {
-                match value(r) {
-                    Some(FieldValue::$variant(v)) => b.append_value(*v),
-                    _ => b.append_null(),
-                }
+/// An Arrow builder for one tag or field column.
+enum ColumnBuilder {
+    Tag(StringDictionaryBuilder<Int32Type>),
+    Float(Float64Builder),
+    Integer(Int64Builder),
+    UInteger(UInt64Builder),
+    Boolean(BooleanBuilder),
+    String(StringBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(kind: ColumnKind, rows: usize) -> Self {
+        match kind {
+            ColumnKind::Tag => Self::Tag(StringDictionaryBuilder::with_capacity(rows, 64, 1024)),
+            ColumnKind::Time => unreachable!("the time column is built on its own"),
+            ColumnKind::Field(FieldType::Float) => Self::Float(Float64Builder::with_capacity(rows)),
+            ColumnKind::Field(FieldType::Integer) => {
+                Self::Integer(Int64Builder::with_capacity(rows))
             }
-            Arc::new(b.finish()) as ArrayRef
-        }};
+            ColumnKind::Field(FieldType::UInteger) => {
+                Self::UInteger(UInt64Builder::with_capacity(rows))
+            }
+            ColumnKind::Field(FieldType::Boolean) => {
+                Self::Boolean(BooleanBuilder::with_capacity(rows))
+            }
+            ColumnKind::Field(FieldType::String) => {
+                Self::String(StringBuilder::with_capacity(rows, rows * 8))
+            }
+        }
     }
-    match t {
-        FieldType::Float => build!(Float64Builder, Float),
-        FieldType::Integer => build!(Int64Builder, Integer),
-        FieldType::UInteger => build!(UInt64Builder, UInteger),
-        FieldType::Boolean => build!(BooleanBuilder, Boolean),
-        FieldType::String => {
-            let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
-            for r in 0..rows.len() {
-                match value(r) {
-                    Some(FieldValue::String(v)) => b.append_value(v.as_ref()),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
+
+    /// Appends the value at `position` of the line's tags (for a tag
+    /// column) or fields, or NULL. A value of another type than the column
+    /// is NULL too (the column check refused such lines already).
+    fn append(&mut self, line: &ParsedLine, position: Option<usize>) {
+        let field = |p: usize| &line.fields[p].1;
+        match (self, position) {
+            (Self::Tag(b), Some(p)) => b.append_value(line.tags[p].1.as_ref()),
+            (Self::Tag(b), None) => b.append_null(),
+            (Self::Float(b), p) => b.append_option(match p.map(field) {
+                Some(FieldValue::Float(v)) => Some(*v),
+                _ => None,
+            }),
+            (Self::Integer(b), p) => b.append_option(match p.map(field) {
+                Some(FieldValue::Integer(v)) => Some(*v),
+                _ => None,
+            }),
+            (Self::UInteger(b), p) => b.append_option(match p.map(field) {
+                Some(FieldValue::UInteger(v)) => Some(*v),
+                _ => None,
+            }),
+            (Self::Boolean(b), p) => b.append_option(match p.map(field) {
+                Some(FieldValue::Boolean(v)) => Some(*v),
+                _ => None,
+            }),
+            (Self::String(b), p) => b.append_option(match p.map(field) {
+                Some(FieldValue::String(v)) => Some(v.as_ref()),
+                _ => None,
+            }),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Self::Tag(mut b) => Arc::new(b.finish()),
+            Self::Float(mut b) => Arc::new(b.finish()),
+            Self::Integer(mut b) => Arc::new(b.finish()),
+            Self::UInteger(mut b) => Arc::new(b.finish()),
+            Self::Boolean(mut b) => Arc::new(b.finish()),
+            Self::String(mut b) => Arc::new(b.finish()),
         }
     }
 }
