@@ -67,6 +67,38 @@ pub fn parse_lines(body: &str) -> (Vec<ParsedLine<'_>>, Vec<LineError>) {
     (ok, errors)
 }
 
+/// Splits the first `key=value` pair off a comma-separated list in one
+/// pass: (pair, key, value, rest). The key ends at the first unescaped `=`,
+/// the value at the next unescaped comma (outside double quotes when
+/// `quotes`, for field values). `Err(pair)` when the pair has no `=`.
+fn split_pair(s: &str, quotes: bool) -> Result<(&str, &str, &str, &str), &str> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut eq = None;
+    let mut in_quotes = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                i += 2;
+                continue;
+            }
+            b'"' if quotes && eq.is_some() => in_quotes = !in_quotes,
+            b'=' if eq.is_none() => eq = Some(i),
+            b',' if !in_quotes => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    // An escape as the last byte steps past the end.
+    let end = i.min(b.len());
+    let pair = &s[..end];
+    let rest = s.get(end + 1..).unwrap_or("");
+    match eq {
+        Some(e) => Ok((pair, &s[..e], &s[e + 1..end], rest)),
+        None => Err(pair),
+    }
+}
+
 /// Splits `s` at the first unescaped, unquoted occurrence of one of `stops`.
 /// Returns (before, the stop char, after).
 fn split_unescaped<'a>(s: &'a str, stops: &[u8], quotes: bool) -> (&'a str, Option<u8>, &'a str) {
@@ -135,10 +167,10 @@ fn parse_line(
     let measurement = unescape(measurement, MEASUREMENT_ESCAPES);
     let mut tags = Vec::with_capacity(sizes.0);
     while !tag_str.is_empty() {
-        let (pair, _, more) = split_unescaped(tag_str, b",", false);
+        let (pair, k, v, more) = split_pair(tag_str, false)
+            .map_err(|pair| format!("invalid tag '{pair}': expected key=value"))?;
         tag_str = more;
-        let (k, eq, v) = split_unescaped(pair, b"=", false);
-        if eq.is_none() || k.is_empty() {
+        if k.is_empty() {
             return Err(format!("invalid tag '{pair}': expected key=value"));
         }
         if v.is_empty() {
@@ -155,14 +187,11 @@ fn parse_line(
     let mut fields = Vec::with_capacity(sizes.1);
     let mut fs = field_str;
     while !fs.is_empty() {
-        let (pair, _, more) = split_unescaped(fs, b",", true);
+        let invalid = |pair| format!("invalid field '{}': expected key=value", truncate(pair));
+        let (pair, k, v, more) = split_pair(fs, true).map_err(invalid)?;
         fs = more;
-        let (k, eq, v) = split_unescaped(pair, b"=", true);
-        if eq.is_none() || k.is_empty() {
-            return Err(format!(
-                "invalid field '{}': expected key=value",
-                truncate(pair)
-            ));
+        if k.is_empty() {
+            return Err(invalid(pair));
         }
         let key = unescape(k, KEY_ESCAPES);
         let value = parse_field_value(v).map_err(|e| format!("field '{key}': {e}"))?;
@@ -318,6 +347,32 @@ mod tests {
             let (ok, errs) = parse_lines(bad);
             assert!(ok.is_empty(), "{bad} parsed");
             assert_eq!(errs.len(), 1, "{bad}");
+        }
+    }
+
+    /// Pairs split at the first `=`; pairs without a key or `=` name the
+    /// pair; escapes at the very end or before multi-byte characters are
+    /// taken as they are, never a panic.
+    #[test]
+    fn pair_edge_cases() {
+        let p = one(r#"m,a=b=c,é\ü=ö v=1,s="x=1,y" 1"#);
+        assert_eq!(p.tags[0], ("a".into(), "b=c".into()));
+        assert_eq!(p.tags[1], (r"é\ü".into(), "ö".into()));
+        assert_eq!(p.fields[1].1, FieldValue::String("x=1,y".into()));
+        for (bad, says) in [
+            ("m,=a v=1", "invalid tag '=a'"),
+            ("m,a v=1", "invalid tag 'a'"),
+            ("m,a=b,c v=1", "invalid tag 'c'"),
+            ("m v=1,=2", "invalid field '=2'"),
+            ("m v=1,w", "invalid field 'w'"),
+            ("m,a= v=1", "tag 'a' has no value"),
+        ] {
+            let (ok, errs) = parse_lines(bad);
+            assert!(ok.is_empty(), "{bad} parsed");
+            assert!(errs[0].message.contains(says), "{bad}: {}", errs[0].message);
+        }
+        for odd in ["m,a=b\\ v=1", "m v=1\\", "m,a=\\é v=1", "m v=\"\\"] {
+            let _ = parse_lines(odd);
         }
     }
 
