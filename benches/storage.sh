@@ -9,6 +9,9 @@
 #   benches/storage.sh                 # 100 hosts, one day (864,000 rows)
 #   SCALE=100 HOURS=72 benches/storage.sh
 #   BIN=/path/to/strata benches/storage.sh   # a prebuilt binary (to compare builds)
+#   LOADS=2 FLUSH_ROWS=100000 benches/storage.sh
+#       # load the rows twice: the second load rewrites every point, so
+#       # Parquet files overlap in time and scans run the deduplicating merge
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +20,7 @@ hours="${HOURS:-24}"
 workers="${WORKERS:-4}"
 batch="${BATCH:-10000}"
 flush_rows="${FLUSH_ROWS:-1000000}"
+loads="${LOADS:-1}"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 
 if [ -n "${BIN:-}" ]; then
@@ -46,9 +50,11 @@ for _ in $(seq 600); do [ -s "$work/addr.json" ] && break; sleep 0.1; done
 [ -s "$work/addr.json" ] || { echo "strata dev did not start:"; cat "$work/dev.log"; exit 1; }
 http="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$work/addr.json")"
 
-echo "== ingest: $scale hosts x $hours h, $workers writers, $batch-line batches"
-"$bin" bench load --file "$work/cpu.lp" --url "http://$http" --db benchmark \
-  --workers "$workers" --batch-size "$batch" 2>/dev/null
+echo "== ingest: $scale hosts x $hours h, $workers writers, $batch-line batches, $loads load(s)"
+for _ in $(seq "$loads"); do
+  "$bin" bench load --file "$work/cpu.lp" --url "http://$http" --db benchmark \
+    --workers "$workers" --batch-size "$batch" 2>/dev/null
+done
 echo "peak RSS of strata dev: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
 
 # Times one SQL query over HTTP (best of 3) and prints rows/s over `rows`.
