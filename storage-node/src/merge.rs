@@ -48,6 +48,8 @@ enum Source {
 pub struct MergeDedup {
     schema: SchemaRef,
     keys: Vec<usize>,
+    /// The other columns: fields, merged value by value.
+    fields: Vec<usize>,
     converter: RowConverter,
     /// Sources oldest first.
     sources: Vec<Source>,
@@ -59,6 +61,8 @@ pub struct MergeDedup {
     /// NULL: (output row, column, (held batch, row)).
     overrides: Vec<(usize, usize, (usize, usize))>,
     batch_size: usize,
+    /// Scratch for the sources holding the smallest key (reused per step).
+    min: Vec<usize>,
 }
 
 impl MergeDedup {
@@ -70,15 +74,20 @@ impl MergeDedup {
                 .map(|i| SortField::new(schema.field(*i).data_type().clone()))
                 .collect(),
         )?;
+        let fields = (0..schema.fields().len())
+            .filter(|c| !keys.contains(c))
+            .collect();
         Ok(Self {
             schema,
             keys,
+            fields,
             converter,
             sources: (0..sources).map(|_| Source::Wanted).collect(),
             held: vec![],
             out: vec![],
             overrides: vec![],
             batch_size: batch_size.max(1),
+            min: vec![],
         })
     }
 
@@ -148,7 +157,8 @@ impl MergeDedup {
     fn step(&mut self) -> bool {
         // The sources holding the smallest current key, oldest first, and
         // the smallest key among the other sources.
-        let mut min: Vec<usize> = vec![];
+        let mut min = std::mem::take(&mut self.min);
+        min.clear();
         let mut next: Option<usize> = None;
         for i in 0..self.sources.len() {
             let Some(c) = self.cursor(i) else { continue };
@@ -176,7 +186,7 @@ impl MergeDedup {
                 }
             }
         }
-        match min.as_slice() {
+        let more = match min.as_slice() {
             [] => false,
             [only] => {
                 self.take_run(*only, next);
@@ -186,7 +196,9 @@ impl MergeDedup {
                 self.take_group(&min);
                 true
             }
-        }
+        };
+        self.min = min;
+        more
     }
 
     /// Outputs the rows of source `i` up to (not including) the current
@@ -225,8 +237,8 @@ impl MergeDedup {
         let newest = at(self, *members.last().expect("a group has members"));
         let row = self.out.len();
         self.out.push(newest);
-        for col in 0..self.schema.fields().len() {
-            if self.keys.contains(&col) || self.held[newest.0].column(col).is_valid(newest.1) {
+        for &col in &self.fields {
+            if self.held[newest.0].column(col).is_valid(newest.1) {
                 continue;
             }
             let older = members
