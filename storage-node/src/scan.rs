@@ -192,7 +192,7 @@ impl TableProvider for ShardTable {
         // read in its (key) order: declared to DataFusion so that it keeps
         // each file one ordered stream.
         let merge = any_overlap(ranges);
-        let key_order = merge.then(|| key_order(&read_schema));
+        let key_order = merge.then(|| key_order(&read_schema)).transpose()?;
         let mut files = Vec::with_capacity(self.snapshot.files.len());
         for f in &self.snapshot.files {
             let url = ListingTableUrl::parse(f.guard.path().to_string_lossy())?;
@@ -232,7 +232,7 @@ impl TableProvider for ShardTable {
 /// The primary-key order files are written in (tags by name, then time;
 /// ascending, NULLs first), as DataFusion sort expressions over `schema`:
 /// logical for the file scans, physical for [`ShardScanExec`]'s inputs.
-fn key_order(schema: &SchemaRef) -> (Vec<SortExpr>, LexOrdering) {
+fn key_order(schema: &SchemaRef) -> Result<(Vec<SortExpr>, LexOrdering), DataFusionError> {
     let keys = key_columns(schema);
     let logical = keys
         .iter()
@@ -247,8 +247,8 @@ fn key_order(schema: &SchemaRef) -> (Vec<SortExpr>, LexOrdering) {
             },
         )
     }))
-    .expect("every table has a time column");
-    (logical, physical)
+    .ok_or_else(|| DataFusionError::Plan("the table schema has no time or tag column".into()))?;
+    Ok((logical, physical))
 }
 
 /// Memtable batches, oldest first, and whether they hold one row per key
