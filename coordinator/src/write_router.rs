@@ -772,17 +772,23 @@ mod tests {
         assert_eq!(new.len(), 1, "only v was introduced");
     }
 
-    #[test]
-    fn build_batch_fills_missing_values_with_null() {
-        let (lines, _) = parse_lines("m,h=a v=1,s=\"x\" 1\nm w=2i 2");
-        let rows: Vec<Row> = lines
+    /// The rows of a line protocol body that must parse cleanly.
+    fn rows_of(body: &str) -> Vec<Row<'_>> {
+        let (lines, errors) = parse_lines(body);
+        assert!(errors.is_empty(), "{errors:?}");
+        lines
             .into_iter()
             .map(|line| Row {
                 time_ns: line.timestamp.unwrap(),
                 window_start: 0,
                 line,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn build_batch_fills_missing_values_with_null() {
+        let rows = rows_of("m,h=a v=1,s=\"x\" 1\nm w=2i 2");
         let refs: Vec<&Row> = rows.iter().collect();
         let cols = vec![
             Column {
@@ -832,16 +838,7 @@ mod tests {
                     m,r=z,h=c w=30i,v=3 3\n\
                     m,r=z,h=c w=40i,v=4,v=5 4\n\
                     m,h=d v=6 5";
-        let (lines, errors) = parse_lines(body);
-        assert!(errors.is_empty(), "{errors:?}");
-        let rows: Vec<Row> = lines
-            .into_iter()
-            .map(|line| Row {
-                time_ns: line.timestamp.unwrap(),
-                window_start: 0,
-                line,
-            })
-            .collect();
+        let rows = rows_of(body);
         let refs: Vec<&Row> = rows.iter().collect();
         let column = |name: &str, kind| Column {
             name: name.into(),

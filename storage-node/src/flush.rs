@@ -88,6 +88,28 @@ pub fn merge_schemas(
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// `range` widened to the `[min, max]` time of `batches` (those with rows).
+pub fn widen_time_range<'a>(
+    mut range: Option<(i64, i64)>,
+    batches: impl IntoIterator<Item = &'a RecordBatch>,
+) -> Option<(i64, i64)> {
+    for b in batches {
+        let Some(t) = b
+            .column_by_name(TIME_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        else {
+            continue;
+        };
+        if let (Some(lo), Some(hi)) = (arrow::compute::min(t), arrow::compute::max(t)) {
+            range = Some(match range {
+                Some((a, b)) => (a.min(lo), b.max(hi)),
+                None => (lo, hi),
+            });
+        }
+    }
+    range
+}
+
 /// Writes memtable batches as one Parquet file, deduplicated and sorted.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<Written, FlushError> {
     let schema = merged_schema(batches).context(ArrowSnafu { path })?;
@@ -132,24 +154,9 @@ impl ParquetSink {
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), FlushError> {
         let path = &self.path;
-        if let Some(t) = batch
-            .column_by_name(TIME_COLUMN)
-            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
-        {
-            if let (Some(lo), Some(hi)) = (arrow::compute::min(t), arrow::compute::max(t)) {
-                self.time = Some(match self.time {
-                    Some((a, b)) => (a.min(lo), b.max(hi)),
-                    None => (lo, hi),
-                });
-            }
-        }
+        self.time = widen_time_range(self.time, [batch]);
         self.rows += batch.num_rows() as u64;
         self.writer.write(batch).context(ParquetSnafu { path })
-    }
-
-    /// Rows written so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
     }
 
     /// Closes the file and makes it and its directory entry durable.

@@ -33,7 +33,6 @@ struct Cursor {
     held: usize,
     rows: Rows,
     pos: usize,
-    len: usize,
 }
 
 enum Source {
@@ -114,7 +113,6 @@ impl MergeDedup {
         self.held.push(batch);
         self.sources[i] = Source::Reading(Cursor {
             held: self.held.len() - 1,
-            len: rows.num_rows(),
             rows,
             pos: 0,
         });
@@ -206,7 +204,7 @@ impl MergeDedup {
     fn take_run(&mut self, i: usize, bound: Option<usize>) {
         let c = self.cursor(i).expect("reading");
         let room = self.batch_size - self.out.len();
-        let mut end = c.len.min(c.pos + room);
+        let mut end = c.rows.num_rows().min(c.pos + room);
         if let Some(b) = bound {
             let bc = self.cursor(b).expect("reading");
             let limit = bc.rows.row(bc.pos);
@@ -260,7 +258,7 @@ impl MergeDedup {
     fn advance(&mut self, i: usize, to: usize) {
         if let Source::Reading(c) = &mut self.sources[i] {
             c.pos = to;
-            if c.pos == c.len {
+            if c.pos == c.rows.num_rows() {
                 self.sources[i] = Source::Wanted;
             }
         }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, TimestampNanosecondArray};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::compute::SortOptions;
 use arrow::datatypes::{Schema, SchemaRef};
@@ -45,13 +45,12 @@ use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::Serializeable;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use strata_catalog::model::TIME_COLUMN;
 use strata_proto::storage::v1::ScanTicket;
 
 use crate::dedup::{dedup_sorted, is_key_column, key_columns};
 use crate::delete::{retain_all, DeletePredicate};
 use crate::engine::{Engine, FileSource, ScanSnapshot};
-use crate::flush::adapt_batch;
+use crate::flush::{adapt_batch, widen_time_range};
 use crate::merge::MergeDedup;
 
 /// One table's rows on this node, restricted to some shards.
@@ -77,26 +76,6 @@ fn only_key_columns(e: &Expr, schema: &SchemaRef) -> bool {
             .field_with_name(&c.name)
             .is_ok_and(|f| is_key_column(f.name(), f.data_type()))
     })
-}
-
-/// The `[min, max]` time of memtable batches, if they hold rows.
-fn batches_time_range(batches: &[RecordBatch]) -> Option<(i64, i64)> {
-    let mut range: Option<(i64, i64)> = None;
-    for b in batches {
-        let Some(t) = b
-            .column_by_name(TIME_COLUMN)
-            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
-        else {
-            continue;
-        };
-        if let (Some(lo), Some(hi)) = (arrow::compute::min(t), arrow::compute::max(t)) {
-            range = Some(match range {
-                Some((a, b)) => (a.min(lo), b.max(hi)),
-                None => (lo, hi),
-            });
-        }
-    }
-    range
 }
 
 /// Whether any two of the time ranges overlap (then a key may be in both).
@@ -187,7 +166,7 @@ impl TableProvider for ShardTable {
             .iter()
             .map(|f| (f.min_time, f.max_time))
             .collect();
-        ranges.extend(batches_time_range(&memtable));
+        ranges.extend(widen_time_range(None, &memtable));
         // Sources that overlap in time are merged, which needs each file
         // read in its (key) order: declared to DataFusion so that it keeps
         // each file one ordered stream.
@@ -575,7 +554,7 @@ pub async fn ticket_plan(
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{Float64Array, StringDictionaryBuilder};
+    use arrow::array::{Float64Array, StringDictionaryBuilder, TimestampNanosecondArray};
     use arrow::datatypes::{DataType, Field, Int32Type, TimeUnit};
     use arrow::util::pretty::pretty_format_batches;
     use datafusion::logical_expr::lit;
