@@ -144,6 +144,53 @@ fn unescape<'a>(s: &'a str, escapable: &[u8]) -> Cow<'a, str> {
 }
 
 const KEY_ESCAPES: &[u8] = b",= \\";
+
+/// Longest measurement, tag key or field key, in bytes. Names become
+/// catalog entries, column names and WAL record fields; a bound keeps
+/// each of them small (InfluxDB 3 and GreptimeDB bound names too).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Refuses a name longer than [`MAX_NAME_BYTES`].
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "{what} '{}' is {} bytes long; names are limited to {MAX_NAME_BYTES} bytes",
+            truncate(name),
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A field written twice in one line with different types is an error
+/// for the line (the same type twice keeps the later value).
+fn check_repeated_fields(fields: &[(Cow<'_, str>, FieldValue<'_>)]) -> Result<(), String> {
+    let clash =
+        |a: &FieldValue, b: &FieldValue| std::mem::discriminant(a) != std::mem::discriminant(b);
+    let report = |k: &str| {
+        format!(
+            "field '{}' is written twice with different types",
+            truncate(k)
+        )
+    };
+    if fields.len() <= 16 {
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|(k2, v2)| k2 == k && clash(v, v2)) {
+                return Err(report(k));
+            }
+        }
+        return Ok(());
+    }
+    let mut order: Vec<usize> = (0..fields.len()).collect();
+    order.sort_by(|a, b| fields[*a].0.cmp(&fields[*b].0));
+    for w in order.windows(2) {
+        let (a, b) = (&fields[w[0]], &fields[w[1]]);
+        if a.0 == b.0 && clash(&a.1, &b.1) {
+            return Err(report(&a.0));
+        }
+    }
+    Ok(())
+}
 const MEASUREMENT_ESCAPES: &[u8] = b", \\";
 
 /// Parses one line; `sizes` is how many tags and fields to make room for.
@@ -165,6 +212,7 @@ fn parse_line(
         return Err("missing measurement name".into());
     }
     let measurement = unescape(measurement, MEASUREMENT_ESCAPES);
+    check_name("measurement", &measurement)?;
     let mut tags = Vec::with_capacity(sizes.0);
     while !tag_str.is_empty() {
         let (pair, k, v, more) = split_pair(tag_str, false)
@@ -176,7 +224,9 @@ fn parse_line(
         if v.is_empty() {
             return Err(format!("tag '{k}' has no value"));
         }
-        tags.push((unescape(k, KEY_ESCAPES), unescape(v, KEY_ESCAPES)));
+        let key = unescape(k, KEY_ESCAPES);
+        check_name("tag key", &key)?;
+        tags.push((key, unescape(v, KEY_ESCAPES)));
     }
 
     let rest = rest.trim_start_matches(' ');
@@ -194,9 +244,11 @@ fn parse_line(
             return Err(invalid(pair));
         }
         let key = unescape(k, KEY_ESCAPES);
+        check_name("field key", &key)?;
         let value = parse_field_value(v).map_err(|e| format!("field '{key}': {e}"))?;
         fields.push((key, value));
     }
+    check_repeated_fields(&fields)?;
 
     let timestamp = match stop {
         None => None,
@@ -382,5 +434,51 @@ mod tests {
         assert!(errs.is_empty());
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[1].timestamp, Some(2));
+    }
+
+    /// Names longer than the limit are refused for their line only; the
+    /// limit itself is accepted.
+    #[test]
+    fn long_names_are_refused_per_line() {
+        let ok_name = "n".repeat(MAX_NAME_BYTES);
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        let body = format!(
+            "{ok_name},{ok_name}=v {ok_name}=1 1\n{long} v=1 2\nm,{long}=x v=1 3\nm {long}=1 4\nm v=2 5"
+        );
+        let (ok, errs) = parse_lines(&body);
+        assert_eq!(ok.len(), 2);
+        let lines: Vec<usize> = errs.iter().map(|e| e.line_number).collect();
+        assert_eq!(lines, vec![2, 3, 4]);
+        for (e, what) in errs.iter().zip(["measurement", "tag key", "field key"]) {
+            assert!(
+                e.message.contains(what) && e.message.contains("255 bytes"),
+                "{}",
+                e.message
+            );
+        }
+        let huge = format!("{} v=1 1", "m".repeat(64 * 1024));
+        assert_eq!(parse_lines(&huge).1.len(), 1);
+    }
+
+    /// `v=1,v="s"` is an error for the line; `v=1,v=2` keeps both values
+    /// (the later wins when the row is built); with many fields too.
+    #[test]
+    fn a_field_repeated_with_another_type_is_an_error() {
+        let (ok, errs) = parse_lines("m v=1,v=\"s\" 1\nm v=1,v=2 2");
+        assert_eq!(ok.len(), 1);
+        assert_eq!(errs[0].line_number, 1);
+        assert!(errs[0].message.contains("field 'v'"), "{}", errs[0].message);
+        let many: Vec<String> = (0..40).map(|i| format!("f{i}=1")).collect();
+        let body = format!("m {},f7=1i 1", many.join(","));
+        let (ok, errs) = parse_lines(&body);
+        assert!(ok.is_empty());
+        assert!(
+            errs[0].message.contains("field 'f7'"),
+            "{}",
+            errs[0].message
+        );
+        let body = format!("m {},f7=3 1", many.join(","));
+        let (ok, _) = parse_lines(&body);
+        assert_eq!(ok.len(), 1);
     }
 }

@@ -28,6 +28,7 @@ use strata_catalog::{CatalogClient, CatalogData, Command};
 use crate::error::{CatalogSnafu, Error, Result};
 use crate::line_protocol::{parse_lines, FieldValue, LineError, ParsedLine};
 use crate::node_clients::NodeClients;
+use strata_proto::CATALOG_VERSION_HEADER;
 
 /// Timestamp precision of a write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +240,7 @@ impl WriteRouter {
                 .get(database)
                 .and_then(|d| d.tables.get(table));
             for (shard_id, (owners, rows)) in by_shard {
-                let batch = build_batch(
+                let batches = build_batches(
                     catalog_table.map(|t| t.columns.as_slice()).unwrap_or(&[]),
                     &rows,
                 )
@@ -247,14 +248,14 @@ impl WriteRouter {
                     what: "line protocol",
                     reason: e.to_string(),
                 })?;
-                outcome.lines_written += batch.num_rows();
+                outcome.lines_written += rows.len();
                 sends.push(self.send_shard(
                     &state,
                     database,
                     table,
                     shard_id,
                     owners,
-                    batch,
+                    batches,
                     consistency,
                 ));
             }
@@ -396,18 +397,19 @@ impl WriteRouter {
         table: &str,
         shard_id: u64,
         owners: Vec<u64>,
-        batch: RecordBatch,
+        batches: Vec<RecordBatch>,
         consistency: Consistency,
     ) -> Result<()> {
         let required = consistency.required(owners.len());
         let attempts = owners.iter().map(|node_id| {
             let addr = state.nodes.get(node_id).map(|n| n.flight_addr.clone());
-            let batch = batch.clone();
+            let batches = batches.clone();
+            let version = state.version;
             async move {
                 let Some(addr) = addr else {
                     return Err(format!("node {node_id} is not registered"));
                 };
-                self.put(&addr, database, table, shard_id, batch)
+                self.put(&addr, version, database, table, shard_id, batches)
                     .await
                     .map_err(|e| format!("node {node_id} at {addr}: {e}"))
             }
@@ -430,15 +432,20 @@ impl WriteRouter {
     async fn put(
         &self,
         addr: &str,
+        catalog_version: u64,
         database: &str,
         table: &str,
         shard_id: u64,
-        batch: RecordBatch,
+        batches: Vec<RecordBatch>,
     ) -> std::result::Result<(), String> {
         let mut client = self
             .nodes
             .flight(addr)
             .map_err(|e| e.message().to_string())?;
+        // The node checks the batches against a catalog at least this new.
+        client
+            .add_header(CATALOG_VERSION_HEADER, &catalog_version.to_string())
+            .map_err(|e| e.to_string())?;
         let desc = FlightDescriptor::new_path(vec![
             database.to_string(),
             table.to_string(),
@@ -447,7 +454,7 @@ impl WriteRouter {
         let data = FlightDataEncoderBuilder::new()
             .with_flight_descriptor(Some(desc))
             .with_dictionary_handling(DictionaryHandling::Resend)
-            .build(futures::stream::iter([Ok(batch)]));
+            .build(futures::stream::iter(batches.into_iter().map(Ok)));
         let results = client
             .do_put(data.boxed())
             .await
@@ -550,67 +557,101 @@ pub fn series_hash(table: &str, line: &ParsedLine) -> u64 {
     h
 }
 
-/// Where each column's value sits in each row: `positions[row * width +
-/// column]` is the index into the line's tags (for a tag column) or fields
-/// (for a field column), or [`ABSENT`].
+/// Where each row's values sit: for row `r`, `entries[spans[r].0..spans[r].1]`
+/// holds (table column, index into the line's tags or fields) pairs. The
+/// table is as large as the values the rows carry, whatever the width of
+/// the table: a row of one field in a table of 5,000 fields takes one entry.
 struct Positions {
-    width: usize,
-    positions: Vec<u32>,
-    /// Whether any row has the column.
-    used: Vec<bool>,
+    entries: Vec<(u32, u32)>,
+    spans: Vec<(usize, usize)>,
 }
-
-const ABSENT: u32 = u32::MAX;
 
 impl Positions {
     /// Rows of one table usually repeat the previous row's keys in the same
     /// order, so a row whose tag and field names match the previous row's
-    /// reuses its positions; others look their names up.
+    /// shares its entries; others look their names up.
     fn new(table_columns: &[Column], rows: &[&Row]) -> Self {
-        let width = table_columns.len();
-        let index: HashMap<(&str, bool), usize> = table_columns
+        let index: HashMap<(&str, bool), u32> = table_columns
             .iter()
             .enumerate()
             .filter(|(_, c)| c.kind != ColumnKind::Time)
-            .map(|(i, c)| ((c.name.as_str(), c.kind == ColumnKind::Tag), i))
+            .map(|(i, c)| ((c.name.as_str(), c.kind == ColumnKind::Tag), i as u32))
             .collect();
-        let mut positions = vec![ABSENT; rows.len() * width];
-        let mut used = vec![false; width];
+        let mut entries: Vec<(u32, u32)> = vec![];
+        let mut spans = Vec::with_capacity(rows.len());
+        // Where a column's entry of the current row is, so that a later
+        // duplicate of a key replaces the earlier one (as in InfluxDB).
+        let mut slot = vec![u32::MAX; table_columns.len()];
         for (r, row) in rows.iter().enumerate() {
             let line = &row.line;
-            let start = r * width;
             if r > 0 && same_keys(&rows[r - 1].line, line) {
-                positions.copy_within(start - width..start, start);
+                spans.push(spans[r - 1]);
                 continue;
             }
-            let this = &mut positions[start..start + width];
-            // Later duplicates of a key win, as in InfluxDB.
-            for (i, (k, _)) in line.tags.iter().enumerate() {
-                if let Some(&c) = index.get(&(k.as_ref(), true)) {
-                    this[c] = i as u32;
-                    used[c] = true;
+            let start = entries.len();
+            let tags = line.tags.iter().map(|(k, _)| (k.as_ref(), true));
+            let fields = line.fields.iter().map(|(k, _)| (k.as_ref(), false));
+            let keys = tags.enumerate().chain(fields.enumerate());
+            for (i, key) in keys {
+                let Some(&c) = index.get(&key) else { continue };
+                match slot[c as usize] {
+                    u32::MAX => {
+                        slot[c as usize] = entries.len() as u32;
+                        entries.push((c, i as u32));
+                    }
+                    e => entries[e as usize].1 = i as u32,
                 }
             }
-            for (i, (k, _)) in line.fields.iter().enumerate() {
-                if let Some(&c) = index.get(&(k.as_ref(), false)) {
-                    this[c] = i as u32;
-                    used[c] = true;
-                }
+            for (c, _) in &entries[start..] {
+                slot[*c as usize] = u32::MAX;
             }
+            spans.push((start, entries.len()));
         }
-        Self {
-            width,
-            positions,
-            used,
-        }
+        Self { entries, spans }
     }
 
-    fn at(&self, row: usize, column: usize) -> Option<usize> {
-        match self.positions[row * self.width + column] {
-            ABSENT => None,
-            p => Some(p as usize),
-        }
+    fn of(&self, row: usize) -> &[(u32, u32)] {
+        let (a, b) = self.spans[row];
+        &self.entries[a..b]
     }
+}
+
+/// A batch holds at most this many cells (rows × columns) beyond four per
+/// value its rows carry: rows that share their columns go into one batch,
+/// while sparse rows of a wide table are cut into batches narrow enough
+/// that NULL padding stays a small multiple of the data.
+const BATCH_CELL_SLACK: usize = 1024;
+
+/// Cuts `rows` (in order) into ranges whose batches stay dense.
+fn chunk_rows(positions: &Positions, rows: usize, width: usize) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = vec![];
+    let mut seen = vec![false; width];
+    let mut used: Vec<u32> = vec![];
+    let (mut start, mut values) = (0, 0usize);
+    for r in 0..rows {
+        let entries = positions.of(r);
+        let new_columns = entries.iter().filter(|(c, _)| !seen[*c as usize]).count();
+        let cells = (r - start + 1) * (used.len() + new_columns + 1);
+        let fits = cells <= BATCH_CELL_SLACK + 4 * (values + entries.len() + 1);
+        if r > start && !fits {
+            chunks.push(start..r);
+            for c in used.drain(..) {
+                seen[c as usize] = false;
+            }
+            start = r;
+            values = 0;
+        }
+        for (c, _) in entries {
+            if !std::mem::replace(&mut seen[*c as usize], true) {
+                used.push(*c);
+            }
+        }
+        values += entries.len() + 1;
+    }
+    if start < rows {
+        chunks.push(start..rows);
+    }
+    chunks
 }
 
 /// Whether two lines have the same keys and the same field types.
@@ -630,43 +671,67 @@ fn same_keys(a: &ParsedLine, b: &ParsedLine) -> bool {
         && a.fields.iter().zip(&b.fields).all(|(x, y)| x.0 == y.0)
 }
 
-/// Builds one batch from rows of a table: the table's columns that these
-/// rows use, in table order, then `time`. Rows are visited once each,
-/// appending to every column (rows are the scattered side in memory).
-fn build_batch(
+/// Builds the batches of some rows of a table, in row order: each holds
+/// the table's columns that its rows use, in table order, then `time`.
+/// Rows are visited once each, appending to every column of their batch.
+fn build_batches(
     table_columns: &[Column],
     rows: &[&Row],
-) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
     let positions = Positions::new(table_columns, rows);
-    let used: Vec<usize> = (0..table_columns.len())
-        .filter(|c| positions.used[*c])
-        .collect();
-    let mut builders: Vec<ColumnBuilder> = used
-        .iter()
-        .map(|c| ColumnBuilder::new(table_columns[*c].kind, rows.len()))
-        .collect();
-    let mut time = TimestampNanosecondBuilder::with_capacity(rows.len());
-    for (r, row) in rows.iter().enumerate() {
-        for (b, c) in builders.iter_mut().zip(&used) {
-            b.append(&row.line, positions.at(r, *c));
+    let width = table_columns.len();
+    // Which builder of the current batch a table column appends to.
+    let mut builder_of = vec![usize::MAX; width];
+    let mut out = vec![];
+    for chunk in chunk_rows(&positions, rows.len(), width) {
+        let mut used: Vec<usize> = chunk
+            .clone()
+            .flat_map(|r| positions.of(r).iter().map(|(c, _)| *c as usize))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        for (b, c) in used.iter().enumerate() {
+            builder_of[*c] = b;
         }
-        time.append_value(row.time_ns);
+        let n = chunk.len();
+        let mut builders: Vec<ColumnBuilder> = used
+            .iter()
+            .map(|c| ColumnBuilder::new(table_columns[*c].kind, n))
+            .collect();
+        let mut time = TimestampNanosecondBuilder::with_capacity(n);
+        // The position of each builder's value in the current row.
+        let mut at: Vec<Option<usize>> = vec![None; used.len()];
+        for r in chunk {
+            let entries = positions.of(r);
+            for (c, p) in entries {
+                at[builder_of[*c as usize]] = Some(*p as usize);
+            }
+            let line = &rows[r].line;
+            for (b, p) in builders.iter_mut().zip(&at) {
+                b.append(line, *p);
+            }
+            for (c, _) in entries {
+                at[builder_of[*c as usize]] = None;
+            }
+            time.append_value(rows[r].time_ns);
+        }
+        let mut fields: Vec<Field> = used
+            .iter()
+            .map(|c| {
+                let c = &table_columns[*c];
+                Field::new(&c.name, c.kind.data_type(), true)
+            })
+            .collect();
+        fields.push(Field::new(
+            TIME_COLUMN,
+            strata_catalog::model::time_data_type(),
+            false,
+        ));
+        let mut arrays: Vec<ArrayRef> = builders.into_iter().map(ColumnBuilder::finish).collect();
+        arrays.push(Arc::new(time.finish()));
+        out.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?);
     }
-    let mut fields: Vec<Field> = used
-        .iter()
-        .map(|c| {
-            let c = &table_columns[*c];
-            Field::new(&c.name, c.kind.data_type(), true)
-        })
-        .collect();
-    fields.push(Field::new(
-        TIME_COLUMN,
-        strata_catalog::model::time_data_type(),
-        false,
-    ));
-    let mut arrays: Vec<ArrayRef> = builders.into_iter().map(ColumnBuilder::finish).collect();
-    arrays.push(Arc::new(time.finish()));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+    Ok(out)
 }
 
 /// An Arrow builder for one tag or field column.
@@ -816,7 +881,7 @@ mod tests {
                 kind: ColumnKind::Field(FieldType::Float),
             },
         ];
-        let b = build_batch(&cols, &refs).unwrap();
+        let b = only(build_batches(&cols, &refs).unwrap());
         let names: Vec<_> = b
             .schema()
             .fields()
@@ -850,7 +915,7 @@ mod tests {
             column("v", ColumnKind::Field(FieldType::Float)),
             column("w", ColumnKind::Field(FieldType::Integer)),
         ];
-        let b = build_batch(&cols, &refs).unwrap();
+        let b = only(build_batches(&cols, &refs).unwrap());
         let text = arrow::util::pretty::pretty_format_batches(&[b])
             .unwrap()
             .to_string();
@@ -865,5 +930,89 @@ mod tests {
 | d |   | 6.0 |    | 1970-01-01T00:00:00.000000005 |
 +---+---+-----+----+-------------------------------+";
         assert_eq!(text, expected);
+    }
+
+    fn only(mut batches: Vec<RecordBatch>) -> RecordBatch {
+        assert_eq!(batches.len(), 1, "one batch expected");
+        batches.pop().unwrap()
+    }
+
+    fn wide_columns(fields: usize) -> Vec<Column> {
+        let mut cols = vec![Column {
+            name: "h".into(),
+            kind: ColumnKind::Tag,
+        }];
+        cols.extend((0..fields).map(|i| Column {
+            name: format!("f{i}"),
+            kind: ColumnKind::Field(FieldType::Float),
+        }));
+        cols
+    }
+
+    /// Rows of one field in a table of 5,000 fields: one entry per row
+    /// value (shared while rows repeat their keys), one narrow batch.
+    #[test]
+    fn a_narrow_write_to_a_wide_table_costs_what_it_carries() {
+        let cols = wide_columns(5_000);
+        let body: String = (0..10_000)
+            .map(|i| format!("w,h=a f4999={i} {i}\n"))
+            .collect();
+        let rows = rows_of(&body);
+        let refs: Vec<&Row> = rows.iter().collect();
+        let positions = Positions::new(&cols, &refs);
+        assert_eq!(
+            positions.entries.len(),
+            2,
+            "h and f4999, shared by every row"
+        );
+        let b = only(build_batches(&cols, &refs).unwrap());
+        assert_eq!(b.num_columns(), 3);
+        assert_eq!(b.num_rows(), 10_000);
+    }
+
+    /// Sparse rows (each a field of its own) of a wide table are cut into
+    /// batches whose NULL padding stays bounded, and every value lands in
+    /// its column, in row order.
+    #[test]
+    fn sparse_rows_of_a_wide_table_make_dense_batches() {
+        let cols = wide_columns(5_000);
+        let body: String = (0..6_000)
+            .map(|i| format!("w,h=a f{}={i} {i}\n", i % 5_000))
+            .collect();
+        let rows = rows_of(&body);
+        let refs: Vec<&Row> = rows.iter().collect();
+        let batches = build_batches(&cols, &refs).unwrap();
+        for b in &batches {
+            // Each row carries a tag, a field and its time.
+            let (cells, values) = (b.num_rows() * b.num_columns(), b.num_rows() * 3);
+            assert!(
+                cells <= BATCH_CELL_SLACK + 4 * values,
+                "{cells} cells for {values} values"
+            );
+        }
+        let cells: usize = batches.iter().map(|b| b.num_rows() * b.num_columns()).sum();
+        assert!(cells <= 16 * 6_000 * 3, "{cells} cells in all");
+        let mut seen = 0;
+        for b in &batches {
+            let time = b
+                .column_by_name("time")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampNanosecondArray>()
+                .unwrap();
+            for r in 0..b.num_rows() {
+                let i = time.value(r);
+                assert_eq!(i, seen, "rows keep their order");
+                let v = b
+                    .column_by_name(&format!("f{}", i % 5_000))
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow::array::Float64Array>()
+                    .unwrap();
+                assert_eq!(v.value(r), i as f64);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 6_000);
     }
 }

@@ -22,3 +22,8 @@ pub mod storage {
         tonic::include_proto!("strata.storage.v1");
     }
 }
+
+/// gRPC request metadata of a storage-node `DoPut`: the catalog version
+/// the writer routed with. A node whose copy of the catalog is older waits
+/// for that version before checking the batches against it.
+pub const CATALOG_VERSION_HEADER: &str = "strata-catalog-version";

@@ -53,6 +53,8 @@ pub enum EngineError {
     },
     #[snafu(display("compaction: {source}"))]
     Compaction { source: CompactionError },
+    #[snafu(display("{what} panicked: {message}"))]
+    Panicked { what: &'static str, message: String },
     #[snafu(display("storage I/O on {}: {source}", path.display()))]
     Io {
         path: PathBuf,
@@ -149,6 +151,7 @@ pub struct Engine {
     next_file_id: AtomicU64,
     state: Mutex<State>,
     flush_wanted: Arc<Notify>,
+    flush_health: Mutex<FlushHealth>,
 }
 
 /// What a scan reads: in-memory batches and Parquet files of one table.
@@ -270,6 +273,7 @@ impl Engine {
             next_file_id: AtomicU64::new(next_file_id),
             state: Mutex::new(state),
             flush_wanted: Arc::new(Notify::new()),
+            flush_health: Mutex::new(FlushHealth::default()),
         }))
     }
 
@@ -285,23 +289,41 @@ impl Engine {
         shard_id: u64,
         batch: RecordBatch,
     ) -> Result<(), EngineError> {
-        let rows = batch.num_rows();
-        if rows == 0 {
+        self.write_batches(database, table, shard_id, vec![batch])
+            .await
+    }
+
+    /// Writes batches (each with the columns it has) to a table of a shard,
+    /// one WAL record each; returns once all are durable.
+    pub async fn write_batches(
+        &self,
+        database: &str,
+        table: &str,
+        shard_id: u64,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(), EngineError> {
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        if batches.is_empty() {
             return Ok(());
         }
         self.check_memory()?;
         let _gate = self.write_gate.read().await;
-        let entry = WalEntry {
-            seq: self.wal.next_seq(),
-            shard_id,
-            database: database.to_string(),
-            table: table.to_string(),
-            batch,
-        };
-        self.wal.append(&entry).await.context(WalSnafu)?;
+        let entries: Vec<WalEntry> = batches
+            .into_iter()
+            .map(|batch| WalEntry {
+                seq: self.wal.next_seq(),
+                shard_id,
+                database: database.to_string(),
+                table: table.to_string(),
+                batch,
+            })
+            .collect();
+        self.wal.append_all(&entries).await.context(WalSnafu)?;
         let over = {
             let mut st = self.state.lock();
-            insert(&mut st, entry);
+            for entry in entries {
+                insert(&mut st, entry);
+            }
             st.active_rows >= self.config.flush_rows
         };
         if over {
@@ -528,7 +550,7 @@ impl Engine {
         let ids = self.file_ids(frozen.iter().map(|f| f.tables.len()).sum());
         let files = tokio::task::spawn_blocking(move || write_frozen(&dir, &frozen_for_write, ids))
             .await
-            .expect("flush task panicked")?;
+            .map_err(|e| panicked("flush", e))??;
         self.update_manifest(
             |m| {
                 m.files.extend(files);
@@ -568,7 +590,7 @@ impl Engine {
         let to_store = manifest.clone();
         tokio::task::spawn_blocking(move || to_store.store(&dir))
             .await
-            .expect("manifest task panicked")
+            .map_err(|e| panicked("storing the manifest", e))?
             .context(ManifestSnafu)?;
         let mut st = self.state.lock();
         let listed: std::collections::HashSet<u64> = manifest.files.iter().map(|f| f.id).collect();
@@ -627,7 +649,7 @@ impl Engine {
             let output =
                 tokio::task::spawn_blocking(move || compact_files(&dir, &key, &job_inputs, id))
                     .await
-                    .expect("compaction task panicked")?;
+                    .map_err(|e| panicked("compaction", e))??;
             let input_ids: Vec<u64> = inputs.iter().map(|f| f.id).collect();
             self.update_manifest(
                 |m| {
@@ -647,14 +669,23 @@ impl Engine {
         Ok(compacted)
     }
 
+    /// How background flushes are going, for health checks.
+    pub fn flush_health(&self) -> FlushHealth {
+        self.flush_health.lock().clone()
+    }
+
     /// Runs flushes in the background until the engine is dropped: when the
     /// memtables are over their row budget or their oldest rows are older
-    /// than the flush age.
+    /// than the flush age. A failed flush (an error or a panic) is logged
+    /// with its cause, recorded in [`Engine::flush_health`] and retried
+    /// with exponential backoff; the flusher itself never stops.
     pub fn spawn_flusher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        use futures::FutureExt;
         let weak = Arc::downgrade(self);
         let age = self.config.flush_age;
         let flush_wanted = self.flush_wanted.clone();
         tokio::spawn(async move {
+            let mut backoff: Option<Duration> = None;
             loop {
                 let Some(engine) = weak.upgrade() else { return };
                 let due = {
@@ -662,20 +693,98 @@ impl Engine {
                     st.oldest_active.is_some_and(|t| t.elapsed() >= age)
                         || st.active_rows >= engine.config.flush_rows
                         || st.active_bytes >= engine.config.memory_limit_bytes / 2
+                        || !st.frozen.is_empty()
                 };
                 if due {
-                    if let Err(e) = engine.flush().await {
-                        tracing::error!(error = %e, "flush failed; rows stay in the WAL and memory");
-                    } else if let Err(e) = engine.compact(COMPACT_MIN_FILES).await {
-                        tracing::error!(error = %e, "compaction failed; the input files stay");
-                    }
+                    let attempt = std::panic::AssertUnwindSafe(async {
+                        engine.flush().await?;
+                        engine.compact(COMPACT_MIN_FILES).await.map(|_| ())
+                    })
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|p| {
+                        Err(EngineError::Panicked {
+                            what: "flush",
+                            message: panic_message(p.as_ref()),
+                        })
+                    });
+                    backoff = engine.record_flush(attempt, backoff);
                 }
                 drop(engine);
-                let wanted = flush_wanted.notified();
-                let _ = tokio::time::timeout(Duration::from_secs(1).min(age), wanted).await;
+                let wait = backoff.unwrap_or(Duration::from_secs(1).min(age));
+                if backoff.is_some() {
+                    // While failing, retry on the backoff clock only.
+                    tokio::time::sleep(wait).await;
+                } else {
+                    let wanted = flush_wanted.notified();
+                    let _ = tokio::time::timeout(wait, wanted).await;
+                }
             }
         })
     }
+
+    /// Records a background flush's outcome; returns the backoff before
+    /// the next attempt (none after a success).
+    fn record_flush(
+        &self,
+        outcome: Result<(), EngineError>,
+        backoff: Option<Duration>,
+    ) -> Option<Duration> {
+        let mut health = self.flush_health.lock();
+        match outcome {
+            Ok(()) => {
+                if health.consecutive_failures > 0 {
+                    tracing::info!(
+                        failures = health.consecutive_failures,
+                        "flush succeeded again"
+                    );
+                }
+                health.consecutive_failures = 0;
+                health.last_error = None;
+                None
+            }
+            Err(e) => {
+                health.consecutive_failures += 1;
+                health.last_error = Some(e.to_string());
+                let next = backoff.map_or(FLUSH_RETRY_MIN, |b| (b * 2).min(FLUSH_RETRY_MAX));
+                tracing::error!(
+                    error = %e,
+                    failures = health.consecutive_failures,
+                    retry_in_ms = next.as_millis() as u64,
+                    "flush failed; rows stay in the WAL and memory"
+                );
+                Some(next)
+            }
+        }
+    }
+}
+
+/// First and longest wait before a failed background flush is retried.
+const FLUSH_RETRY_MIN: Duration = Duration::from_millis(500);
+const FLUSH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How background flushes are going.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlushHealth {
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u64,
+    /// Why the last attempt failed, while failing.
+    pub last_error: Option<String>,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+fn panicked(what: &'static str, e: tokio::task::JoinError) -> EngineError {
+    let message = match e.try_into_panic() {
+        Ok(p) => panic_message(p.as_ref()),
+        Err(e) => e.to_string(),
+    };
+    EngineError::Panicked { what, message }
 }
 
 fn insert(st: &mut State, e: WalEntry) {
@@ -803,14 +912,11 @@ fn write_file(
     Ok(file_meta(key, database, rel, id, order, written))
 }
 
-/// Where file `id` of a shard's table lives, relative to the data dir.
+/// Where file `id` of a shard lives, relative to the data dir. Files are
+/// named by ids only: a table's name, however long or odd, never reaches
+/// the file system (the manifest maps ids to tables).
 fn file_path(key: &TableKey, id: u64) -> String {
-    format!(
-        "shards/{}/{}-{:010}.parquet",
-        key.shard_id,
-        path_safe(&key.table),
-        id
-    )
+    format!("shards/{}/{:020}.parquet", key.shard_id, id)
 }
 
 fn file_meta(
@@ -863,19 +969,6 @@ fn compact_files(
         .unwrap_or_default();
     let order = inputs.iter().map(|(f, _)| f.order).max().unwrap_or(id);
     Ok(Some(file_meta(key, database, rel, id, order, written)))
-}
-
-/// Keeps table names usable as file names whatever they contain.
-fn path_safe(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'_' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Deletes Parquet files that no manifest lists: leftovers of a flush that

@@ -23,6 +23,21 @@ pub enum StorageError {
 
     #[snafu(display("cannot register with the catalog: {source}"))]
     Register { source: strata_catalog::Error },
+
+    #[snafu(display(
+        "refused a write to table '{database}.{table}' in shard {shard_id}: {reason}"
+    ))]
+    InvalidWrite {
+        database: String,
+        table: String,
+        shard_id: u64,
+        reason: String,
+    },
+
+    #[snafu(display(
+        "node {node_id} does not hold shard {shard_id}: the catalog places no replica of it here"
+    ))]
+    ShardNotHeld { node_id: u64, shard_id: u64 },
 }
 
 /// The one place a storage-node error becomes a gRPC status.
@@ -32,7 +47,15 @@ pub fn into_status(e: StorageError) -> tonic::Status {
         StorageError::Engine {
             source: EngineError::MemoryPressure { .. },
         } => tonic::Code::ResourceExhausted,
+        StorageError::Engine {
+            source:
+                EngineError::Wal {
+                    source: crate::wal::WalError::NameTooLong { .. },
+                },
+        } => tonic::Code::InvalidArgument,
         StorageError::Engine { .. } => tonic::Code::Internal,
+        StorageError::InvalidWrite { .. } => tonic::Code::InvalidArgument,
+        StorageError::ShardNotHeld { .. } => tonic::Code::NotFound,
         StorageError::Query { source } => match source {
             D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => tonic::Code::InvalidArgument,
             D::ResourcesExhausted(_) => tonic::Code::ResourceExhausted,

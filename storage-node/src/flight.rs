@@ -21,12 +21,15 @@ use datafusion::prelude::SessionContext;
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use strata_proto::storage::v1::{DeleteRequest, ScanTicket, WriteAck};
+use strata_proto::CATALOG_VERSION_HEADER;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::engine::{Engine, TableKey};
 use crate::error::{into_status, StorageError};
 use crate::scan::execute_ticket;
+use crate::validate::{Invalid, TableCheck};
+use strata_catalog::CatalogClient;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -34,6 +37,8 @@ pub struct StorageFlightService {
     pub node_id: u64,
     pub engine: Arc<Engine>,
     pub ctx: SessionContext,
+    /// What batches are checked against, and which shards this node owns.
+    pub catalog: CatalogClient,
 }
 
 /// Parses a descriptor path `[database, table, shard_id]`.
@@ -86,6 +91,80 @@ impl StorageFlightService {
             .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.encode_to_vec())));
         Ok(Some(info))
     }
+}
+
+impl StorageFlightService {
+    /// Refuses a request for a shard the catalog does not place on this
+    /// node, after waiting for `version` (or a refresh), in case this
+    /// node's copy of the catalog is behind the sender's.
+    async fn check_owned(&self, shard_ids: &[u64], version: Option<u64>) -> Result<(), Status> {
+        let missing = |state: &strata_catalog::CatalogData| {
+            shard_ids.iter().copied().find(|id| {
+                !state.databases.values().any(|d| {
+                    d.shard_groups.iter().any(|g| {
+                        g.shards
+                            .iter()
+                            .any(|s| s.id == *id && s.owners.contains(&self.node_id))
+                    })
+                })
+            })
+        };
+        if missing(&self.catalog.state()).is_none() {
+            return Ok(());
+        }
+        let caught_up = match version {
+            Some(v) => self.catalog.wait_for_version(v).await,
+            None => self.catalog.refresh().await,
+        };
+        if let Err(e) = caught_up {
+            return Err(Status::unavailable(format!(
+                "node {} cannot read the catalog: {e}",
+                self.node_id
+            )));
+        }
+        match missing(&self.catalog.state()) {
+            None => Ok(()),
+            Some(shard_id) => Err(into_status(StorageError::ShardNotHeld {
+                node_id: self.node_id,
+                shard_id,
+            })),
+        }
+    }
+
+    /// Checks every batch against the table's columns in the catalog. A
+    /// batch naming what this node's copy of the catalog does not know yet
+    /// is checked again once the copy has caught up.
+    async fn check_batches(
+        &self,
+        database: &str,
+        table: &str,
+        batches: &[RecordBatch],
+        catalog_version: Option<u64>,
+    ) -> Result<(), String> {
+        let check = |state: &strata_catalog::CatalogData| -> Result<(), Invalid> {
+            let t = TableCheck::new(state, database, table)?;
+            batches.iter().try_for_each(|b| t.check(b))
+        };
+        match check(&self.catalog.state()) {
+            Ok(()) => return Ok(()),
+            Err(Invalid::Mismatch(m)) => return Err(m),
+            Err(Invalid::Unknown(_)) => {}
+        }
+        let caught_up = match catalog_version {
+            Some(v) => self.catalog.wait_for_version(v).await,
+            None => self.catalog.refresh().await,
+        };
+        caught_up.map_err(|e| format!("cannot read the catalog to check the batch: {e}"))?;
+        check(&self.catalog.state()).map_err(|e| e.to_string())
+    }
+}
+
+/// The catalog version a request carries, if any.
+fn request_version(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    metadata
+        .get(CATALOG_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 #[tonic::async_trait]
@@ -166,6 +245,7 @@ impl FlightService for StorageFlightService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = ScanTicket::decode(request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(format!("bad scan ticket: {e}")))?;
+        self.check_owned(&ticket.shard_ids, None).await?;
         let span = tracing::info_span!(
             "scan",
             query_id = %ticket.query_id,
@@ -176,8 +256,11 @@ impl FlightService for StorageFlightService {
             .instrument(span)
             .await
             .map_err(|e| into_status(StorageError::Query { source: e }))?;
+        // The schema goes first even when no batch follows.
+        let schema = batches.schema();
         let flight = FlightDataEncoderBuilder::new()
             .with_dictionary_handling(DictionaryHandling::Resend)
+            .with_schema(schema)
             .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))))
             .map_err(Status::from);
         Ok(Response::new(Box::pin(flight)))
@@ -188,6 +271,7 @@ impl FlightService for StorageFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
+        let catalog_version = request_version(request.metadata());
         let mut input = request.into_inner();
         let first = input
             .message()
@@ -205,14 +289,20 @@ impl FlightService for StorageFlightService {
                 .try_collect()
                 .await
                 .map_err(|e| Status::invalid_argument(format!("bad Arrow data in DoPut: {e}")))?;
-        let Some(first_batch) = batches.first() else {
-            return Ok(Response::new(Box::pin(stream::empty())));
-        };
-        let batch = arrow::compute::concat_batches(&first_batch.schema(), &batches)
-            .map_err(|e| Status::invalid_argument(format!("DoPut batches disagree: {e}")))?;
-        let rows = batch.num_rows() as u64;
+        self.check_owned(&[shard_id], catalog_version).await?;
+        self.check_batches(&db, &table, &batches, catalog_version)
+            .await
+            .map_err(|reason| {
+                into_status(StorageError::InvalidWrite {
+                    database: db.clone(),
+                    table: table.clone(),
+                    shard_id,
+                    reason,
+                })
+            })?;
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         self.engine
-            .write(&db, &table, shard_id, batch)
+            .write_batches(&db, &table, shard_id, batches)
             .await
             .map_err(|e| into_status(StorageError::Engine { source: e }))?;
         let ack = PutResult {

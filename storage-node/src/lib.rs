@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod merge;
 pub mod scan;
 pub mod server;
+pub mod validate;
 pub mod wal;
 
 pub use engine::{Engine, EngineConfig};

@@ -48,10 +48,14 @@ impl StorageNode {
         let addr = listener.local_addr().context(BindSnafu {
             addr: config.listen.clone(),
         })?;
+        let catalog = CatalogClient::connect(&config.catalog_addr, Duration::from_secs(60))
+            .await
+            .context(RegisterSnafu)?;
         let service = StorageFlightService {
             node_id: config.node_id,
             engine: engine.clone(),
             ctx: SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2)),
+            catalog: catalog.clone(),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
@@ -68,9 +72,6 @@ impl StorageNode {
         let flusher = engine.spawn_flusher();
 
         let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-        let catalog = CatalogClient::connect(&config.catalog_addr, Duration::from_secs(60))
-            .await
-            .context(RegisterSnafu)?;
         catalog
             .execute(Command::RegisterNode {
                 id: config.node_id,

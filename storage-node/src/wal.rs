@@ -54,6 +54,11 @@ pub enum WalError {
     Encode { source: arrow::error::ArrowError },
     #[snafu(display("the WAL writer has stopped"))]
     Closed,
+    #[snafu(display(
+        "a {what} name of {len} bytes does not fit a WAL record (at most {} bytes)",
+        u16::MAX
+    ))]
+    NameTooLong { what: &'static str, len: usize },
 }
 
 /// What to do with damage in the middle of the log.
@@ -105,20 +110,30 @@ const KIND_WRITE: u8 = 0;
 const KIND_DELETE: u8 = 1;
 const IPC_CONTINUATION: u8 = 0xFF;
 
-fn record_head(seq: u64, shard_id: u64, database: &str, table: &str, kind: u8) -> Vec<u8> {
+/// The names are stored with a 16-bit length: a longer name is an error,
+/// never a silently truncated length that makes the record unreadable.
+fn record_head(
+    seq: u64,
+    shard_id: u64,
+    database: &str,
+    table: &str,
+    kind: u8,
+) -> Result<Vec<u8>, WalError> {
     let mut payload = Vec::with_capacity(64);
     payload.extend_from_slice(&seq.to_le_bytes());
     payload.extend_from_slice(&shard_id.to_le_bytes());
-    for s in [database, table] {
-        payload.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    for (what, s) in [("database", database), ("table", table)] {
+        let len =
+            u16::try_from(s.len()).map_err(|_| WalError::NameTooLong { what, len: s.len() })?;
+        payload.extend_from_slice(&len.to_le_bytes());
         payload.extend_from_slice(s.as_bytes());
     }
     payload.push(kind);
-    payload
+    Ok(payload)
 }
 
 pub fn encode_entry(e: &WalEntry) -> Result<Vec<u8>, WalError> {
-    let mut payload = record_head(e.seq, e.shard_id, &e.database, &e.table, KIND_WRITE);
+    let mut payload = record_head(e.seq, e.shard_id, &e.database, &e.table, KIND_WRITE)?;
     payload.reserve(e.batch.get_array_memory_size());
     {
         let mut w = StreamWriter::try_new(&mut payload, &e.batch.schema()).context(EncodeSnafu)?;
@@ -128,10 +143,10 @@ pub fn encode_entry(e: &WalEntry) -> Result<Vec<u8>, WalError> {
     Ok(frame(payload))
 }
 
-pub fn encode_delete(d: &DeleteEntry) -> Vec<u8> {
-    let mut payload = record_head(d.seq, d.shard_id, &d.database, &d.table, KIND_DELETE);
+pub fn encode_delete(d: &DeleteEntry) -> Result<Vec<u8>, WalError> {
+    let mut payload = record_head(d.seq, d.shard_id, &d.database, &d.table, KIND_DELETE)?;
     payload.extend(serde_json::to_vec(&d.predicate).expect("a predicate serializes"));
-    frame(payload)
+    Ok(frame(payload))
 }
 
 /// Length, CRC, payload.
@@ -412,19 +427,40 @@ impl Wal {
 
     /// Appends `entry` and returns once it is durable (per the sync policy).
     pub async fn append(&self, entry: &WalEntry) -> Result<(), WalError> {
-        self.append_record(encode_entry(entry)?).await
+        self.append_all(std::slice::from_ref(entry)).await
+    }
+
+    /// Appends `entries` in order and returns once all are durable; they
+    /// are queued together, so one group commit usually covers them.
+    pub async fn append_all(&self, entries: &[WalEntry]) -> Result<(), WalError> {
+        let records: Vec<Vec<u8>> = entries.iter().map(encode_entry).collect::<Result<_, _>>()?;
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            let (done, rx) = oneshot::channel();
+            self.tx
+                .send(Request::Append { record, done })
+                .map_err(|_| WalError::Closed)?;
+            pending.push(rx);
+        }
+        for rx in pending {
+            self.written(rx).await?;
+        }
+        Ok(())
     }
 
     /// Appends a delete and returns once it is durable.
     pub async fn append_delete(&self, delete: &DeleteEntry) -> Result<(), WalError> {
-        self.append_record(encode_delete(delete)).await
-    }
-
-    async fn append_record(&self, record: Vec<u8>) -> Result<(), WalError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Request::Append { record, done })
+            .send(Request::Append {
+                record: encode_delete(delete)?,
+                done,
+            })
             .map_err(|_| WalError::Closed)?;
+        self.written(rx).await
+    }
+
+    async fn written(&self, rx: oneshot::Receiver<Result<(), String>>) -> Result<(), WalError> {
         rx.await
             .map_err(|_| WalError::Closed)?
             .map_err(|e| WalError::Io {
