@@ -6,9 +6,10 @@
 //! "Newer" is write order: batches are given oldest first, and within a
 //! batch later rows are newer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
@@ -42,6 +43,207 @@ pub fn dedup_sorted(
     batches: &[RecordBatch],
     schema: &SchemaRef,
 ) -> Result<RecordBatch, ArrowError> {
+    let mut out = vec![];
+    dedup_sorted_chunks(batches, schema, usize::MAX, |b| {
+        out.push(b);
+        Ok(())
+    })?;
+    match out.len() {
+        1 => Ok(out.pop().expect("one batch")),
+        _ => concat_batches(schema, &out),
+    }
+}
+
+/// Like [`dedup_sorted`], but hands the result to `emit` in batches of at
+/// most `max_cells` cells (rows × columns of `schema`, at least one row).
+///
+/// Memory follows the data, not the width of `schema`: only the key
+/// columns of all rows are gathered (to sort them); field values are
+/// copied straight from the input batches into each output batch. Sparse
+/// batches of a table with thousands of columns, each carrying a few of
+/// them, are never widened to the full schema.
+pub fn dedup_sorted_chunks(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+    max_cells: usize,
+    mut emit: impl FnMut(RecordBatch) -> Result<(), ArrowError>,
+) -> Result<(), ArrowError> {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if n == 0 {
+        return emit(RecordBatch::new_empty(schema.clone()));
+    }
+    let keys = key_columns(schema);
+    let width = schema.fields().len();
+    let rows_per_batch = (max_cells / width.max(1)).max(1);
+    if batches.iter().all(|b| b.num_columns() == width) {
+        let all = dedup_dense(&batches, schema)?;
+        let mut offset = 0;
+        while offset < all.num_rows() {
+            let len = rows_per_batch.min(all.num_rows() - offset);
+            emit(all.slice(offset, len))?;
+            offset += len;
+        }
+        return Ok(());
+    }
+
+    // Where each batch keeps each column of `schema`: (schema column,
+    // batch column) pairs, as many as the batch has columns.
+    let index: HashMap<&str, usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name().as_str(), i))
+        .collect();
+    let mut columns_of: Vec<Vec<(usize, usize)>> = Vec::with_capacity(batches.len());
+    for b in &batches {
+        let mut cols = Vec::with_capacity(b.num_columns());
+        for (j, f) in b.schema().fields().iter().enumerate() {
+            if let Some(&i) = index.get(f.name().as_str()) {
+                if f.data_type() != schema.field(i).data_type() {
+                    return Err(ArrowError::SchemaError(format!(
+                        "column '{}' is {} in one batch and {} in the merged schema",
+                        f.name(),
+                        f.data_type(),
+                        schema.field(i).data_type()
+                    )));
+                }
+                cols.push((i, j));
+            }
+        }
+        cols.sort_unstable();
+        columns_of.push(cols);
+    }
+    // The key columns of all rows, in write order.
+    let key_arrays: Vec<ArrayRef> = keys
+        .iter()
+        .map(|k| {
+            let field = schema.field(*k);
+            let parts: Vec<ArrayRef> = batches
+                .iter()
+                .map(|b| match b.column_by_name(field.name()) {
+                    Some(c) => c.clone(),
+                    None => new_null_array(field.data_type(), b.num_rows()),
+                })
+                .collect();
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            arrow::compute::concat(&refs)
+        })
+        .collect::<Result<_, _>>()?;
+    // Where each batch starts in write order.
+    let starts: Vec<usize> = batches
+        .iter()
+        .scan(0, |at, b| {
+            let start = *at;
+            *at += b.num_rows();
+            Some(start)
+        })
+        .collect();
+    let locate = |row: usize| -> (usize, usize) {
+        let b = starts.partition_point(|s| *s <= row) - 1;
+        (b, row - starts[b])
+    };
+
+    // Sort by key, then by write position so that the newest version of a
+    // key comes last in its group.
+    let mut sort: Vec<SortColumn> = key_arrays
+        .iter()
+        .map(|a| SortColumn {
+            values: a.clone(),
+            options: None,
+        })
+        .collect();
+    sort.push(SortColumn {
+        values: Arc::new(UInt64Array::from_iter_values(0..n as u64)),
+        options: None,
+    });
+    let order = lexsort_to_indices(&sort, None)?;
+    drop(sort);
+
+    // Group equal keys: `group_ends[g]` is one past the last sorted
+    // position of group `g`.
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|i| SortField::new(schema.field(*i).data_type().clone()))
+            .collect(),
+    )?;
+    let sorted_keys: Vec<ArrayRef> = key_arrays
+        .iter()
+        .map(|a| take(a.as_ref(), &order, None))
+        .collect::<Result<_, _>>()?;
+    let rows = converter.convert_columns(&sorted_keys)?;
+    let mut group_ends = Vec::with_capacity(n);
+    for i in 1..n {
+        if rows.row(i) != rows.row(i - 1) {
+            group_ends.push(i);
+        }
+    }
+    group_ends.push(n);
+    drop(rows);
+
+    let groups_per_batch = rows_per_batch;
+    // For the groups of one output batch: which (input batch, row) gives
+    // each cell, or NONE (NULL).
+    const NONE: (u32, u32) = (u32::MAX, u32::MAX);
+    let mut chosen: Vec<(u32, u32)> = vec![];
+    // Scratch of `gather_column`: each input batch's slot among a column's
+    // sources.
+    let mut slot_of = vec![usize::MAX; batches.len()];
+    let mut first = 0;
+    for chunk in group_ends.chunks(groups_per_batch) {
+        let g_count = chunk.len();
+        chosen.clear();
+        chosen.resize(g_count * width, NONE);
+        let mut key_rows = Vec::with_capacity(g_count);
+        let mut start = first;
+        for (g, end) in chunk.iter().enumerate() {
+            key_rows.push(order.value(start));
+            // Newest first: a cell takes the first non-null value it meets.
+            for p in (start..*end).rev() {
+                let (b, r) = locate(order.value(p) as usize);
+                let batch = batches[b];
+                for (i, j) in &columns_of[b] {
+                    let cell = &mut chosen[g * width + i];
+                    if *cell == NONE && batch.column(*j).is_valid(r) {
+                        *cell = (b as u32, r as u32);
+                    }
+                }
+            }
+            start = *end;
+        }
+        first = start;
+
+        let key_rows = UInt32Array::from(key_rows);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(width);
+        for (i, field) in schema.fields().iter().enumerate() {
+            if let Some(k) = keys.iter().position(|k| *k == i) {
+                columns.push(take(key_arrays[k].as_ref(), &key_rows, None)?);
+                continue;
+            }
+            let cells = (0..g_count).map(|g| chosen[g * width + i]);
+            let source = |b: u32| {
+                let cols = &columns_of[b as usize];
+                let at = cols
+                    .binary_search_by_key(&i, |(i, _)| *i)
+                    .expect("a chosen cell's batch has the column");
+                batches[b as usize].column(cols[at].1).clone()
+            };
+            columns.push(gather_column(
+                field.data_type(),
+                cells,
+                NONE,
+                source,
+                &mut slot_of,
+            )?);
+        }
+        emit(RecordBatch::try_new(schema.clone(), columns)?)?;
+    }
+    Ok(())
+}
+
+/// The dense case: every batch has every column, so the rows are
+/// concatenated, sorted and deduplicated column by column.
+fn dedup_dense(batches: &[&RecordBatch], schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     let aligned: Vec<RecordBatch> = batches
         .iter()
         .map(|b| adapt_batch(b, schema))
@@ -119,6 +321,42 @@ pub fn dedup_sorted(
         columns.push(take(col.as_ref(), &indices, None)?);
     }
     RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// One output column from the (batch, row) of each cell, NULL where
+/// `none`; `source(b)` is batch `b`'s array of the column. `slot_of` is
+/// scratch, one entry per input batch, all `usize::MAX` between calls.
+fn gather_column(
+    data_type: &DataType,
+    cells: impl Iterator<Item = (u32, u32)>,
+    none: (u32, u32),
+    source: impl Fn(u32) -> ArrayRef,
+    slot_of: &mut [usize],
+) -> Result<ArrayRef, ArrowError> {
+    let mut sources: Vec<ArrayRef> = vec![new_null_array(data_type, 1)];
+    let mut used: Vec<u32> = vec![];
+    let mut indices = Vec::new();
+    for cell in cells {
+        if cell == none {
+            indices.push((0, 0));
+            continue;
+        }
+        let slot = &mut slot_of[cell.0 as usize];
+        if *slot == usize::MAX {
+            sources.push(source(cell.0));
+            used.push(cell.0);
+            *slot = sources.len() - 1;
+        }
+        indices.push((*slot, cell.1 as usize));
+    }
+    for b in used {
+        slot_of[b as usize] = usize::MAX;
+    }
+    if sources.len() == 1 {
+        return Ok(new_null_array(data_type, indices.len()));
+    }
+    let refs: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
+    arrow::compute::interleave(&refs, &indices)
 }
 
 #[cfg(test)]
@@ -215,5 +453,53 @@ mod tests {
             .downcast_ref::<TimestampNanosecondArray>()
             .unwrap();
         assert_eq!(t.values().to_vec(), vec![1, 9, 2]);
+    }
+
+    /// Batches that each carry some of the fields give, chunk by chunk and
+    /// at any chunk size, exactly what their widened, dense merge gives.
+    #[test]
+    fn sparse_batches_merge_like_their_dense_form_at_any_chunk_size() {
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut batches = vec![];
+        for _ in 0..30 {
+            let rows: Vec<(&str, Option<f64>, Option<i64>, i64)> = (0..1 + next(8))
+                .map(|_| {
+                    let host = ["x", "y", "z"][next(3) as usize];
+                    let a = (next(3) > 0).then(|| next(100) as f64);
+                    let b = (next(3) > 0).then(|| next(100) as i64);
+                    (host, a, b, next(10) as i64)
+                })
+                .collect();
+            let full = batch(&rows);
+            batches.push(match next(3) {
+                0 => full.project(&[0, 1, 3]).unwrap(),
+                1 => full.project(&[0, 2, 3]).unwrap(),
+                _ => full,
+            });
+        }
+        let schema = schema();
+        let widened: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| adapt_batch(b, &schema).unwrap())
+            .collect();
+        let refs: Vec<&RecordBatch> = widened.iter().collect();
+        let want = dedup_dense(&refs, &schema).unwrap();
+        for max_cells in [1, 4, 9, 40, usize::MAX] {
+            let mut got = vec![];
+            dedup_sorted_chunks(&batches, &schema, max_cells, |b| {
+                assert!(b.num_rows() * b.num_columns() <= max_cells.max(4));
+                got.push(b);
+                Ok(())
+            })
+            .unwrap();
+            let got = concat_batches(&schema, &got).unwrap();
+            assert_eq!(got, want, "max_cells {max_cells}");
+        }
     }
 }

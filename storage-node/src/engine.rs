@@ -445,7 +445,21 @@ impl Engine {
                 .collect()
         };
         for (key, generation, batches) in work {
-            let merged = merged_schema(&batches).and_then(|schema| dedup_sorted(&batches, &schema));
+            let schema = match merged_schema(&batches) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(table = %key.table, shard = key.shard_id, error = %e, "cannot settle a memtable");
+                    continue;
+                }
+            };
+            // Sparse batches of a wide table would be widened to every
+            // column: leave them as they are, scans merge what they read.
+            let cells: usize = batches.iter().map(|b| b.num_rows() * b.num_columns()).sum();
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            if rows * schema.fields().len() > 2 * cells + 4096 {
+                continue;
+            }
+            let merged = dedup_sorted(&batches, &schema);
             let merged = match merged {
                 Ok(m) => m,
                 Err(e) => {

@@ -16,7 +16,7 @@ use snafu::{ResultExt, Snafu};
 use strata_catalog::fsutil::sync_dir;
 use strata_catalog::model::TIME_COLUMN;
 
-use crate::dedup::dedup_sorted;
+use crate::dedup::dedup_sorted_chunks;
 
 #[derive(Debug, Snafu)]
 pub enum FlushError {
@@ -110,13 +110,32 @@ pub fn widen_time_range<'a>(
     range
 }
 
+/// Rows × columns of one batch handed to the Parquet writer by a flush:
+/// a table with thousands of sparse columns is written a few hundred rows
+/// at a time instead of widened whole.
+pub const FLUSH_BATCH_CELLS: usize = 1 << 20;
+
+/// A row group is closed once its encoded, buffered size passes this, so
+/// that the writer's buffers stay bounded for wide tables too.
+const MAX_ROW_GROUP_BYTES: usize = 64 << 20;
+
 /// Writes memtable batches as one Parquet file, deduplicated and sorted.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<Written, FlushError> {
     let schema = merged_schema(batches).context(ArrowSnafu { path })?;
+    let mut sink = ParquetSink::create(path, schema.clone())?;
     // One row per primary key in every file: scans rely on it.
-    let sorted = dedup_sorted(batches, &schema).context(ArrowSnafu { path })?;
-    let mut sink = ParquetSink::create(path, schema)?;
-    sink.write(&sorted)?;
+    let mut failed = None;
+    dedup_sorted_chunks(batches, &schema, FLUSH_BATCH_CELLS, |b| {
+        sink.write(&b).map_err(|e| {
+            let message = e.to_string();
+            failed = Some(e);
+            arrow::error::ArrowError::ExternalError(message.into())
+        })
+    })
+    .or_else(|e| match failed.take() {
+        Some(write_error) => Err(write_error),
+        None => Err(e).context(ArrowSnafu { path }),
+    })?;
     sink.finish()
 }
 
@@ -156,7 +175,11 @@ impl ParquetSink {
         let path = &self.path;
         self.time = widen_time_range(self.time, [batch]);
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).context(ParquetSnafu { path })
+        self.writer.write(batch).context(ParquetSnafu { path })?;
+        if self.writer.in_progress_size() > MAX_ROW_GROUP_BYTES {
+            self.writer.flush().context(ParquetSnafu { path })?;
+        }
+        Ok(())
     }
 
     /// Closes the file and makes it and its directory entry durable.

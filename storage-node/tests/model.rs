@@ -65,8 +65,13 @@ type Model = BTreeMap<(String, i64), Point>;
 /// The model's version of a filter.
 type Keep = Box<dyn Fn(&(String, i64), &Point) -> bool>;
 
+/// A batch of random rows. Some batches carry only one of the two fields
+/// (the column is absent, as the write path sends sparse rows), so that
+/// flushes and merges meet batches of differing columns.
 fn random_batch(rng: &mut Rng, model: &mut Model) -> RecordBatch {
     let n = 1 + rng.below(20) as usize;
+    // 0: only `a`, 1: only `b`, otherwise both.
+    let shape = rng.below(4);
     let mut host = StringDictionaryBuilder::<Int32Type>::new();
     let (mut a, mut b, mut t) = (vec![], vec![], vec![]);
     for _ in 0..n {
@@ -74,10 +79,11 @@ fn random_batch(rng: &mut Rng, model: &mut Model) -> RecordBatch {
         let time = rng.below(50) as i64; // few times: many duplicates, any order
         let va = (!rng.chance(30)).then(|| rng.below(100) as f64);
         let vb = (!rng.chance(50)).then(|| rng.below(100) as f64);
-        let (va, vb) = if va.is_none() && vb.is_none() {
-            (Some(0.0), None)
-        } else {
-            (va, vb)
+        let (va, vb) = match shape {
+            0 => (va.or(Some(1.0)), None),
+            1 => (None, vb.or(Some(2.0))),
+            _ if va.is_none() && vb.is_none() => (Some(0.0), None),
+            _ => (va, vb),
         };
         host.append_value(h);
         a.push(va);
@@ -91,7 +97,7 @@ fn random_batch(rng: &mut Rng, model: &mut Model) -> RecordBatch {
             e.1 = vb;
         }
     }
-    RecordBatch::try_new(
+    let batch = RecordBatch::try_new(
         schema(),
         vec![
             Arc::new(host.finish()),
@@ -100,7 +106,12 @@ fn random_batch(rng: &mut Rng, model: &mut Model) -> RecordBatch {
             Arc::new(TimestampNanosecondArray::from(t)),
         ],
     )
-    .unwrap()
+    .unwrap();
+    match shape {
+        0 => batch.project(&[0, 1, 3]).unwrap(),
+        1 => batch.project(&[0, 2, 3]).unwrap(),
+        _ => batch,
+    }
 }
 
 /// A random delete, applied to the model: a time range and maybe a host
