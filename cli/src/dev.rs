@@ -19,6 +19,8 @@ pub struct DevConfig {
     pub storage_nodes: u32,
     /// Flush a storage node's memtables at this many rows.
     pub flush_rows: Option<usize>,
+    /// The coordinator's memory budget for in-flight writes.
+    pub write_memory_limit_bytes: usize,
 }
 
 impl DevConfig {
@@ -30,6 +32,7 @@ impl DevConfig {
             catalog_addr: "127.0.0.1:0".into(),
             storage_nodes: 3,
             flush_rows: None,
+            write_memory_limit_bytes: strata_coordinator::http::DEFAULT_WRITE_MEMORY_BYTES,
         }
     }
 
@@ -105,6 +108,7 @@ impl DevCluster {
             http_listen: config.http_addr.clone(),
             flight_listen: config.flight_addr.clone(),
             catalog_addr,
+            write_memory_limit_bytes: config.write_memory_limit_bytes,
         })
         .await
         .context(CoordinatorSnafu)?;

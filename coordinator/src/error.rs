@@ -50,6 +50,32 @@ pub enum Error {
         addr: String,
         source: std::io::Error,
     },
+
+    #[snafu(display("cannot start the query runtime: {source}"))]
+    Runtime { source: std::io::Error },
+
+    #[snafu(display(
+        "the request body is larger than {limit_bytes} bytes (after decompression); split it \
+         into smaller writes"
+    ))]
+    BodyTooLarge { limit_bytes: usize },
+
+    #[snafu(display(
+        "Content-Encoding '{encoding}' is not supported; send gzip, deflate or an uncompressed body"
+    ))]
+    UnsupportedEncoding { encoding: String },
+
+    #[snafu(display(
+        "the coordinator is at its memory budget for in-flight {what}s ({limit_bytes} bytes); \
+         retry shortly"
+    ))]
+    Overloaded {
+        what: &'static str,
+        limit_bytes: usize,
+    },
+
+    #[snafu(display("{message}"))]
+    TableNotFound { message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -62,7 +88,10 @@ impl Error {
                 strata_catalog::Error::Rejected { .. } => S::BAD_REQUEST,
                 _ => S::SERVICE_UNAVAILABLE,
             },
-            Error::DatabaseNotFound { .. } => S::NOT_FOUND,
+            Error::DatabaseNotFound { .. } | Error::TableNotFound { .. } => S::NOT_FOUND,
+            Error::BodyTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedEncoding { .. } => S::UNSUPPORTED_MEDIA_TYPE,
+            Error::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
             Error::Consistency { .. } | Error::DeleteIncomplete { .. } => S::SERVICE_UNAVAILABLE,
             Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {
                 S::BAD_REQUEST
@@ -72,7 +101,9 @@ impl Error {
                 tonic::Code::Unavailable => S::SERVICE_UNAVAILABLE,
                 _ => S::INTERNAL_SERVER_ERROR,
             },
-            Error::Bind { .. } | Error::Arrow { .. } => S::INTERNAL_SERVER_ERROR,
+            Error::Bind { .. } | Error::Arrow { .. } | Error::Runtime { .. } => {
+                S::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -83,13 +114,19 @@ impl Error {
                 strata_catalog::Error::Rejected { .. } => tonic::Code::InvalidArgument,
                 _ => tonic::Code::Unavailable,
             },
-            Error::DatabaseNotFound { .. } => tonic::Code::NotFound,
+            Error::DatabaseNotFound { .. } | Error::TableNotFound { .. } => tonic::Code::NotFound,
+            Error::BodyTooLarge { .. } | Error::UnsupportedEncoding { .. } => {
+                tonic::Code::InvalidArgument
+            }
+            Error::Overloaded { .. } => tonic::Code::ResourceExhausted,
             Error::Consistency { .. } | Error::DeleteIncomplete { .. } => tonic::Code::Unavailable,
             Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {
                 tonic::Code::InvalidArgument
             }
             Error::Query { source } => query_code(source),
-            Error::Bind { .. } | Error::Arrow { .. } => tonic::Code::Internal,
+            Error::Bind { .. } | Error::Arrow { .. } | Error::Runtime { .. } => {
+                tonic::Code::Internal
+            }
         };
         tonic::Status::new(code, self.to_string())
     }

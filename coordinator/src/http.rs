@@ -5,7 +5,9 @@
 use std::io::Read;
 
 use arrow::array::RecordBatch;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
+use futures::StreamExt;
+use snafu::ResultExt;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,15 +19,75 @@ use serde_json::json;
 use crate::error::Error;
 use crate::query::ddl::{self, OwnStatement};
 use crate::query::QueryEngine;
-use crate::write_router::{Consistency, Precision, WriteRouter};
+use crate::write_router::{Consistency, Precision, WriteOutcome, WriteRouter};
 
 /// Largest request body accepted (after decompression for gzip).
 pub const MAX_BODY_BYTES: usize = 256 << 20;
+
+/// Memory that in-flight writes may hold by default (see [`WriteBudget`]).
+pub const DEFAULT_WRITE_MEMORY_BYTES: usize = 1 << 30;
+
+/// Line protocol is parsed and routed this many bytes at a time (cut at a
+/// line end), so a large body's parsed form never exists whole.
+const WRITE_CHUNK_BYTES: usize = 8 << 20;
+
+/// Parsed rows and their Arrow batches take about this many times the
+/// bytes of the text they come from.
+const PARSED_OVERHEAD: usize = 4;
+
+/// Rows `format=pretty` renders; larger results should use csv or jsonl,
+/// which stream.
+pub const MAX_PRETTY_ROWS: usize = 10_000;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub writer: WriteRouter,
     pub engine: QueryEngine,
+    pub write_budget: WriteBudget,
+}
+
+/// Admission control for writes: the bytes that in-flight write requests
+/// hold (their body, its decompressed text, the parsed rows) are reserved
+/// here before they are allocated. A request that would pass the budget is
+/// answered 503 with `Retry-After` at once, before it decodes more.
+#[derive(Clone)]
+pub struct WriteBudget {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    limit_bytes: usize,
+}
+
+/// One permit is this many bytes.
+const PERMIT_BYTES: usize = 1024;
+
+impl WriteBudget {
+    pub fn new(limit_bytes: usize) -> Self {
+        let permits = (limit_bytes / PERMIT_BYTES).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Self {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
+            limit_bytes,
+        }
+    }
+
+    /// Grows `held` by `bytes`, or refuses without waiting.
+    fn reserve(&self, held: &mut Option<tokio::sync::OwnedSemaphorePermit>, bytes: usize) -> Result<(), Error> {
+        let n = bytes.div_ceil(PERMIT_BYTES) as u32;
+        if n == 0 {
+            return Ok(());
+        }
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| Error::Overloaded {
+                what: "write",
+                limit_bytes: self.limit_bytes,
+            })?;
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
+    }
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -62,6 +124,7 @@ fn code_name(status: StatusCode) -> &'static str {
         401 => "unauthorized",
         404 => "not found",
         413 => "request too large",
+        415 => "unsupported media type",
         503 => "unavailable",
         _ => "internal error",
     }
@@ -139,7 +202,7 @@ async fn write_v1(
     State(state): State<HttpState>,
     Query(p): Query<V1WriteParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     write(&state, p.db, p.precision, p.consistency, &headers, body).await
 }
@@ -148,7 +211,7 @@ async fn write_v2(
     State(state): State<HttpState>,
     Query(p): Query<V2WriteParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     // A v2 bucket may be "database/retention_policy"; the database is first.
     let db = p
@@ -163,7 +226,7 @@ async fn write(
     precision: Option<String>,
     consistency: Option<String>,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     match write_inner(state, db, precision, consistency, headers, body).await {
         Ok(resp) => resp,
@@ -177,7 +240,7 @@ async fn write_inner(
     precision: Option<String>,
     consistency: Option<String>,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Error> {
     let db = db.filter(|d| !d.is_empty()).ok_or(Error::BadParameter {
         name: "db",
@@ -199,18 +262,37 @@ async fn write_inner(
             reason: format!("'{c}' is not one of any, one, quorum, all"),
         })?,
     };
-    let body = decode_body(headers, body)?;
+    let encoding = Encoding::of(headers)?;
+    let mut held = None;
+    let raw = read_body(headers, body, &state.write_budget, &mut held).await?;
+    let body = decode_body(encoding, raw, &state.write_budget, &mut held)?;
     let text = std::str::from_utf8(&body).map_err(|e| Error::BadBody {
         what: "UTF-8",
         reason: e.to_string(),
     })?;
+    state
+        .write_budget
+        .reserve(&mut held, PARSED_OVERHEAD * text.len().min(WRITE_CHUNK_BYTES))?;
     let now_ns = chrono::Utc::now()
         .timestamp_nanos_opt()
         .expect("the clock is within the nanosecond range");
-    let outcome = state
-        .writer
-        .write(&db, text, precision, consistency, now_ns)
-        .await?;
+    let mut outcome = WriteOutcome::default();
+    let mut first_line = 0;
+    for chunk in line_chunks(text, WRITE_CHUNK_BYTES) {
+        let part = state
+            .writer
+            .write(&db, chunk, precision, consistency, now_ns)
+            .await?;
+        outcome.lines_written += part.lines_written;
+        outcome
+            .errors
+            .extend(part.errors.into_iter().map(|mut e| {
+                e.line_number += first_line;
+                e
+            }));
+        first_line += chunk.bytes().filter(|b| *b == b'\n').count();
+    }
+    drop(held);
     if outcome.errors.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -239,29 +321,143 @@ async fn write_inner(
         .into_response())
 }
 
-fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, Error> {
-    let gzip = headers
-        .get(http::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    if !gzip {
-        return Ok(body);
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    /// HTTP's "deflate" is zlib-wrapped deflate.
+    Deflate,
+}
+
+impl Encoding {
+    fn of(headers: &HeaderMap) -> Result<Self, Error> {
+        let Some(v) = headers.get(http::header::CONTENT_ENCODING) else {
+            return Ok(Self::Identity);
+        };
+        let v = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        match v.as_str() {
+            "" | "identity" => Ok(Self::Identity),
+            "gzip" | "x-gzip" => Ok(Self::Gzip),
+            "deflate" => Ok(Self::Deflate),
+            other => Err(Error::UnsupportedEncoding {
+                encoding: other.to_string(),
+            }),
+        }
     }
-    let mut out = Vec::with_capacity(body.len() * 4);
-    flate2::read::GzDecoder::new(&body[..])
-        .take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::BadBody {
-            what: "gzip",
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`], reserving its bytes in the
+/// budget as they arrive; a `Content-Length` over the limit is refused
+/// before anything is read.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    budget: &WriteBudget,
+    held: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Bytes, Error> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(Error::BodyTooLarge {
+            limit_bytes: MAX_BODY_BYTES,
+        });
+    }
+    if let Some(n) = declared {
+        budget.reserve(held, n as usize)?;
+    }
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::BadBody {
+            what: "request body",
             reason: e.to_string(),
         })?;
+        if out.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(Error::BodyTooLarge {
+                limit_bytes: MAX_BODY_BYTES,
+            });
+        }
+        if declared.is_none_or(|n| (out.len() + chunk.len()) as u64 > n) {
+            budget.reserve(held, chunk.len())?;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.into())
+}
+
+/// Decompresses a body a block at a time, reserving each block in the
+/// budget first, up to [`MAX_BODY_BYTES`] of text.
+fn decode_body(
+    encoding: Encoding,
+    body: Bytes,
+    budget: &WriteBudget,
+    held: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Bytes, Error> {
+    let (what, mut reader): (&'static str, Box<dyn Read + '_>) = match encoding {
+        Encoding::Identity => return Ok(body),
+        Encoding::Gzip => ("gzip", Box::new(flate2::read::MultiGzDecoder::new(&body[..]))),
+        Encoding::Deflate => ("deflate", Box::new(flate2::read::ZlibDecoder::new(&body[..]))),
+    };
+    const BLOCK: usize = 1 << 20;
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        if out.len() >= MAX_BODY_BYTES + 1 {
+            return Err(Error::BodyTooLarge {
+                limit_bytes: MAX_BODY_BYTES,
+            });
+        }
+        budget.reserve(held, BLOCK)?;
+        let start = out.len();
+        out.resize(start + BLOCK, 0);
+        let mut filled = start;
+        while filled < out.len() {
+            match reader.read(&mut out[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::BadBody {
+                        what,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        out.truncate(filled);
+        if filled < start + BLOCK {
+            break;
+        }
+    }
     if out.len() > MAX_BODY_BYTES {
-        return Err(Error::BadBody {
-            what: "gzip",
-            reason: format!("decompressed body exceeds {MAX_BODY_BYTES} bytes"),
+        return Err(Error::BodyTooLarge {
+            limit_bytes: MAX_BODY_BYTES,
         });
     }
     Ok(out.into())
+}
+
+/// Cuts `text` into pieces of about `size` bytes that end at a line end.
+fn line_chunks(text: &str, size: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = if rest.len() <= size {
+            rest.len()
+        } else {
+            rest.as_bytes()[size..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(rest.len(), |p| size + p + 1)
+        };
+        let (piece, more) = rest.split_at(cut);
+        rest = more;
+        Some(piece)
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,55 +501,176 @@ async fn query_sql(state: &HttpState, p: SqlParams) -> Response {
             reason: "give the SQL to run as ?q=".into(),
         });
     };
-    let batches = match state.engine.query(&q, p.db.as_deref()).await {
-        Ok(b) => b,
+    let format = match ResultFormat::parse(p.format.as_deref().unwrap_or("json")) {
+        Ok(f) => f,
         Err(e) => return error_response(e),
     };
-    match format_batches(&batches, p.format.as_deref().unwrap_or("json")) {
-        Ok((content_type, body)) => {
-            ([(http::header::CONTENT_TYPE, content_type)], body).into_response()
-        }
+    match query_response(state, &q, p.db.as_deref(), format).await {
+        Ok(r) => r,
         Err(e) => error_response(e),
     }
 }
 
-fn format_batches(batches: &[RecordBatch], format: &str) -> Result<(&'static str, Vec<u8>), Error> {
-    let arrow_err = |source| Error::Arrow { source };
-    let refs: Vec<&RecordBatch> = batches.iter().collect();
-    match format {
-        "json" => {
-            let mut w = arrow::json::ArrayWriter::new(Vec::new());
-            w.write_batches(&refs).map_err(arrow_err)?;
-            w.finish().map_err(arrow_err)?;
-            let mut out = w.into_inner();
-            if out.is_empty() {
-                out = b"[]".to_vec();
+/// How `/api/v3/query_sql` writes a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResultFormat {
+    Json,
+    JsonLines,
+    Csv,
+    Pretty,
+}
+
+impl ResultFormat {
+    fn parse(s: &str) -> Result<Self, Error> {
+        match s {
+            "json" => Ok(Self::Json),
+            "jsonl" => Ok(Self::JsonLines),
+            "csv" => Ok(Self::Csv),
+            "pretty" => Ok(Self::Pretty),
+            other => Err(Error::BadParameter {
+                name: "format",
+                reason: format!("'{other}' is not one of json, jsonl, csv, pretty"),
+            }),
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Json => "application/json",
+            Self::JsonLines => "application/jsonl",
+            Self::Csv => "text/csv",
+            Self::Pretty => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+/// Runs a query and streams its result batch by batch (json, jsonl, csv),
+/// so memory stays at about one batch whatever the result's size. The
+/// first batch is awaited before the answer starts, so that an error in
+/// planning or at the start of execution gets its status code; a failure
+/// later cuts the body short. `pretty` renders at most
+/// [`MAX_PRETTY_ROWS`] rows and refuses a larger result.
+async fn query_response(
+    state: &HttpState,
+    q: &str,
+    db: Option<&str>,
+    format: ResultFormat,
+) -> Result<Response, Error> {
+    let query_id = uuid::Uuid::new_v4().to_string();
+    let planned = state.engine.plan(q, db, &query_id).await?;
+    let mut stream = state.engine.execute(planned).await?;
+    let content_type = [(http::header::CONTENT_TYPE, format.content_type())];
+    if format == ResultFormat::Pretty {
+        let mut batches = vec![];
+        let mut rows = 0;
+        while let Some(b) = stream.next().await {
+            let b = b.context(crate::error::QuerySnafu)?;
+            rows += b.num_rows();
+            if rows > MAX_PRETTY_ROWS {
+                return Err(Error::BadParameter {
+                    name: "format",
+                    reason: format!(
+                        "the result has more than {MAX_PRETTY_ROWS} rows, too many for \
+                         format=pretty; use format=csv or format=jsonl, which stream"
+                    ),
+                });
             }
-            Ok(("application/json", out))
+            batches.push(b);
         }
-        "jsonl" => {
-            let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
-            w.write_batches(&refs).map_err(arrow_err)?;
-            w.finish().map_err(arrow_err)?;
-            Ok(("application/jsonl", w.into_inner()))
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .map_err(|source| Error::Arrow { source })?;
+        return Ok((content_type, format!("{text}\n")).into_response());
+    }
+    let first = match stream.next().await {
+        Some(b) => Some(b.context(crate::error::QuerySnafu)?),
+        None => None,
+    };
+    let mut encoder = ResultEncoder::new(format);
+    let head = match &first {
+        Some(b) => encoder.batch(b)?,
+        None => vec![],
+    };
+    let body = futures::stream::once(futures::future::ready(Ok::<_, Error>(head)))
+        .chain(futures::stream::unfold(
+            (stream, encoder, false),
+            |(mut stream, mut encoder, done)| async move {
+                if done {
+                    return None;
+                }
+                match stream.next().await {
+                    Some(Ok(b)) => {
+                        let bytes = encoder.batch(&b);
+                        Some((bytes, (stream, encoder, false)))
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "query failed while its result was sent");
+                        Some((Err(Error::Query { source: e }), (stream, encoder, true)))
+                    }
+                    None => Some((Ok(encoder.finish()), (stream, encoder, true))),
+                }
+            },
+        ))
+        .map(|r| r.map(Bytes::from).map_err(|e| std::io::Error::other(e.to_string())));
+    Ok((content_type, Body::from_stream(body)).into_response())
+}
+
+/// Turns batches into the bytes of one result format, one batch at a time.
+struct ResultEncoder {
+    format: ResultFormat,
+    /// Whether something was written (a header for csv, a row for json).
+    started: bool,
+}
+
+impl ResultEncoder {
+    fn new(format: ResultFormat) -> Self {
+        Self {
+            format,
+            started: false,
         }
-        "csv" => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(Vec::new());
-            for b in batches {
+    }
+
+    fn batch(&mut self, b: &RecordBatch) -> Result<Vec<u8>, Error> {
+        let arrow_err = |source| Error::Arrow { source };
+        match self.format {
+            ResultFormat::JsonLines => {
+                let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
                 w.write(b).map_err(arrow_err)?;
+                w.finish().map_err(arrow_err)?;
+                Ok(w.into_inner())
             }
-            Ok(("text/csv", w.into_inner()))
+            ResultFormat::Json => {
+                // One JSON object per line, never a raw newline inside one:
+                // the lines joined by commas are the array's elements.
+                let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+                w.write(b).map_err(arrow_err)?;
+                w.finish().map_err(arrow_err)?;
+                let lines = w.into_inner();
+                let mut out = Vec::with_capacity(lines.len() + 1);
+                for line in lines.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
+                    out.push(if self.started { b',' } else { b'[' });
+                    self.started = true;
+                    out.extend_from_slice(line);
+                }
+                Ok(out)
+            }
+            ResultFormat::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(!self.started)
+                    .build(Vec::new());
+                w.write(b).map_err(arrow_err)?;
+                self.started = true;
+                Ok(w.into_inner())
+            }
+            ResultFormat::Pretty => unreachable!("pretty is rendered whole"),
         }
-        "pretty" => {
-            let s = arrow::util::pretty::pretty_format_batches(batches).map_err(arrow_err)?;
-            Ok(("text/plain; charset=utf-8", format!("{s}\n").into_bytes()))
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        match self.format {
+            ResultFormat::Json if self.started => b"]".to_vec(),
+            ResultFormat::Json => b"[]".to_vec(),
+            _ => vec![],
         }
-        other => Err(Error::BadParameter {
-            name: "format",
-            reason: format!("'{other}' is not one of json, jsonl, csv, pretty"),
-        }),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod dist_plan;
 pub mod error;
+pub mod executor;
 pub mod flight_sql;
 pub mod http;
 pub mod line_protocol;

@@ -12,10 +12,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::error::{BindSnafu, CatalogSnafu, Result};
+use crate::error::{BindSnafu, CatalogSnafu, Result, RuntimeSnafu};
 use crate::flight_sql::StrataFlightSql;
-use crate::http::{router, HttpState};
+use crate::http::{router, HttpState, WriteBudget};
 use crate::node_clients::{NodeClients, MAX_MESSAGE_BYTES};
+use crate::executor::QueryExecutor;
 use crate::query::QueryEngine;
 use crate::write_router::WriteRouter;
 
@@ -24,6 +25,9 @@ pub struct CoordinatorConfig {
     pub http_listen: String,
     pub flight_listen: String,
     pub catalog_addr: String,
+    /// Memory in-flight write requests may hold (bodies, decoded text,
+    /// parsed rows); past it writes get 503 with `Retry-After`.
+    pub write_memory_limit_bytes: usize,
 }
 
 pub struct Coordinator {
@@ -39,7 +43,8 @@ impl Coordinator {
             .await
             .context(CatalogSnafu)?;
         let nodes = NodeClients::default();
-        let engine = QueryEngine::new(catalog.clone(), nodes.clone());
+        let executor = QueryExecutor::with_default_threads().context(RuntimeSnafu)?;
+        let engine = QueryEngine::new(catalog.clone(), nodes.clone(), executor);
         let writer = WriteRouter::new(catalog, nodes);
 
         let http_listener = TcpListener::bind(&config.http_listen)
@@ -66,6 +71,7 @@ impl Coordinator {
         let app = router(HttpState {
             writer,
             engine: engine.clone(),
+            write_budget: WriteBudget::new(config.write_memory_limit_bytes),
         });
         let mut http_rx = rx.clone();
         tasks.push(tokio::spawn(async move {

@@ -182,8 +182,13 @@ impl TableProvider for StrataTable {
         let filter_bytes = filters
             .iter()
             .filter_map(|f| {
+                // Filters are applied here again (they are inexact), so one
+                // that is too deep for a node to decode, or that cannot be
+                // serialized, is only applied here.
+                if expr_depth(f) > MAX_PUSHED_FILTER_DEPTH {
+                    return None;
+                }
                 let e = unqualified(f).ok()?;
-                // A filter that cannot be serialized is only applied here.
                 e.to_bytes().ok().map(|b| b.to_vec())
             })
             .collect();
@@ -211,4 +216,34 @@ impl TableProvider for StrataTable {
             self.inner.nodes.clone(),
         )))
     }
+}
+
+/// Deepest filter sent to storage nodes: protobuf decoding refuses
+/// messages nested deeper than 100 levels, and an expression level takes
+/// more than one.
+const MAX_PUSHED_FILTER_DEPTH: usize = 32;
+
+/// How deep an expression tree is (a leaf is 1).
+fn expr_depth(e: &Expr) -> usize {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion, TreeNodeVisitor};
+    #[derive(Default)]
+    struct Depth {
+        now: usize,
+        deepest: usize,
+    }
+    impl<'n> TreeNodeVisitor<'n> for Depth {
+        type Node = Expr;
+        fn f_down(&mut self, _: &'n Expr) -> Result<TreeNodeRecursion> {
+            self.now += 1;
+            self.deepest = self.deepest.max(self.now);
+            Ok(TreeNodeRecursion::Continue)
+        }
+        fn f_up(&mut self, _: &'n Expr) -> Result<TreeNodeRecursion> {
+            self.now -= 1;
+            Ok(TreeNodeRecursion::Continue)
+        }
+    }
+    let mut v = Depth::default();
+    let _ = e.visit(&mut v);
+    v.deepest
 }

@@ -5,6 +5,7 @@
 pub mod catalog_provider;
 pub mod ddl;
 pub mod delete;
+pub mod limits;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use snafu::ResultExt;
 use strata_catalog::{CatalogClient, Command};
 
 use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
+use crate::executor::QueryExecutor;
 use crate::node_clients::NodeClients;
 use catalog_provider::{StrataCatalog, CATALOG_NAME};
 use ddl::{format_duration, OwnStatement};
@@ -28,6 +30,8 @@ pub const DEFAULT_SCHEMA: &str = "public";
 pub struct QueryEngine {
     catalog: CatalogClient,
     nodes: NodeClients,
+    /// Where parsing, planning and execution run.
+    executor: QueryExecutor,
 }
 
 /// A statement planned far enough to know its result schema.
@@ -56,8 +60,12 @@ impl Planned {
 }
 
 impl QueryEngine {
-    pub fn new(catalog: CatalogClient, nodes: NodeClients) -> Self {
-        Self { catalog, nodes }
+    pub fn new(catalog: CatalogClient, nodes: NodeClients, executor: QueryExecutor) -> Self {
+        Self {
+            catalog,
+            nodes,
+            executor,
+        }
     }
 
     pub fn catalog(&self) -> &CatalogClient {
@@ -83,8 +91,27 @@ impl QueryEngine {
         ctx
     }
 
-    /// Parses and plans `sql`.
+    /// Parses and plans `sql` on a query thread, once its size is checked.
     pub async fn plan(&self, sql: &str, database: Option<&str>, query_id: &str) -> Result<Planned> {
+        limits::check_sql(sql).map_err(|reason| Error::BadStatement { reason })?;
+        let this = self.clone();
+        let (sql, database, query_id) = (
+            sql.to_string(),
+            database.map(str::to_string),
+            query_id.to_string(),
+        );
+        self.executor
+            .run(async move { this.plan_here(&sql, database.as_deref(), &query_id).await })
+            .await
+            .context(QuerySnafu)?
+    }
+
+    async fn plan_here(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        query_id: &str,
+    ) -> Result<Planned> {
         if let Some(own) = ddl::parse(sql).map_err(|reason| Error::BadStatement { reason })? {
             return Ok(Planned::Own(own));
         }
@@ -92,6 +119,13 @@ impl QueryEngine {
             let d = delete::parse(sql, database, &self.catalog.state())
                 .map_err(|reason| Error::BadStatement { reason })?;
             return Ok(Planned::Own(OwnStatement::Delete(d)));
+        }
+        if let Some(db) = database {
+            if !self.catalog.state().databases.contains_key(db) {
+                return Err(Error::DatabaseNotFound {
+                    database: db.to_string(),
+                });
+            }
         }
         let ctx = self.session(database, query_id);
         let options = SQLOptions::new()
@@ -101,16 +135,19 @@ impl QueryEngine {
         let df = ctx
             .sql_with_options(sql, options)
             .await
-            .map_err(|e| Error::Query {
-                source: explain_missing_database(e, database),
-            })?;
+            .map_err(|e| not_found(explain_missing_database(e, database)))?;
         Ok(Planned::Sql(Box::new(df)))
     }
 
-    /// Runs a planned statement.
+    /// Runs a planned statement; SQL runs on the query threads.
     pub async fn execute(&self, planned: Planned) -> Result<SendableRecordBatchStream> {
         match planned {
-            Planned::Sql(df) => df.execute_stream().await.context(QuerySnafu),
+            Planned::Sql(df) => {
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                Ok(self
+                    .executor
+                    .run_stream(schema, async move { df.execute_stream().await }))
+            }
             Planned::Own(own) => {
                 let schema = Planned::Own(own.clone()).schema();
                 let batches = self.run_own(own, schema.clone()).await?;
@@ -199,6 +236,16 @@ impl QueryEngine {
                 options,
                 if_not_exists,
             } => {
+                let nodes = self.catalog.state().nodes.len();
+                if options.replication_factor as usize > nodes {
+                    return Err(Error::BadStatement {
+                        reason: format!(
+                            "REPLICATION {} is more than the {nodes} storage node(s) of this \
+                             cluster: each replica of a shard needs a node of its own",
+                            options.replication_factor
+                        ),
+                    });
+                }
                 self.catalog
                     .execute(Command::CreateDatabase {
                         name,
@@ -245,6 +292,18 @@ impl QueryEngine {
             }
         }
     }
+}
+
+/// An unknown table is NOT_FOUND (404), not a bad statement.
+fn not_found(e: datafusion::error::DataFusionError) -> Error {
+    let msg = e.message().to_string();
+    let table_missing = matches!(e.find_root(), datafusion::error::DataFusionError::Plan(_))
+        && msg.contains("table '")
+        && msg.contains("not found");
+    if table_missing {
+        return Error::TableNotFound { message: msg };
+    }
+    Error::Query { source: e }
 }
 
 /// DataFusion reports an unknown table; when the cause is an unknown or

@@ -1,0 +1,114 @@
+//! Bounds on the size of a SQL statement, checked before it is parsed.
+//!
+//! Parsing, planning and evaluating an expression recurse once per level
+//! of its tree, and a left-deep chain such as `1+1+…+1` or `a OR b OR …`
+//! is as deep as it has operators. Parentheses and function calls are
+//! bounded by the parser's recursion limit; operator chains are not, so
+//! their length is bounded here, by counting operator tokens (the
+//! tokenizer does not recurse). The query threads' stacks
+//! ([`crate::executor::QUERY_STACK_BYTES`]) hold chains well past this
+//! bound.
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+/// Longest statement accepted, in bytes.
+pub const MAX_SQL_BYTES: usize = 16 << 20;
+
+/// Most operators (`+`, `=`, `AND`, `OR`, …) one statement may hold.
+pub const MAX_OPERATORS: usize = 20_000;
+
+/// Refuses a statement too long or with too many operators, saying which.
+pub fn check_sql(sql: &str) -> Result<(), String> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(format!(
+            "the statement is {} bytes long; statements are limited to {MAX_SQL_BYTES} bytes",
+            sql.len()
+        ));
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| e.to_string())?;
+    let operators = tokens.iter().filter(|t| is_operator(t)).count();
+    if operators > MAX_OPERATORS {
+        return Err(format!(
+            "the statement has {operators} operators; at most {MAX_OPERATORS} are allowed in \
+             one statement (write long OR chains of equalities as IN lists)"
+        ));
+    }
+    Ok(())
+}
+
+fn is_operator(t: &Token) -> bool {
+    match t {
+        Token::Word(w) => matches!(
+            w.keyword,
+            Keyword::AND | Keyword::OR | Keyword::NOT | Keyword::WHEN | Keyword::IS
+        ),
+        Token::DoubleEq
+        | Token::Eq
+        | Token::Neq
+        | Token::Lt
+        | Token::Gt
+        | Token::LtEq
+        | Token::GtEq
+        | Token::Spaceship
+        | Token::Plus
+        | Token::Minus
+        | Token::Mul
+        | Token::Div
+        | Token::DuckIntDiv
+        | Token::Mod
+        | Token::StringConcat
+        | Token::DoubleColon
+        | Token::Ampersand
+        | Token::Pipe
+        | Token::Caret
+        | Token::Tilde
+        | Token::TildeAsterisk
+        | Token::ExclamationMarkTilde
+        | Token::ExclamationMarkTildeAsterisk
+        | Token::DoubleTilde
+        | Token::DoubleTildeAsterisk
+        | Token::ExclamationMarkDoubleTilde
+        | Token::ExclamationMarkDoubleTildeAsterisk
+        | Token::ShiftLeft
+        | Token::ShiftRight
+        | Token::Arrow
+        | Token::LongArrow
+        | Token::HashArrow
+        | Token::RArrow
+        | Token::AtSign
+        | Token::ExclamationMark => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(op: &str, n: usize) -> String {
+        let terms: Vec<&str> = std::iter::repeat_n("1", n).collect();
+        format!("SELECT {}", terms.join(op))
+    }
+
+    #[test]
+    fn long_operator_chains_are_refused_with_the_count() {
+        assert!(check_sql(&chain("+", MAX_OPERATORS + 1)).is_ok());
+        let e = check_sql(&chain("+", MAX_OPERATORS + 2)).unwrap_err();
+        assert!(e.contains(&format!("{} operators", MAX_OPERATORS + 1)), "{e}");
+        let ors: Vec<String> = (0..MAX_OPERATORS + 5).map(|i| format!("h = '{i}'")).collect();
+        let e = check_sql(&format!("SELECT * FROM t WHERE {}", ors.join(" OR "))).unwrap_err();
+        assert!(e.contains("IN lists"), "{e}");
+    }
+
+    #[test]
+    fn long_lists_without_operators_pass_and_huge_text_is_refused() {
+        let values: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+        assert!(check_sql(&format!("SELECT * FROM t WHERE x IN ({})", values.join(","))).is_ok());
+        let e = check_sql(&"x".repeat(MAX_SQL_BYTES + 1)).unwrap_err();
+        assert!(e.contains("bytes"), "{e}");
+    }
+}
