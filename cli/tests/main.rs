@@ -4,6 +4,7 @@
 mod bench;
 mod durability;
 mod end_to_end;
+mod hostile;
 mod line_protocol;
 mod repl;
 mod roles;

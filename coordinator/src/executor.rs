@@ -77,11 +77,16 @@ impl QueryExecutor {
     /// Runs the stream that `start` makes on a query thread and hands its
     /// batches over a small channel. Dropping the returned stream stops the
     /// work at the next batch.
-    pub fn run_stream<F>(&self, schema: arrow::datatypes::SchemaRef, start: F) -> SendableRecordBatchStream
+    pub fn run_stream<F>(
+        &self,
+        schema: arrow::datatypes::SchemaRef,
+        start: F,
+    ) -> SendableRecordBatchStream
     where
         F: Future<Output = Result<SendableRecordBatchStream, DataFusionError>> + Send + 'static,
     {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(STREAM_BUFFER);
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(STREAM_BUFFER);
         let task = self.handle.spawn(async move {
             let mut stream = match start.await {
                 Ok(s) => s,

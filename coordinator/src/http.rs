@@ -6,15 +6,15 @@ use std::io::Read;
 
 use arrow::array::RecordBatch;
 use axum::body::{Body, Bytes};
-use futures::StreamExt;
-use snafu::ResultExt;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use snafu::ResultExt;
 
 use crate::error::Error;
 use crate::query::ddl::{self, OwnStatement};
@@ -69,7 +69,11 @@ impl WriteBudget {
     }
 
     /// Grows `held` by `bytes`, or refuses without waiting.
-    fn reserve(&self, held: &mut Option<tokio::sync::OwnedSemaphorePermit>, bytes: usize) -> Result<(), Error> {
+    fn reserve(
+        &self,
+        held: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+        bytes: usize,
+    ) -> Result<(), Error> {
         let n = bytes.div_ceil(PERMIT_BYTES) as u32;
         if n == 0 {
             return Ok(());
@@ -270,9 +274,10 @@ async fn write_inner(
         what: "UTF-8",
         reason: e.to_string(),
     })?;
-    state
-        .write_budget
-        .reserve(&mut held, PARSED_OVERHEAD * text.len().min(WRITE_CHUNK_BYTES))?;
+    state.write_budget.reserve(
+        &mut held,
+        PARSED_OVERHEAD * text.len().min(WRITE_CHUNK_BYTES),
+    )?;
     let now_ns = chrono::Utc::now()
         .timestamp_nanos_opt()
         .expect("the clock is within the nanosecond range");
@@ -284,12 +289,10 @@ async fn write_inner(
             .write(&db, chunk, precision, consistency, now_ns)
             .await?;
         outcome.lines_written += part.lines_written;
-        outcome
-            .errors
-            .extend(part.errors.into_iter().map(|mut e| {
-                e.line_number += first_line;
-                e
-            }));
+        outcome.errors.extend(part.errors.into_iter().map(|mut e| {
+            e.line_number += first_line;
+            e
+        }));
         first_line += chunk.bytes().filter(|b| *b == b'\n').count();
     }
     drop(held);
@@ -398,8 +401,14 @@ fn decode_body(
 ) -> Result<Bytes, Error> {
     let (what, mut reader): (&'static str, Box<dyn Read + '_>) = match encoding {
         Encoding::Identity => return Ok(body),
-        Encoding::Gzip => ("gzip", Box::new(flate2::read::MultiGzDecoder::new(&body[..]))),
-        Encoding::Deflate => ("deflate", Box::new(flate2::read::ZlibDecoder::new(&body[..]))),
+        Encoding::Gzip => (
+            "gzip",
+            Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        ),
+        Encoding::Deflate => (
+            "deflate",
+            Box::new(flate2::read::ZlibDecoder::new(&body[..])),
+        ),
     };
     const BLOCK: usize = 1 << 20;
     let mut out: Vec<u8> = Vec::new();
@@ -610,7 +619,10 @@ async fn query_response(
                 }
             },
         ))
-        .map(|r| r.map(Bytes::from).map_err(|e| std::io::Error::other(e.to_string())));
+        .map(|r| {
+            r.map(Bytes::from)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
     Ok((content_type, Body::from_stream(body)).into_response())
 }
 

@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::{BindSnafu, CatalogSnafu, Result, RuntimeSnafu};
+use crate::executor::QueryExecutor;
 use crate::flight_sql::StrataFlightSql;
 use crate::http::{router, HttpState, WriteBudget};
 use crate::node_clients::{NodeClients, MAX_MESSAGE_BYTES};
-use crate::executor::QueryExecutor;
 use crate::query::QueryEngine;
 use crate::write_router::WriteRouter;
 

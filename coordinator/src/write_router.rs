@@ -451,10 +451,20 @@ impl WriteRouter {
             table.to_string(),
             shard_id.to_string(),
         ]);
-        let data = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(desc))
-            .with_dictionary_handling(DictionaryHandling::Resend)
-            .build(futures::stream::iter(batches.into_iter().map(Ok)));
+        // Batches may have different columns: each goes with its own schema
+        // message (an encoder keeps the first schema it saw), the first
+        // with the descriptor.
+        let mut desc = Some(desc);
+        let encoders: Vec<_> = batches
+            .into_iter()
+            .map(|b| {
+                FlightDataEncoderBuilder::new()
+                    .with_flight_descriptor(desc.take())
+                    .with_dictionary_handling(DictionaryHandling::Resend)
+                    .build(futures::stream::iter([Ok(b)]))
+            })
+            .collect();
+        let data = futures::stream::iter(encoders).flatten();
         let results = client
             .do_put(data.boxed())
             .await

@@ -284,11 +284,20 @@ impl FlightService for StorageFlightService {
         })?;
         let (db, table, shard_id) = parse_path(&desc)?;
         let data = stream::once(async { Ok(first) }).chain(input.map_err(FlightError::from));
-        let batches: Vec<RecordBatch> =
-            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data)
+        // A write may carry batches of different columns, each after its
+        // own schema message.
+        let decoded: Vec<arrow_flight::decode::DecodedFlightData> =
+            arrow_flight::decode::FlightDataDecoder::new(data)
                 .try_collect()
                 .await
                 .map_err(|e| Status::invalid_argument(format!("bad Arrow data in DoPut: {e}")))?;
+        let batches: Vec<RecordBatch> = decoded
+            .into_iter()
+            .filter_map(|d| match d.payload {
+                arrow_flight::decode::DecodedPayload::RecordBatch(b) => Some(b),
+                _ => None,
+            })
+            .collect();
         self.check_owned(&[shard_id], catalog_version).await?;
         self.check_batches(&db, &table, &batches, catalog_version)
             .await

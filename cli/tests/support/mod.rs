@@ -18,10 +18,15 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A cluster whose configuration `adjust` changed first.
+    pub async fn start_with(adjust: impl FnOnce(&mut DevConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cluster = DevCluster::start(DevConfig::ephemeral(dir.path()))
-            .await
-            .expect("dev cluster starts");
+        let mut config = DevConfig::ephemeral(dir.path());
+        adjust(&mut config);
+        let cluster = DevCluster::start(config).await.expect("dev cluster starts");
         Self {
             dir,
             cluster: Some(cluster),

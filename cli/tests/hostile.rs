@@ -1,0 +1,427 @@
+//! Hostile clients: each input that once crashed, wedged or blew up a
+//! node, sent as a real request to a real cluster. Every case checks the
+//! exact answer, then that the cluster still takes a normal write and
+//! query and that acknowledged data is intact.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow::datatypes::{Field, Schema};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::{FlightClient, FlightDescriptor, Ticket};
+use futures::TryStreamExt;
+use prost::Message;
+use strata_catalog::CatalogClient;
+
+use crate::support::{post, TestCluster};
+
+/// The cluster still writes and answers, and `db` holds `rows` rows in `m`.
+async fn still_serves(c: &TestCluster, db: &str, rows: usize) {
+    let (status, body) = c.write("alive", "s", "ok,t=a v=1 1\n").await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(c.query("alive", "SELECT count(*) FROM ok").await, vec!["1"]);
+    if rows > 0 {
+        assert_eq!(
+            c.query(db, "SELECT count(*) FROM m").await,
+            vec![rows.to_string()]
+        );
+    }
+}
+
+async fn sql_status(c: &TestCluster, db: Option<&str>, q: &str) -> (u16, String) {
+    let mut body = serde_json::json!({ "q": q });
+    if let Some(db) = db {
+        body["db"] = db.into();
+    }
+    let resp = c
+        .http
+        .post(c.http_url("/api/v3/query_sql"))
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("HTTP");
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
+}
+
+fn chain(op: &str, term: impl Fn(usize) -> String, n: usize) -> String {
+    (0..n).map(term).collect::<Vec<_>>().join(op)
+}
+
+/// Long left-deep chains (which pass the parser's nesting limit) get an
+/// answer or a clear error over Flight SQL and HTTP; deep nesting too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_expressions_get_an_answer_or_a_clear_error() {
+    let c = TestCluster::start().await;
+    let (status, _) = c
+        .write("deep", "s", "m,host=a v=1 1\nm,host=b v=2 2\n")
+        .await;
+    assert_eq!(status, 204);
+
+    let sum = format!("SELECT {}", chain("+", |_| "1".into(), 500));
+    assert_eq!(c.query("deep", &sum).await, vec!["500"]);
+    let ors = format!(
+        "SELECT count(*) FROM m WHERE {}",
+        chain(" OR ", |i| format!("host='h{i}'"), 300)
+    );
+    assert_eq!(c.query("deep", &ors).await, vec!["0"]);
+
+    let mut flight = c.sql(Some("deep")).await;
+    for q in [
+        format!("SELECT {}", chain("+", |_| "1".into(), 10_000)),
+        format!(
+            "SELECT count(*) FROM m WHERE {}",
+            chain(" OR ", |i| format!("host='h{i}'"), 10_000)
+        ),
+    ] {
+        let e = flight.query(&q).await.unwrap_err().to_string();
+        assert!(e.contains("operators"), "{e}");
+        let (status, body) = sql_status(&c, Some("deep"), &q).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("at most 4096"), "{body}");
+    }
+    let nested = format!("SELECT {}1{}", "(".repeat(2_000), ")".repeat(2_000));
+    let (status, body) = sql_status(&c, None, &nested).await;
+    assert_eq!(status, 400, "{body}");
+    still_serves(&c, "deep", 2).await;
+}
+
+/// After one line gives a table 5,000 fields, a write of many one-field
+/// lines costs what it carries (it once allocated rows × width).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrow_writes_to_a_wide_table_and_its_sparse_flush() {
+    let mut c = TestCluster::start().await;
+    let wide: Vec<String> = (0..5_000).map(|i| format!("f{i}={i}")).collect();
+    let (status, body) = c
+        .write("wide", "s", &format!("m,h=a {} 0\n", wide.join(",")))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let narrow: String = (1..=100_000)
+        .map(|i| format!("m,h=a f1={i} {i}\n"))
+        .collect();
+    let (status, body) = c.write("wide", "s", &narrow).await;
+    assert_eq!(status, 204, "{body}");
+    // Sparse rows: each a field of its own among the 5,000.
+    let sparse: String = (0..20_000)
+        .map(|i| format!("m,h=b f{}={i} {}\n", i % 5_000, 200_000 + i))
+        .collect();
+    let (status, body) = c.write("wide", "s", &sparse).await;
+    assert_eq!(status, 204, "{body}");
+    for node in &c.cluster().storage {
+        node.engine().flush().await.expect("the wide table flushes");
+    }
+    c.restart().await;
+    let total = 1 + 100_000 + 20_000;
+    assert_eq!(
+        c.query("wide", "SELECT count(*) FROM m").await,
+        vec![total.to_string()]
+    );
+    assert_eq!(
+        c.query("wide", "SELECT sum(f1), count(f4999) FROM m WHERE h = 'b'")
+            .await,
+        vec![format!("{}.0|4", 1 + 5_001 + 10_001 + 15_001)]
+    );
+    still_serves(&c, "wide", total).await;
+}
+
+/// Names past 255 bytes are refused per line; the rest of the request is
+/// written, every node keeps flushing, and a strict restart replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_names_are_refused_per_line_and_never_wedge_a_node() {
+    let mut c = TestCluster::start().await;
+    let ok_name = "n".repeat(250);
+    let body = format!(
+        "{ok_name} v=1 1\n{} v=1 2\nm,{}=x v=1 3\nm {}=1 4\n{} v=1 5\nm v=1 6\n",
+        "n".repeat(256),
+        "k".repeat(300),
+        "f".repeat(300),
+        "x".repeat(64 * 1024),
+    );
+    let (status, resp) = c.write("names", "s", &body).await;
+    assert_eq!(status, 400, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["lines_written"], 2);
+    let lines: Vec<u64> = v["line_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, vec![2, 3, 4, 5]);
+    for node in &c.cluster().storage {
+        node.engine().flush().await.expect("flushes go on");
+    }
+    c.restart().await;
+    assert_eq!(
+        c.query("names", &format!("SELECT v FROM \"{ok_name}\""))
+            .await,
+        vec!["1.0"]
+    );
+    still_serves(&c, "names", 1).await;
+}
+
+/// `v=1,v="s"` is an error for its line; the same type twice keeps the
+/// later value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_repeated_with_another_type_is_refused() {
+    let c = TestCluster::start().await;
+    let (status, resp) = c.write("rep", "s", "m v=1,v=\"s\" 1\nm v=1,v=2 2\n").await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        resp.contains("written twice with different types"),
+        "{resp}"
+    );
+    assert_eq!(c.query("rep", "SELECT v FROM m").await, vec!["2.0"]);
+}
+
+fn batch(fields: Vec<(&str, arrow::array::ArrayRef)>) -> RecordBatch {
+    let schema = Schema::new(
+        fields
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), *n != "time"))
+            .collect::<Vec<_>>(),
+    );
+    RecordBatch::try_new(
+        Arc::new(schema),
+        fields.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap()
+}
+
+async fn put(
+    client: &mut FlightClient,
+    path: [&str; 3],
+    b: RecordBatch,
+) -> Result<(), tonic::Status> {
+    let desc = FlightDescriptor::new_path(path.iter().map(|s| s.to_string()).collect());
+    let data = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(desc))
+        .build(futures::stream::iter([Ok(b)]));
+    match client.do_put(data).await {
+        Ok(s) => s
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|_| ())
+            .map_err(status_of),
+        Err(e) => Err(status_of(e)),
+    }
+}
+
+fn status_of(e: arrow_flight::error::FlightError) -> tonic::Status {
+    match e {
+        arrow_flight::error::FlightError::Tonic(s) => *s,
+        other => tonic::Status::unknown(other.to_string()),
+    }
+}
+
+/// Batches sent straight to a storage node are checked against the
+/// catalog before they are logged; requests for shards the node does not
+/// hold are NOT_FOUND. Afterwards the node still flushes and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_node_refuses_batches_that_contradict_the_catalog() {
+    let c = TestCluster::start().await;
+    let (status, _) = c.write("direct", "s", "m,host=a v=1 1\n").await;
+    assert_eq!(status, 204);
+    let catalog = CatalogClient::connect(
+        &c.cluster().addrs().catalog.to_string(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let state = catalog.state();
+    let shard = &state.databases["direct"].shard_groups[0].shards[0];
+    let node = &state.nodes[&shard.owners[0]];
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.flight_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightClient::new(channel);
+    let shard_id = shard.id.to_string();
+    let path = ["direct", "m", shard_id.as_str()];
+    let time =
+        |t: i64| -> arrow::array::ArrayRef { Arc::new(TimestampNanosecondArray::from(vec![t])) };
+
+    let no_time = batch(vec![("v", Arc::new(Float64Array::from(vec![1.0])))]);
+    let e = put(&mut client, path, no_time).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("no 'time' column"), "{e}");
+
+    let string_into_float = batch(vec![
+        ("v", Arc::new(StringArray::from(vec!["s"]))),
+        ("time", time(5)),
+    ]);
+    let e = put(&mut client, path, string_into_float).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("float field"), "{e}");
+
+    let unknown_table = batch(vec![("time", time(5))]);
+    let e = put(
+        &mut client,
+        ["direct", "nope", &shard_id],
+        unknown_table.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+
+    let e = put(&mut client, ["direct", "m", "987654"], unknown_table)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    assert!(e.message().contains("shard 987654"), "{e}");
+
+    let ticket = strata_proto::storage::v1::ScanTicket {
+        database: "direct".into(),
+        table: "m".into(),
+        shard_ids: vec![987654],
+        ..Default::default()
+    };
+    let e = match client.do_get(Ticket::new(ticket.encode_to_vec())).await {
+        Ok(s) => s
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|_| ())
+            .map_err(status_of),
+        Err(e) => Err(status_of(e)),
+    }
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+
+    // A good batch sent directly is taken.
+    let good = batch(vec![
+        ("v", Arc::new(Float64Array::from(vec![7.0]))),
+        ("time", time(9_000_000_000)),
+    ]);
+    put(&mut client, path, good).await.expect("a valid batch");
+    for node in &c.cluster().storage {
+        node.engine().flush().await.expect("flushes go on");
+    }
+    assert_eq!(
+        c.query("direct", "SELECT count(*), sum(v) FROM m").await,
+        vec!["2|8.0"]
+    );
+    still_serves(&c, "direct", 2).await;
+}
+
+/// Sends raw HTTP (to declare a length the body does not have) and
+/// returns the status line.
+fn raw_http(addr: std::net::SocketAddr, head: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Unknown tables and databases are 404, a body declared over the limit
+/// is 413 before it is read, unsupported encodings 415, deflate works, a
+/// replication factor above the node count is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_answers_name_the_problem_with_the_right_status() {
+    let c = TestCluster::start().await;
+    let (status, _) = c.write("codes", "s", "m v=1 1\n").await;
+    assert_eq!(status, 204);
+    let (status, body) = sql_status(&c, Some("codes"), "SELECT * FROM nope").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = sql_status(&c, Some("nodb"), "SELECT 1").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("database 'nodb' not found"), "{body}");
+    let mut flight = c.sql(Some("codes")).await;
+    let e = flight
+        .query("SELECT * FROM nope")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not found"), "{e}");
+
+    let addr = c.cluster().coordinator.http_addr();
+    let status_line = raw_http(
+        addr,
+        "POST /write?db=codes HTTP/1.1\r\nHost: x\r\nContent-Length: 300000000\r\n\r\n",
+    );
+    assert!(status_line.contains("413"), "{status_line}");
+
+    let url = c.http_url("/write?db=codes&precision=s");
+    let (status, body) = post(&c.http, &url, b"m v=2 2".to_vec(), Some("br")).await;
+    assert_eq!(status, 415, "{body}");
+    let mut z = flate2::write::ZlibEncoder::new(vec![], flate2::Compression::fast());
+    z.write_all(b"m v=3 3\n").unwrap();
+    let (status, body) = post(&c.http, &url, z.finish().unwrap(), Some("deflate")).await;
+    assert_eq!(status, 204, "{body}");
+
+    let (status, body) = sql_status(&c, None, "CREATE DATABASE r WITH REPLICATION 100").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("REPLICATION 100"), "{body}");
+    assert_eq!(c.query("codes", "SELECT count(*) FROM m").await, vec!["2"]);
+}
+
+/// Over the coordinator's write budget a write is answered 503 with
+/// `Retry-After` before its body is decoded; within it writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_over_the_memory_budget_are_told_to_retry() {
+    let c = TestCluster::start_with(|config| config.write_memory_limit_bytes = 4 << 20).await;
+    let big: String = (0..200_000).map(|i| format!("m,h=a v={i} {i}\n")).collect();
+    let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+    gz.write_all(big.as_bytes()).unwrap();
+    let resp = c
+        .http
+        .post(c.http_url("/write?db=budget&precision=s"))
+        .header("Content-Encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let (status, body) = c.write("budget", "s", "m,h=a v=1 1\n").await;
+    assert_eq!(status, 204, "{body}");
+    still_serves(&c, "budget", 1).await;
+}
+
+/// Results stream as json, jsonl and csv, whole and well-formed; pretty
+/// refuses a result past its row limit instead of building it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_over_http_streams_results_and_bounds_pretty() {
+    let c = TestCluster::start().await;
+    let rows = 12_000;
+    let lines: String = (0..rows)
+        .map(|i| format!("m,h=h{} v={i} {i}\n", i % 7))
+        .collect();
+    let (status, body) = c.write("stream", "s", &lines).await;
+    assert_eq!(status, 204, "{body}");
+    let get = |format: &str| {
+        let url = c.http_url(&format!(
+            "/api/v3/query_sql?db=stream&format={format}&q=SELECT%20h,%20v%20FROM%20m"
+        ));
+        let http = c.http.clone();
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, json) = get("json").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("one JSON array");
+    assert_eq!(v.as_array().unwrap().len(), rows);
+    let (_, jsonl) = get("jsonl").await;
+    assert_eq!(jsonl.lines().count(), rows);
+    let (_, csv) = get("csv").await;
+    assert_eq!(csv.lines().count(), rows + 1, "one header");
+    assert_eq!(csv.lines().next(), Some("h,v"));
+    let (status, body) = get("pretty").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("format=csv"), "{body}");
+    let (status, empty) = sql_status(&c, Some("stream"), "SELECT v FROM m WHERE v < 0").await;
+    assert_eq!((status, empty.as_str()), (200, "[]"));
+}
