@@ -269,7 +269,13 @@ async fn write_inner(
     let encoding = Encoding::of(headers)?;
     let mut held = None;
     let raw = read_body(headers, body, &state.write_budget, &mut held).await?;
-    let body = decode_body(encoding, raw, &state.write_budget, &mut held)?;
+    let body = decode_body(
+        encoding,
+        raw,
+        MAX_BODY_BYTES,
+        &state.write_budget,
+        &mut held,
+    )?;
     let text = std::str::from_utf8(&body).map_err(|e| Error::BadBody {
         what: "UTF-8",
         reason: e.to_string(),
@@ -392,10 +398,11 @@ async fn read_body(
 }
 
 /// Decompresses a body a block at a time, reserving each block in the
-/// budget first, up to [`MAX_BODY_BYTES`] of text.
+/// budget first, up to `limit` bytes of text.
 fn decode_body(
     encoding: Encoding,
     body: Bytes,
+    limit: usize,
     budget: &WriteBudget,
     held: &mut Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Bytes, Error> {
@@ -413,10 +420,8 @@ fn decode_body(
     const BLOCK: usize = 1 << 20;
     let mut out: Vec<u8> = Vec::new();
     loop {
-        if out.len() >= MAX_BODY_BYTES + 1 {
-            return Err(Error::BodyTooLarge {
-                limit_bytes: MAX_BODY_BYTES,
-            });
+        if out.len() >= limit + 1 {
+            return Err(Error::BodyTooLarge { limit_bytes: limit });
         }
         budget.reserve(held, BLOCK)?;
         let start = out.len();
@@ -440,10 +445,8 @@ fn decode_body(
             break;
         }
     }
-    if out.len() > MAX_BODY_BYTES {
-        return Err(Error::BodyTooLarge {
-            limit_bytes: MAX_BODY_BYTES,
-        });
+    if out.len() > limit {
+        return Err(Error::BodyTooLarge { limit_bytes: limit });
     }
     Ok(out.into())
 }
@@ -757,4 +760,85 @@ async fn ping() -> Response {
 async fn health() -> Response {
     Json(json!({ "name": "strata", "status": "pass", "version": env!("CARGO_PKG_VERSION") }))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut z = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+        z.write_all(data).unwrap();
+        z.finish().unwrap().into()
+    }
+
+    /// A small gzip body that inflates past the limit is refused as too
+    /// large, having decoded no more than the limit and a block.
+    #[test]
+    fn a_gzip_bomb_is_refused_at_the_limit() {
+        let budget = WriteBudget::new(1 << 30);
+        let bomb = gzip(&vec![b'a'; 5 << 20]);
+        assert!(bomb.len() < 64 << 10);
+        let mut held = None;
+        let e = decode_body(Encoding::Gzip, bomb, 2 << 20, &budget, &mut held).unwrap_err();
+        assert!(matches!(e, Error::BodyTooLarge { .. }), "{e}");
+        assert_eq!(e.http_status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// Decoding reserves its blocks: past the budget it stops with a 503,
+    /// and a finished request gives its reservation back.
+    #[test]
+    fn decoding_stays_within_the_write_budget() {
+        let budget = WriteBudget::new(3 << 20);
+        let body = gzip(&vec![b'a'; 8 << 20]);
+        let mut held = None;
+        let e =
+            decode_body(Encoding::Gzip, body.clone(), 64 << 20, &budget, &mut held).unwrap_err();
+        assert!(matches!(e, Error::Overloaded { .. }), "{e}");
+        assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        let mut held = None;
+        let text = decode_body(
+            Encoding::Gzip,
+            gzip(b"m v=1 1\n"),
+            64 << 20,
+            &budget,
+            &mut held,
+        )
+        .unwrap();
+        assert_eq!(&text[..], b"m v=1 1\n");
+        let mut z = flate2::write::ZlibEncoder::new(vec![], flate2::Compression::fast());
+        z.write_all(b"m v=2 2\n").unwrap();
+        let text = decode_body(
+            Encoding::Deflate,
+            z.finish().unwrap().into(),
+            64 << 20,
+            &budget,
+            &mut held,
+        )
+        .unwrap();
+        assert_eq!(&text[..], b"m v=2 2\n");
+    }
+
+    #[test]
+    fn line_chunks_end_at_line_ends_and_cover_the_text() {
+        let text: String = (0..1000).map(|i| format!("m v={i} {i}\n")).collect();
+        let chunks: Vec<&str> = line_chunks(&text, 100).collect();
+        assert!(chunks.len() > 10);
+        assert!(chunks.iter().all(|c| c.ends_with('\n')));
+        assert_eq!(chunks.concat(), text);
+        assert_eq!(line_chunks("no newline at all", 4).count(), 1);
+    }
+
+    #[test]
+    fn encodings_other_than_gzip_and_deflate_are_415() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_ENCODING, "br".parse().unwrap());
+        let e = Encoding::of(&h).unwrap_err();
+        assert_eq!(e.http_status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        h.insert(http::header::CONTENT_ENCODING, "GZIP".parse().unwrap());
+        assert_eq!(Encoding::of(&h).unwrap(), Encoding::Gzip);
+    }
 }

@@ -481,4 +481,50 @@ mod tests {
         let (ok, _) = parse_lines(&body);
         assert_eq!(ok.len(), 1);
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Pieces line protocol is made of, including the escapes, quotes
+        /// and separators that parsing is sensitive to.
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(",".to_string()),
+                Just("=".to_string()),
+                Just(" ".to_string()),
+                Just("\\".to_string()),
+                Just("\"".to_string()),
+                Just("\n".to_string()),
+                Just("i".to_string()),
+                Just("u".to_string()),
+                Just("é".to_string()),
+                "[a-z]{1,4}",
+                "-?[0-9]{1,25}(\\.[0-9]{1,5})?",
+                proptest::string::string_regex(".{0,8}").unwrap(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Any body parses without a panic; every line is either kept
+            /// or reported once, and kept lines respect the name limit.
+            #[test]
+            fn any_body_parses_without_a_panic(pieces in proptest::collection::vec(piece(), 0..60)) {
+                let body = pieces.concat();
+                let (ok, errs) = parse_lines(&body);
+                let lines = body.split('\n').filter(|l| {
+                    let t = l.strip_suffix('\r').unwrap_or(l).trim_start();
+                    !t.is_empty() && !t.starts_with('#')
+                }).count();
+                prop_assert_eq!(ok.len() + errs.len(), lines);
+                for l in &ok {
+                    prop_assert!(l.measurement.len() <= MAX_NAME_BYTES);
+                    prop_assert!(!l.fields.is_empty());
+                }
+            }
+        }
+    }
 }

@@ -1135,4 +1135,51 @@ mod tests {
         assert!(!orphan.exists());
         assert_eq!(rows(&e.snapshot("cpu", &[1])), 1);
     }
+
+    /// Waits (bounded) until `done` holds for the engine's flush health.
+    async fn until(e: &Engine, done: impl Fn(&FlushHealth) -> bool) -> FlushHealth {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let h = e.flush_health();
+            if done(&h) {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "flush health stayed {h:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A flush that fails (here: its shard directory cannot be made) is
+    /// recorded with its cause and retried until it succeeds; the flusher
+    /// never stops, and writes meanwhile stay readable.
+    #[tokio::test]
+    async fn a_failing_flush_is_recorded_and_retried_until_it_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path());
+        config.flush_age = Duration::from_millis(50);
+        let e = Engine::open(config).unwrap();
+        let blocker = dir.path().join("shards/1");
+        std::fs::create_dir_all(dir.path().join("shards")).unwrap();
+        std::fs::write(&blocker, b"not a directory").unwrap();
+        let _flusher = e.spawn_flusher();
+        e.write("db", "cpu", 1, batch(&[1], &[1.0])).await.unwrap();
+        let failing = until(&e, |h| h.consecutive_failures >= 2).await;
+        assert!(
+            failing
+                .last_error
+                .as_deref()
+                .is_some_and(|m| m.contains("shards/1")),
+            "{failing:?}"
+        );
+        e.write("db", "cpu", 1, batch(&[2], &[2.0])).await.unwrap();
+        assert_eq!(rows(&e.snapshot("cpu", &[1])), 2);
+        std::fs::remove_file(&blocker).unwrap();
+        until(&e, |h| {
+            h.consecutive_failures == 0 && h.last_error.is_none()
+        })
+        .await;
+        let snap = e.snapshot("cpu", &[1]);
+        assert!(snap.batches.is_empty(), "everything was flushed");
+        assert_eq!(rows(&snap), 2);
+    }
 }

@@ -18,7 +18,7 @@ use arrow_flight::{
     SchemaResult, Ticket,
 };
 use datafusion::prelude::SessionContext;
-use futures::{stream, Stream, StreamExt, TryStreamExt};
+use futures::{stream, FutureExt, Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use strata_proto::storage::v1::{DeleteRequest, ScanTicket, WriteAck};
 use strata_proto::CATALOG_VERSION_HEADER;
@@ -159,6 +159,32 @@ impl StorageFlightService {
     }
 }
 
+/// Refuses a message whose Arrow body is compressed: writers send plain
+/// IPC, and decompressing allocates the size a compressed body declares,
+/// which a hostile client could make any size at all.
+fn refuse_compressed(fd: FlightData) -> Result<FlightData, FlightError> {
+    if fd.data_header.is_empty() {
+        return Ok(fd);
+    }
+    let compressed = match arrow::ipc::root_as_message(&fd.data_header) {
+        Ok(m) => {
+            m.header_as_record_batch()
+                .is_some_and(|b| b.compression().is_some())
+                || m.header_as_dictionary_batch()
+                    .and_then(|d| d.data())
+                    .is_some_and(|b| b.compression().is_some())
+        }
+        // The decoder reports what is wrong with it.
+        Err(_) => false,
+    };
+    if compressed {
+        return Err(FlightError::ProtocolError(
+            "compressed Arrow IPC bodies are not accepted; send them uncompressed".into(),
+        ));
+    }
+    Ok(fd)
+}
+
 /// The catalog version a request carries, if any.
 fn request_version(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
     metadata
@@ -283,14 +309,20 @@ impl FlightService for StorageFlightService {
             )
         })?;
         let (db, table, shard_id) = parse_path(&desc)?;
-        let data = stream::once(async { Ok(first) }).chain(input.map_err(FlightError::from));
+        let data = stream::once(async { Ok(first) })
+            .chain(input.map_err(FlightError::from))
+            .and_then(|fd| futures::future::ready(refuse_compressed(fd)));
         // A write may carry batches of different columns, each after its
         // own schema message.
-        let decoded: Vec<arrow_flight::decode::DecodedFlightData> =
-            arrow_flight::decode::FlightDataDecoder::new(data)
-                .try_collect()
-                .await
-                .map_err(|e| Status::invalid_argument(format!("bad Arrow data in DoPut: {e}")))?;
+        // Arrow's decoder panics on some malformed messages: that is a bad
+        // request too.
+        let decoded: Vec<arrow_flight::decode::DecodedFlightData> = std::panic::AssertUnwindSafe(
+            arrow_flight::decode::FlightDataDecoder::new(data).try_collect::<Vec<_>>(),
+        )
+        .catch_unwind()
+        .await
+        .map_err(|_| Status::invalid_argument("bad Arrow data in DoPut: malformed IPC message"))?
+        .map_err(|e| Status::invalid_argument(format!("bad Arrow data in DoPut: {e}")))?;
         let batches: Vec<RecordBatch> = decoded
             .into_iter()
             .filter_map(|d| match d.payload {

@@ -507,9 +507,12 @@ fn merged_stream(
 
 /// Decodes the table schema a ticket carries.
 pub fn ticket_schema(ticket: &ScanTicket) -> Result<SchemaRef, DataFusionError> {
-    let schema = Schema::try_from(arrow_flight::IpcMessage(
-        ticket.table_schema_ipc.clone().into(),
-    ))
+    let schema = crate::validate::guard_decode(|| {
+        Schema::try_from(arrow_flight::IpcMessage(
+            ticket.table_schema_ipc.clone().into(),
+        ))
+        .map_err(|e| e.to_string())
+    })
     .map_err(|e| DataFusionError::Plan(format!("scan ticket has a bad schema: {e}")))?;
     Ok(Arc::new(schema))
 }
@@ -1014,5 +1017,57 @@ mod tests {
         assert!(plan.contains("pruning_predicate=host_null_count"), "{plan}");
         let plan = plan_for(col("a").eq(lit(1.0))).await;
         assert!(!plan.contains("pruning_predicate"), "{plan}");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+        use prost::Message;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Any ticket a client sends straight to a node, random bytes
+            /// or a real ticket with bytes flipped, plans and runs or is an
+            /// error, never a panic.
+            #[test]
+            fn any_ticket_runs_or_errs(
+                random in proptest::collection::vec(any::<u8>(), 0..200),
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let dir = tempfile::tempdir().unwrap();
+                    let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+                    engine.write("db", "cpu", 1, batch(&[("x", Some(1.0), None, 5)])).await.unwrap();
+                    let good = ScanTicket {
+                        database: "db".into(),
+                        table: "cpu".into(),
+                        shard_ids: vec![1],
+                        table_schema_ipc: schema_to_ipc(&schema()).unwrap(),
+                        projection: Some(strata_proto::storage::v1::Projection {
+                            columns: vec!["host".into(), "a".into()],
+                        }),
+                        filters: vec![lit(1.0).lt(col("a")).to_bytes().unwrap().to_vec()],
+                        limit: Some(3),
+                        query_id: "fuzz".into(),
+                    };
+                    let mut bytes = good.encode_to_vec();
+                    for (at, b) in &flips {
+                        let n = bytes.len();
+                        bytes[at % n] ^= b;
+                    }
+                    let ctx = SessionContext::new();
+                    for candidate in [random.clone(), bytes] {
+                        if let Ok(ticket) = ScanTicket::decode(&candidate[..]) {
+                            if let Ok(stream) = execute_ticket(&ctx, &engine, &ticket).await {
+                                let _ = datafusion::physical_plan::common::collect(stream).await;
+                            }
+                        }
+                    }
+                });
+            }
+        }
     }
 }

@@ -10,6 +10,22 @@ use std::collections::{HashMap, HashSet};
 use arrow::array::{Array, RecordBatch};
 use strata_catalog::model::{CatalogData, ColumnKind, TIME_COLUMN};
 
+/// Runs a decoder over bytes from a client or from disk. Arrow's IPC
+/// reader panics on some malformed input (an unknown timestamp unit, a
+/// buffer offset past its end) instead of returning an error; such a panic
+/// becomes an error here, so bad bytes never end a request's task or a
+/// node's start.
+pub fn guard_decode<T>(decode: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("malformed Arrow IPC data: {what}"))
+    })
+}
+
 /// Why a batch cannot be written; the message names the column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {
