@@ -164,6 +164,23 @@ async fn long_names_are_refused_per_line_and_never_wedge_a_node() {
     still_serves(&c, "names", 1).await;
 }
 
+/// A body of thousands of bad lines is answered with the count and the
+/// first 1,000 errors, not with all of them; the good lines are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_bad_lines_get_a_bounded_answer() {
+    let c = TestCluster::start().await;
+    let mut body: String = (0..5_000).map(|i| format!("bad line {i}\n")).collect();
+    body.push_str("m v=1 1\n");
+    let (status, resp) = c.write("bad", "s", &body).await;
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["lines_rejected"], 5_000);
+    assert_eq!(v["lines_written"], 1);
+    assert_eq!(v["line_errors"].as_array().unwrap().len(), 1_000);
+    assert_eq!(v["line_errors"][999]["line"], 1_000);
+    assert_eq!(c.query("bad", "SELECT v FROM m").await, vec!["1.0"]);
+}
+
 /// `v=1,v="s"` is an error for its line; the same type twice keeps the
 /// later value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,6 +291,22 @@ async fn a_storage_node_refuses_batches_that_contradict_the_catalog() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     assert!(e.message().contains("shard 987654"), "{e}");
+
+    // A shard of one database does not take another database's rows.
+    let (status, _) = c.write("other", "s", "m,host=a v=1 1\n").await;
+    assert_eq!(status, 204);
+    let e = put(
+        &mut client,
+        ["other", "m", &shard_id],
+        batch(vec![
+            ("v", Arc::new(Float64Array::from(vec![1.0]))),
+            ("time", time(5)),
+        ]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    assert!(e.message().contains("database 'other'"), "{e}");
 
     let ticket = strata_proto::storage::v1::ScanTicket {
         database: "direct".into(),
@@ -424,4 +457,61 @@ async fn sql_over_http_streams_results_and_bounds_pretty() {
     assert!(body.contains("format=csv"), "{body}");
     let (status, empty) = sql_status(&c, Some("stream"), "SELECT v FROM m WHERE v < 0").await;
     assert_eq!((status, empty.as_str()), (200, "[]"));
+}
+
+/// `/health` asks every storage node; a node whose flushes fail (here its
+/// shard directory cannot be made) is named with the cause, and the
+/// answer is 503 until a flush succeeds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_a_node_whose_flushes_fail() {
+    let c = TestCluster::start().await;
+    let health = || async {
+        let resp = c.http.get(c.http_url("/health")).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        )
+    };
+    let (status, body) = health().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"].as_array().unwrap().len(), 3);
+    let (status, _) = c.write("sick", "s", "m,host=a v=1 1\n").await;
+    assert_eq!(status, 204);
+    // The node holding the row, and its shard directory.
+    let node = c
+        .cluster()
+        .storage
+        .iter()
+        .find(|n| !n.engine().tables().is_empty())
+        .expect("a node holds the row");
+    let (_, key) = node.engine().tables().remove(0);
+    let blocker = node
+        .engine()
+        .data_dir()
+        .join(format!("shards/{}", key.shard_id));
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    assert!(node.engine().flush().await.is_err());
+    let (status, body) = health().await;
+    assert_eq!(status, 503, "{body}");
+    let failing: Vec<&serde_json::Value> = body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"] == "fail")
+        .collect();
+    assert_eq!(failing.len(), 1, "{body}");
+    assert!(failing[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("flushes in a row failed"));
+    std::fs::remove_file(&blocker).unwrap();
+    node.engine()
+        .flush()
+        .await
+        .expect("the flush succeeds again");
+    assert_eq!(health().await.0, 200);
+    assert_eq!(c.query("sick", "SELECT v FROM m").await, vec!["1.0"]);
 }

@@ -103,9 +103,13 @@ impl QueryExecutor {
             }
         });
         // A panic in the task ends the channel; say why instead of
-        // ending the stream as if it were complete.
+        // ending the stream as if it were complete. Dropping the stream
+        // aborts the task (a sort or aggregate may not send for a while).
+        let task = AbortOnDrop(Some(task));
         let watchdog = async move {
-            match task.await {
+            let mut task = task;
+            let handle = task.0.take().expect("the task is held until awaited");
+            match handle.await {
                 Ok(()) => None,
                 Err(e) => Some(Err(DataFusionError::Execution(join_message(e)))),
             }
@@ -113,6 +117,17 @@ impl QueryExecutor {
         let batches = tokio_stream::wrappers::ReceiverStream::new(rx)
             .chain(futures::stream::once(watchdog).filter_map(futures::future::ready));
         Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+    }
+}
+
+/// Aborts the task it holds when dropped before the task was awaited.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
     }
 }
 

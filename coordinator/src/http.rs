@@ -32,8 +32,13 @@ pub const DEFAULT_WRITE_MEMORY_BYTES: usize = 1 << 30;
 const WRITE_CHUNK_BYTES: usize = 8 << 20;
 
 /// Parsed rows and their Arrow batches take about this many times the
-/// bytes of the text they come from.
+/// bytes of the text they come from, plus [`PARSED_LINE_BYTES`] a line
+/// (its parsed form and routing entries).
 const PARSED_OVERHEAD: usize = 4;
+const PARSED_LINE_BYTES: usize = 256;
+
+/// Line errors a write answer lists (the count covers them all).
+const MAX_REPORTED_LINE_ERRORS: usize = 1_000;
 
 /// Rows `format=pretty` renders; larger results should use csv or jsonl,
 /// which stream.
@@ -280,37 +285,48 @@ async fn write_inner(
         what: "UTF-8",
         reason: e.to_string(),
     })?;
-    state.write_budget.reserve(
-        &mut held,
-        PARSED_OVERHEAD * text.len().min(WRITE_CHUNK_BYTES),
-    )?;
     let now_ns = chrono::Utc::now()
         .timestamp_nanos_opt()
         .expect("the clock is within the nanosecond range");
     let mut outcome = WriteOutcome::default();
+    let mut rejected = 0;
     let mut first_line = 0;
     for chunk in line_chunks(text, WRITE_CHUNK_BYTES) {
+        let lines = chunk.bytes().filter(|b| *b == b'\n').count() + 1;
+        // What the chunk's parsed rows and batches take, held while the
+        // chunk is routed.
+        let mut parsing = None;
+        state.write_budget.reserve(
+            &mut parsing,
+            PARSED_OVERHEAD * chunk.len() + PARSED_LINE_BYTES * lines,
+        )?;
         let part = state
             .writer
             .write(&db, chunk, precision, consistency, now_ns)
             .await?;
+        drop(parsing);
         outcome.lines_written += part.lines_written;
-        outcome.errors.extend(part.errors.into_iter().map(|mut e| {
-            e.line_number += first_line;
-            e
-        }));
-        first_line += chunk.bytes().filter(|b| *b == b'\n').count();
+        rejected += part.lines_rejected;
+        let room = MAX_REPORTED_LINE_ERRORS.saturating_sub(outcome.errors.len());
+        outcome
+            .errors
+            .extend(part.errors.into_iter().take(room).map(|mut e| {
+                e.line_number += first_line;
+                e
+            }));
+        first_line += lines - 1;
     }
     drop(held);
-    if outcome.errors.is_empty() {
+    if rejected == 0 {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let rejected = outcome.errors.len();
     let first = &outcome.errors[0];
     let message = format!(
         "partial write: {rejected} line(s) rejected, {} written; first error at {first}",
         outcome.lines_written
     );
+    // The first errors only: a body of millions of bad lines must not
+    // answer with millions of messages.
     let line_errors: Vec<_> = outcome
         .errors
         .iter()
@@ -374,11 +390,16 @@ async fn read_body(
             limit_bytes: MAX_BODY_BYTES,
         });
     }
-    if let Some(n) = declared {
-        budget.reserve(held, n as usize)?;
+    if declared.is_some_and(|n| n as usize > budget.limit_bytes) {
+        return Err(Error::BodyTooLarge {
+            limit_bytes: budget.limit_bytes,
+        });
     }
+    // Bytes are reserved as they arrive, so a client that declares a large
+    // body and sends it slowly holds no more than it sent.
     let mut stream = body.into_data_stream();
-    let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut out: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
+    budget.reserve(held, out.capacity())?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Error::BadBody {
             what: "request body",
@@ -389,8 +410,12 @@ async fn read_body(
                 limit_bytes: MAX_BODY_BYTES,
             });
         }
-        if declared.is_none_or(|n| (out.len() + chunk.len()) as u64 > n) {
-            budget.reserve(held, chunk.len())?;
+        // Growing the buffer may double it: reserve what it will hold.
+        let needed = out.len() + chunk.len();
+        if needed > out.capacity() {
+            let grown = needed.max(2 * out.capacity());
+            budget.reserve(held, grown - out.capacity())?;
+            out.reserve_exact(grown - out.len());
         }
         out.extend_from_slice(&chunk);
     }
@@ -420,11 +445,13 @@ fn decode_body(
     const BLOCK: usize = 1 << 20;
     let mut out: Vec<u8> = Vec::new();
     loop {
-        if out.len() >= limit + 1 {
+        if out.len() > limit {
             return Err(Error::BodyTooLarge { limit_bytes: limit });
         }
         budget.reserve(held, BLOCK)?;
         let start = out.len();
+        // Exactly one more block, not a doubling the budget did not see.
+        out.reserve_exact(BLOCK);
         out.resize(start + BLOCK, 0);
         let mut filled = start;
         while filled < out.len() {
@@ -757,9 +784,60 @@ async fn ping() -> Response {
         .into_response()
 }
 
-async fn health() -> Response {
-    Json(json!({ "name": "strata", "status": "pass", "version": env!("CARGO_PKG_VERSION") }))
-        .into_response()
+/// The coordinator is up; each storage node is asked how its flushes go
+/// (2 s each). A node that does not answer, or whose flushes keep
+/// failing, makes the answer 503 `fail`, naming it and the cause.
+async fn health(State(state): State<HttpState>) -> Response {
+    let catalog = state.engine.catalog().state();
+    let checks = catalog.nodes.iter().map(|(id, node)| {
+        let nodes = state.engine.nodes().clone();
+        let (id, addr) = (*id, node.flight_addr.clone());
+        async move {
+            let ask = async {
+                let mut client = nodes.flight(&addr).map_err(|e| e.message().to_string())?;
+                let mut results = client
+                    .do_action(arrow_flight::Action::new(strata_proto::HEALTH_ACTION, ""))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let first = results
+                    .next()
+                    .await
+                    .ok_or("no answer")?
+                    .map_err(|e| e.to_string())?;
+                serde_json::from_slice::<serde_json::Value>(&first).map_err(|e| e.to_string())
+            };
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(2), ask)
+                .await
+                .unwrap_or_else(|_| Err("no answer within 2 s".into()));
+            match answer {
+                Ok(v) if v["flush_failures"].as_u64().unwrap_or(0) == 0 => {
+                    json!({ "node_id": id, "address": addr, "status": "pass" })
+                }
+                Ok(v) => json!({
+                    "node_id": id, "address": addr, "status": "fail",
+                    "message": format!(
+                        "{} flushes in a row failed: {}",
+                        v["flush_failures"], v["last_flush_error"].as_str().unwrap_or("")
+                    ),
+                }),
+                Err(e) => json!({ "node_id": id, "address": addr, "status": "fail", "message": e }),
+            }
+        }
+    });
+    let nodes: Vec<serde_json::Value> = futures::future::join_all(checks).await;
+    let ok = nodes.iter().all(|n| n["status"] == "pass");
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "name": "strata",
+        "status": if ok { "pass" } else { "fail" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": nodes,
+    });
+    (status, Json(body)).into_response()
 }
 
 #[cfg(test)]

@@ -42,8 +42,20 @@ impl std::fmt::Display for LineError {
 
 /// Parses every line of `body`; blank lines and `#` comments are skipped.
 pub fn parse_lines(body: &str) -> (Vec<ParsedLine<'_>>, Vec<LineError>) {
+    let (ok, errors, _) = parse_lines_keeping(body, usize::MAX);
+    (ok, errors)
+}
+
+/// Like [`parse_lines`], but keeps only the first `max_errors` errors; the
+/// third value counts them all. A body of millions of bad lines then costs
+/// no more than its good lines.
+pub fn parse_lines_keeping(
+    body: &str,
+    max_errors: usize,
+) -> (Vec<ParsedLine<'_>>, Vec<LineError>, usize) {
     let mut ok: Vec<ParsedLine> = vec![];
     let mut errors = vec![];
+    let mut rejected = 0;
     // Lines of a body mostly have the same number of tags and fields:
     // sizing each line's vectors like the last one's saves regrowing them.
     let mut sizes = (0, 0);
@@ -58,13 +70,18 @@ pub fn parse_lines(body: &str) -> (Vec<ParsedLine<'_>>, Vec<LineError>) {
                 sizes = (p.tags.len(), p.fields.len());
                 ok.push(p)
             }
-            Err(message) => errors.push(LineError {
-                line_number: i + 1,
-                message,
-            }),
+            Err(message) => {
+                rejected += 1;
+                if errors.len() < max_errors {
+                    errors.push(LineError {
+                        line_number: i + 1,
+                        message,
+                    });
+                }
+            }
         }
     }
-    (ok, errors)
+    (ok, errors, rejected)
 }
 
 /// Splits the first `key=value` pair off a comma-separated list in one
@@ -216,13 +233,16 @@ fn parse_line(
     let mut tags = Vec::with_capacity(sizes.0);
     while !tag_str.is_empty() {
         let (pair, k, v, more) = split_pair(tag_str, false)
-            .map_err(|pair| format!("invalid tag '{pair}': expected key=value"))?;
+            .map_err(|pair| format!("invalid tag '{}': expected key=value", truncate(pair)))?;
         tag_str = more;
         if k.is_empty() {
-            return Err(format!("invalid tag '{pair}': expected key=value"));
+            return Err(format!(
+                "invalid tag '{}': expected key=value",
+                truncate(pair)
+            ));
         }
         if v.is_empty() {
-            return Err(format!("tag '{k}' has no value"));
+            return Err(format!("tag '{}' has no value", truncate(k)));
         }
         let key = unescape(k, KEY_ESCAPES);
         check_name("tag key", &key)?;
@@ -245,7 +265,7 @@ fn parse_line(
         }
         let key = unescape(k, KEY_ESCAPES);
         check_name("field key", &key)?;
-        let value = parse_field_value(v).map_err(|e| format!("field '{key}': {e}"))?;
+        let value = parse_field_value(v).map_err(|e| format!("field '{}': {e}", truncate(&key)))?;
         fields.push((key, value));
     }
     check_repeated_fields(&fields)?;
@@ -291,13 +311,13 @@ fn parse_field_value(v: &str) -> Result<FieldValue<'_>, String> {
         return n
             .parse::<i64>()
             .map(FieldValue::Integer)
-            .map_err(|_| format!("invalid integer '{v}'"));
+            .map_err(|_| format!("invalid integer '{}'", truncate(v)));
     }
     if let Some(n) = v.strip_suffix('u') {
         return n
             .parse::<u64>()
             .map(FieldValue::UInteger)
-            .map_err(|_| format!("invalid unsigned integer '{v}'"));
+            .map_err(|_| format!("invalid unsigned integer '{}'", truncate(v)));
     }
     let f = v.parse::<f64>().map_err(|_| {
         format!(
@@ -307,7 +327,8 @@ fn parse_field_value(v: &str) -> Result<FieldValue<'_>, String> {
     })?;
     if !f.is_finite() {
         return Err(format!(
-            "invalid float '{v}': NaN and infinity are not allowed"
+            "invalid float '{}': NaN and infinity are not allowed",
+            truncate(v)
         ));
     }
     Ok(FieldValue::Float(f))

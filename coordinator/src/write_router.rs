@@ -26,7 +26,7 @@ use strata_catalog::model::{Column, ColumnKind, Database, FieldType, ShardGroup,
 use strata_catalog::{CatalogClient, CatalogData, Command};
 
 use crate::error::{CatalogSnafu, Error, Result};
-use crate::line_protocol::{parse_lines, FieldValue, LineError, ParsedLine};
+use crate::line_protocol::{parse_lines_keeping, FieldValue, LineError, ParsedLine};
 use crate::node_clients::NodeClients;
 use strata_proto::CATALOG_VERSION_HEADER;
 
@@ -104,8 +104,19 @@ impl Consistency {
 #[derive(Debug, Default)]
 pub struct WriteOutcome {
     pub lines_written: usize,
+    /// How many lines were refused.
+    pub lines_rejected: usize,
+    /// Why, for the first [`MAX_LINE_ERRORS`] of them.
     pub errors: Vec<LineError>,
 }
+
+/// Line errors a write keeps (all are counted).
+pub const MAX_LINE_ERRORS: usize = 1_000;
+
+/// Most columns a table may have (tags, fields and time). Every column is
+/// a catalog entry that every coordinator and node holds; without a bound
+/// one body could add a million of them.
+pub const MAX_TABLE_COLUMNS: usize = 10_000;
 
 #[derive(Clone)]
 pub struct WriteRouter {
@@ -119,6 +130,16 @@ struct Row<'a> {
     time_ns: i64,
     /// Start of the shard-group window holding `time_ns`.
     window_start: i64,
+}
+
+impl WriteOutcome {
+    /// Keeps the first [`MAX_LINE_ERRORS`] errors by line, counting all.
+    fn set_errors(&mut self, mut errors: Vec<LineError>, uncounted: usize) {
+        errors.sort_by_key(|e| e.line_number);
+        self.lines_rejected = errors.len() + uncounted;
+        errors.truncate(MAX_LINE_ERRORS);
+        self.errors = errors;
+    }
 }
 
 impl WriteRouter {
@@ -135,7 +156,9 @@ impl WriteRouter {
         consistency: Consistency,
         now_ns: i64,
     ) -> Result<WriteOutcome> {
-        let (parsed, mut errors) = parse_lines(body);
+        let (parsed, mut errors, parse_rejected) = parse_lines_keeping(body, MAX_LINE_ERRORS);
+        // Errors past the kept ones are only counted.
+        let uncounted = parse_rejected - errors.len();
         let mut rows = Vec::with_capacity(parsed.len());
         for line in parsed {
             let time_ns = match line.timestamp {
@@ -179,8 +202,7 @@ impl WriteRouter {
 
         let mut outcome = WriteOutcome::default();
         if accepted.is_empty() {
-            errors.sort_by_key(|e| e.line_number);
-            outcome.errors = errors;
+            outcome.set_errors(errors, uncounted);
             return Ok(outcome);
         }
 
@@ -261,8 +283,7 @@ impl WriteRouter {
             }
         }
         futures::future::try_join_all(sends).await?;
-        errors.sort_by_key(|e| e.line_number);
-        outcome.errors = errors;
+        outcome.set_errors(errors, uncounted);
         Ok(outcome)
     }
 
@@ -302,6 +323,31 @@ impl WriteRouter {
                     message,
                 }),
             }
+        }
+        if existing.len() + new_columns.len() > MAX_TABLE_COLUMNS {
+            // Keep the lines that add nothing; refuse the ones that would
+            // take the table past its bound.
+            let known = |r: &Row| {
+                r.line
+                    .tags
+                    .iter()
+                    .all(|(k, _)| existing.contains_key(k.as_ref()))
+                    && r.line
+                        .fields
+                        .iter()
+                        .all(|(k, _)| existing.contains_key(k.as_ref()))
+            };
+            let (keep, refuse): (Vec<Row>, Vec<Row>) = ok_rows.into_iter().partition(|r| known(r));
+            for r in refuse {
+                errors.push(LineError {
+                    line_number: r.line.line_number,
+                    message: format!(
+                        "table '{table}' would have more than {MAX_TABLE_COLUMNS} columns; \
+                         write these fields to another table"
+                    ),
+                });
+            }
+            return Ok(keep);
         }
         let table_missing = !state
             .databases
@@ -546,9 +592,19 @@ pub fn series_hash(table: &str, line: &ParsedLine) -> u64 {
         .iter()
         .map(|(k, v)| (k.as_ref(), v.as_ref()))
         .collect();
-    // Writers usually send tags sorted already.
-    if !tags.is_sorted() {
-        tags.sort_unstable();
+    // Writers usually send tags sorted already. A key written twice keeps
+    // its later value, as the row does (a stable sort keeps write order
+    // among equal keys).
+    if !tags.is_sorted_by(|a, b| a.0 < b.0) {
+        tags.sort_by(|a, b| a.0.cmp(b.0));
+        let mut kept: Vec<(&str, &str)> = Vec::with_capacity(tags.len());
+        for t in tags {
+            match kept.last_mut() {
+                Some(last) if last.0 == t.0 => *last = t,
+                _ => kept.push(t),
+            }
+        }
+        tags = kept;
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
@@ -821,6 +877,7 @@ impl ColumnBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::line_protocol::parse_lines;
 
     #[test]
     fn series_hash_ignores_tag_order() {

@@ -27,3 +27,7 @@ pub mod storage {
 /// the writer routed with. A node whose copy of the catalog is older waits
 /// for that version before checking the batches against it.
 pub const CATALOG_VERSION_HEADER: &str = "strata-catalog-version";
+
+/// Storage-node Flight action: how the node is doing, as JSON
+/// (`{"node_id", "flush_failures", "last_flush_error"}`).
+pub const HEALTH_ACTION: &str = "health";

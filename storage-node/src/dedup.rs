@@ -68,7 +68,20 @@ pub fn dedup_sorted_chunks(
     max_cells: usize,
     mut emit: impl FnMut(RecordBatch) -> Result<(), ArrowError>,
 ) -> Result<(), ArrowError> {
-    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let index: HashMap<&str, usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name().as_str(), i))
+        .collect();
+    // A column whose type differs from the merged one (a NULL-typed
+    // column, say) is cast, as `adapt_batch` does for the dense case.
+    let cast: Vec<RecordBatch> = batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| cast_to(b, schema, &index))
+        .collect::<Result<_, _>>()?;
+    let batches: Vec<&RecordBatch> = cast.iter().collect();
     let n: usize = batches.iter().map(|b| b.num_rows()).sum();
     if n == 0 {
         return emit(RecordBatch::new_empty(schema.clone()));
@@ -89,12 +102,6 @@ pub fn dedup_sorted_chunks(
 
     // Where each batch keeps each column of `schema`: (schema column,
     // batch column) pairs, as many as the batch has columns.
-    let index: HashMap<&str, usize> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.name().as_str(), i))
-        .collect();
     let mut columns_of: Vec<Vec<(usize, usize)>> = Vec::with_capacity(batches.len());
     for b in &batches {
         let mut cols = Vec::with_capacity(b.num_columns());
@@ -321,6 +328,39 @@ fn dedup_dense(batches: &[&RecordBatch], schema: &SchemaRef) -> Result<RecordBat
         columns.push(take(col.as_ref(), &indices, None)?);
     }
     RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// `batch` with each column of `schema` it has cast to the schema's type
+/// (columns stay where they are; `schema` need not list them all).
+fn cast_to(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    index: &HashMap<&str, usize>,
+) -> Result<RecordBatch, ArrowError> {
+    let bs = batch.schema();
+    let merged = |name: &str| index.get(name).map(|i| schema.field(*i));
+    let wrong = bs
+        .fields()
+        .iter()
+        .any(|f| merged(f.name()).is_some_and(|m| m.data_type() != f.data_type()));
+    if !wrong {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(bs.fields().len());
+    let mut columns = Vec::with_capacity(bs.fields().len());
+    for (f, c) in bs.fields().iter().zip(batch.columns()) {
+        match merged(f.name()) {
+            Some(m) if m.data_type() != f.data_type() => {
+                columns.push(arrow::compute::cast(c, m.data_type())?);
+                fields.push(f.as_ref().clone().with_data_type(m.data_type().clone()));
+            }
+            _ => {
+                columns.push(c.clone());
+                fields.push(f.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
 }
 
 /// One output column from the (batch, row) of each cell, NULL where

@@ -366,7 +366,7 @@ impl Engine {
 
     /// Refuses a write, before anything is logged, while memtables are over
     /// budget; asks for a flush so that the pressure goes away.
-    fn check_memory(&self) -> Result<(), EngineError> {
+    pub fn check_memory(&self) -> Result<(), EngineError> {
         let used_bytes = {
             let st = self.state.lock();
             st.active_bytes + st.frozen.iter().map(|f| f.bytes).sum::<usize>()
@@ -537,7 +537,14 @@ impl Engine {
     }
 
     /// Writes all memtables to Parquet and retires the WAL they came from.
+    /// Its outcome, whoever asked for it, goes into [`Engine::flush_health`].
     pub async fn flush(&self) -> Result<(), EngineError> {
+        let outcome = self.flush_once().await;
+        self.record_flush(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        outcome
+    }
+
+    async fn flush_once(&self) -> Result<(), EngineError> {
         let _one_at_a_time = self.flush_lock.lock().await;
         let upto = {
             let _gate = self.write_gate.write().await;
@@ -699,7 +706,6 @@ impl Engine {
         let age = self.config.flush_age;
         let flush_wanted = self.flush_wanted.clone();
         tokio::spawn(async move {
-            let mut backoff: Option<Duration> = None;
             loop {
                 let Some(engine) = weak.upgrade() else { return };
                 let due = {
@@ -709,20 +715,39 @@ impl Engine {
                         || st.active_bytes >= engine.config.memory_limit_bytes / 2
                         || !st.frozen.is_empty()
                 };
+                let mut backoff = None;
                 if due {
-                    let attempt = std::panic::AssertUnwindSafe(async {
-                        engine.flush().await?;
-                        engine.compact(COMPACT_MIN_FILES).await.map(|_| ())
-                    })
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|p| {
-                        Err(EngineError::Panicked {
-                            what: "flush",
-                            message: panic_message(p.as_ref()),
-                        })
-                    });
-                    backoff = engine.record_flush(attempt, backoff);
+                    let flushed = match std::panic::AssertUnwindSafe(engine.flush())
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(outcome) => outcome.is_ok(),
+                        Err(p) => {
+                            let e = EngineError::Panicked {
+                                what: "flush",
+                                message: panic_message(p.as_ref()),
+                            };
+                            engine.record_flush(Err(e.to_string()));
+                            false
+                        }
+                    };
+                    backoff = Engine::flush_backoff(engine.flush_health().consecutive_failures);
+                    if flushed {
+                        let compaction =
+                            std::panic::AssertUnwindSafe(engine.compact(COMPACT_MIN_FILES))
+                                .catch_unwind()
+                                .await;
+                        match compaction {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "compaction failed; the input files stay")
+                            }
+                            Err(p) => tracing::error!(
+                                panic = %panic_message(p.as_ref()),
+                                "compaction panicked; the input files stay"
+                            ),
+                        }
+                    }
                 }
                 drop(engine);
                 let wait = backoff.unwrap_or(Duration::from_secs(1).min(age));
@@ -737,13 +762,8 @@ impl Engine {
         })
     }
 
-    /// Records a background flush's outcome; returns the backoff before
-    /// the next attempt (none after a success).
-    fn record_flush(
-        &self,
-        outcome: Result<(), EngineError>,
-        backoff: Option<Duration>,
-    ) -> Option<Duration> {
+    /// Records a flush's outcome (an error's text) in the flush health.
+    fn record_flush(&self, outcome: Result<(), String>) {
         let mut health = self.flush_health.lock();
         match outcome {
             Ok(()) => {
@@ -755,21 +775,27 @@ impl Engine {
                 }
                 health.consecutive_failures = 0;
                 health.last_error = None;
-                None
             }
             Err(e) => {
                 health.consecutive_failures += 1;
-                health.last_error = Some(e.to_string());
-                let next = backoff.map_or(FLUSH_RETRY_MIN, |b| (b * 2).min(FLUSH_RETRY_MAX));
                 tracing::error!(
                     error = %e,
                     failures = health.consecutive_failures,
-                    retry_in_ms = next.as_millis() as u64,
                     "flush failed; rows stay in the WAL and memory"
                 );
-                Some(next)
+                health.last_error = Some(e);
             }
         }
+    }
+
+    /// How long the flusher waits before retrying after `failures` failed
+    /// flushes in a row: none after a success, then doubling.
+    fn flush_backoff(failures: u64) -> Option<Duration> {
+        if failures == 0 {
+            return None;
+        }
+        let doublings = (failures - 1).min(16) as u32;
+        Some((FLUSH_RETRY_MIN * 2u32.pow(doublings)).min(FLUSH_RETRY_MAX))
     }
 }
 
@@ -904,10 +930,28 @@ fn write_frozen(
             e.1.extend(m.batches.iter().cloned());
         }
     }
-    let mut files = vec![];
+    let mut files: Vec<ParquetFileMeta> = vec![];
     for (key, (database, batches)) in merged {
         let id = ids.next().expect("an id was reserved per table");
-        files.push(write_file(dir, &key, database, &batches, id, id)?);
+        match write_file(dir, &key, database, &batches, id, id) {
+            Ok(f) => files.push(f),
+            Err(e) => {
+                // No manifest lists this attempt's files: remove them now,
+                // not at the next start, so that retries do not pile up.
+                for f in files
+                    .iter()
+                    .map(|f| dir.join(&f.path))
+                    .chain([dir.join(file_path(&key, id))])
+                {
+                    if let Err(err) = std::fs::remove_file(&f) {
+                        if err.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(path = %f.display(), error = %err, "cannot remove a file of a failed flush");
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        }
     }
     Ok(files)
 }

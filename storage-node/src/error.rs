@@ -35,9 +35,14 @@ pub enum StorageError {
     },
 
     #[snafu(display(
-        "node {node_id} does not hold shard {shard_id}: the catalog places no replica of it here"
+        "node {node_id} does not hold shard {shard_id} of database '{database}': the catalog \
+         places no replica of it here"
     ))]
-    ShardNotHeld { node_id: u64, shard_id: u64 },
+    ShardNotHeld {
+        node_id: u64,
+        database: String,
+        shard_id: u64,
+    },
 }
 
 /// The one place a storage-node error becomes a gRPC status.

@@ -39,6 +39,8 @@ pub struct StorageFlightService {
     pub ctx: SessionContext,
     /// What batches are checked against, and which shards this node owns.
     pub catalog: CatalogClient,
+    /// When the catalog was last refreshed for an unknown name.
+    pub last_refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Parses a descriptor path `[database, table, shard_id]`.
@@ -94,13 +96,45 @@ impl StorageFlightService {
 }
 
 impl StorageFlightService {
-    /// Refuses a request for a shard the catalog does not place on this
-    /// node, after waiting for `version` (or a refresh), in case this
-    /// node's copy of the catalog is behind the sender's.
-    async fn check_owned(&self, shard_ids: &[u64], version: Option<u64>) -> Result<(), Status> {
+    /// Brings this node's copy of the catalog up to `version` (the
+    /// sender's) when it is older; without a version, refreshes it, at
+    /// most once per [`REFRESH_INTERVAL`] however many requests ask, so a
+    /// flood of requests naming unknown things cannot flood the catalog.
+    async fn catch_up(&self, version: Option<u64>) -> Result<(), Status> {
+        let unavailable = |e: strata_catalog::Error| {
+            Status::unavailable(format!(
+                "node {} cannot read the catalog: {e}",
+                self.node_id
+            ))
+        };
+        match version {
+            Some(v) if v <= self.catalog.state().version => Ok(()),
+            Some(v) => self.catalog.wait_for_version(v).await.map_err(unavailable),
+            None => {
+                let mut last = self.last_refresh.lock().await;
+                if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
+                    return Ok(());
+                }
+                let result = self.catalog.refresh().await.map_err(unavailable);
+                *last = Some(std::time::Instant::now());
+                result
+            }
+        }
+    }
+
+    /// Refuses a request for a shard that the catalog does not place on
+    /// this node in `database`, once this node's copy of the catalog has
+    /// caught up with the sender's.
+    async fn check_owned(
+        &self,
+        database: &str,
+        shard_ids: &[u64],
+        version: Option<u64>,
+    ) -> Result<(), Status> {
         let missing = |state: &strata_catalog::CatalogData| {
+            let db = state.databases.get(database);
             shard_ids.iter().copied().find(|id| {
-                !state.databases.values().any(|d| {
+                !db.is_some_and(|d| {
                     d.shard_groups.iter().any(|g| {
                         g.shards
                             .iter()
@@ -109,55 +143,43 @@ impl StorageFlightService {
                 })
             })
         };
-        if missing(&self.catalog.state()).is_none() {
-            return Ok(());
+        if version.is_some() {
+            self.catch_up(version).await?;
         }
-        let caught_up = match version {
-            Some(v) => self.catalog.wait_for_version(v).await,
-            None => self.catalog.refresh().await,
-        };
-        if let Err(e) = caught_up {
-            return Err(Status::unavailable(format!(
-                "node {} cannot read the catalog: {e}",
-                self.node_id
-            )));
+        if missing(&self.catalog.state()).is_some() && version.is_none() {
+            self.catch_up(None).await?;
         }
         match missing(&self.catalog.state()) {
             None => Ok(()),
             Some(shard_id) => Err(into_status(StorageError::ShardNotHeld {
                 node_id: self.node_id,
+                database: database.to_string(),
                 shard_id,
             })),
         }
     }
 
-    /// Checks every batch against the table's columns in the catalog. A
-    /// batch naming what this node's copy of the catalog does not know yet
-    /// is checked again once the copy has caught up.
-    async fn check_batches(
+    /// Checks every batch against the table's columns in the catalog (as
+    /// new as the sender's, see [`Self::check_owned`]).
+    fn check_batches(
         &self,
         database: &str,
         table: &str,
         batches: &[RecordBatch],
-        catalog_version: Option<u64>,
-    ) -> Result<(), String> {
-        let check = |state: &strata_catalog::CatalogData| -> Result<(), Invalid> {
-            let t = TableCheck::new(state, database, table)?;
-            batches.iter().try_for_each(|b| t.check(b))
-        };
-        match check(&self.catalog.state()) {
-            Ok(()) => return Ok(()),
-            Err(Invalid::Mismatch(m)) => return Err(m),
-            Err(Invalid::Unknown(_)) => {}
-        }
-        let caught_up = match catalog_version {
-            Some(v) => self.catalog.wait_for_version(v).await,
-            None => self.catalog.refresh().await,
-        };
-        caught_up.map_err(|e| format!("cannot read the catalog to check the batch: {e}"))?;
-        check(&self.catalog.state()).map_err(|e| e.to_string())
+    ) -> Result<(), Invalid> {
+        let state = self.catalog.state();
+        let t = TableCheck::new(&state, database, table)?;
+        batches.iter().try_for_each(|b| t.check(b))
     }
 }
+
+/// How often a node refreshes its catalog for requests that name what it
+/// does not know and carry no catalog version.
+const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Most Arrow bytes one `DoPut` may carry; the write router sends far less
+/// (a request body is at most 256 MiB of text, cut into 8 MiB chunks).
+pub const MAX_PUT_BYTES: usize = 256 << 20;
 
 /// Refuses a message whose Arrow body is compressed: writers send plain
 /// IPC, and decompressing allocates the size a compressed body declares,
@@ -271,7 +293,8 @@ impl FlightService for StorageFlightService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = ScanTicket::decode(request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(format!("bad scan ticket: {e}")))?;
-        self.check_owned(&ticket.shard_ids, None).await?;
+        self.check_owned(&ticket.database, &ticket.shard_ids, None)
+            .await?;
         let span = tracing::info_span!(
             "scan",
             query_id = %ticket.query_id,
@@ -309,13 +332,39 @@ impl FlightService for StorageFlightService {
             )
         })?;
         let (db, table, shard_id) = parse_path(&desc)?;
+        // Everything that can be refused before the data is read is.
+        self.check_owned(&db, &[shard_id], catalog_version).await?;
+        let invalid = |reason: String| {
+            into_status(StorageError::InvalidWrite {
+                database: db.clone(),
+                table: table.clone(),
+                shard_id,
+                reason,
+            })
+        };
+        let state = self.catalog.state();
+        TableCheck::new(&state, &db, &table).map_err(|e| invalid(e.to_string()))?;
+        drop(state);
+        self.engine
+            .check_memory()
+            .map_err(|e| into_status(StorageError::Engine { source: e }))?;
+        let mut bytes = 0usize;
         let data = stream::once(async { Ok(first) })
             .chain(input.map_err(FlightError::from))
-            .and_then(|fd| futures::future::ready(refuse_compressed(fd)));
+            .and_then(move |fd| {
+                bytes += fd.data_header.len() + fd.data_body.len();
+                let checked = if bytes > MAX_PUT_BYTES {
+                    Err(FlightError::ProtocolError(format!(
+                        "a DoPut may carry at most {MAX_PUT_BYTES} bytes"
+                    )))
+                } else {
+                    refuse_compressed(fd)
+                };
+                futures::future::ready(checked)
+            });
         // A write may carry batches of different columns, each after its
-        // own schema message.
-        // Arrow's decoder panics on some malformed messages: that is a bad
-        // request too.
+        // own schema message. Arrow's decoder panics on some malformed
+        // messages: that is a bad request too.
         let decoded: Vec<arrow_flight::decode::DecodedFlightData> = std::panic::AssertUnwindSafe(
             arrow_flight::decode::FlightDataDecoder::new(data).try_collect::<Vec<_>>(),
         )
@@ -330,17 +379,8 @@ impl FlightService for StorageFlightService {
                 _ => None,
             })
             .collect();
-        self.check_owned(&[shard_id], catalog_version).await?;
-        self.check_batches(&db, &table, &batches, catalog_version)
-            .await
-            .map_err(|reason| {
-                into_status(StorageError::InvalidWrite {
-                    database: db.clone(),
-                    table: table.clone(),
-                    shard_id,
-                    reason,
-                })
-            })?;
+        self.check_batches(&db, &table, &batches)
+            .map_err(|e| invalid(e.to_string()))?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         self.engine
             .write_batches(&db, &table, shard_id, batches)
@@ -366,6 +406,18 @@ impl FlightService for StorageFlightService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         match request.get_ref().r#type.as_str() {
+            strata_proto::HEALTH_ACTION => {
+                let h = self.engine.flush_health();
+                let body = serde_json::json!({
+                    "node_id": self.node_id,
+                    "flush_failures": h.consecutive_failures,
+                    "last_flush_error": h.last_error,
+                });
+                let result = arrow_flight::Result {
+                    body: body.to_string().into(),
+                };
+                Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+            }
             "flush" => {
                 self.engine
                     .flush()
@@ -399,7 +451,7 @@ impl FlightService for StorageFlightService {
                 Ok(Response::new(Box::pin(stream::empty())))
             }
             other => Err(Status::invalid_argument(format!(
-                "unknown action '{other}'; storage nodes know: flush, compact, delete"
+                "unknown action '{other}'; storage nodes know: health, flush, compact, delete"
             ))),
         }
     }

@@ -56,6 +56,7 @@ impl StorageNode {
             engine: engine.clone(),
             ctx: SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2)),
             catalog: catalog.clone(),
+            last_refresh: tokio::sync::Mutex::new(None),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(

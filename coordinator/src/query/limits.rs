@@ -49,7 +49,18 @@ fn is_operator(t: &Token) -> bool {
     match t {
         Token::Word(w) => matches!(
             w.keyword,
-            Keyword::AND | Keyword::OR | Keyword::NOT | Keyword::WHEN | Keyword::IS
+            Keyword::AND
+                | Keyword::OR
+                | Keyword::XOR
+                | Keyword::NOT
+                | Keyword::WHEN
+                | Keyword::IS
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::SIMILAR
+                | Keyword::BETWEEN
+                | Keyword::IN
+                | Keyword::DIV
         ),
         Token::DoubleEq
         | Token::Eq
@@ -85,6 +96,7 @@ fn is_operator(t: &Token) -> bool {
         | Token::HashArrow
         | Token::RArrow
         | Token::AtSign
+        | Token::LBracket
         | Token::ExclamationMark => true,
         _ => false,
     }

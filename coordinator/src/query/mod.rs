@@ -72,6 +72,10 @@ impl QueryEngine {
         &self.catalog
     }
 
+    pub fn nodes(&self) -> &NodeClients {
+        &self.nodes
+    }
+
     /// A session whose default schema is `database` (when given).
     pub fn session(&self, database: Option<&str>, query_id: &str) -> SessionContext {
         let config = SessionConfig::new()
@@ -93,7 +97,6 @@ impl QueryEngine {
 
     /// Parses and plans `sql` on a query thread, once its size is checked.
     pub async fn plan(&self, sql: &str, database: Option<&str>, query_id: &str) -> Result<Planned> {
-        limits::check_sql(sql).map_err(|reason| Error::BadStatement { reason })?;
         let this = self.clone();
         let (sql, database, query_id) = (
             sql.to_string(),
@@ -112,6 +115,7 @@ impl QueryEngine {
         database: Option<&str>,
         query_id: &str,
     ) -> Result<Planned> {
+        limits::check_sql(sql).map_err(|reason| Error::BadStatement { reason })?;
         if let Some(own) = ddl::parse(sql).map_err(|reason| Error::BadStatement { reason })? {
             return Ok(Planned::Own(own));
         }
@@ -119,13 +123,6 @@ impl QueryEngine {
             let d = delete::parse(sql, database, &self.catalog.state())
                 .map_err(|reason| Error::BadStatement { reason })?;
             return Ok(Planned::Own(OwnStatement::Delete(d)));
-        }
-        if let Some(db) = database {
-            if !self.catalog.state().databases.contains_key(db) {
-                return Err(Error::DatabaseNotFound {
-                    database: db.to_string(),
-                });
-            }
         }
         let ctx = self.session(database, query_id);
         let options = SQLOptions::new()
@@ -135,7 +132,7 @@ impl QueryEngine {
         let df = ctx
             .sql_with_options(sql, options)
             .await
-            .map_err(|e| not_found(explain_missing_database(e, database)))?;
+            .map_err(|e| self.not_found(explain_missing_database(e, database), database))?;
         Ok(Planned::Sql(Box::new(df)))
     }
 
@@ -229,6 +226,26 @@ impl QueryEngine {
         Ok(())
     }
 
+    /// An unknown table is NOT_FOUND (404), not a bad statement; when the
+    /// session's database does not exist, that is what is reported.
+    fn not_found(&self, e: datafusion::error::DataFusionError, database: Option<&str>) -> Error {
+        let msg = e.message().to_string();
+        let table_missing = matches!(e.find_root(), datafusion::error::DataFusionError::Plan(_))
+            && msg.contains("table '")
+            && msg.contains("not found");
+        if !table_missing {
+            return Error::Query { source: e };
+        }
+        match database {
+            Some(db) if !self.catalog.state().databases.contains_key(db) => {
+                Error::DatabaseNotFound {
+                    database: db.to_string(),
+                }
+            }
+            _ => Error::TableNotFound { message: msg },
+        }
+    }
+
     async fn run_own(&self, own: OwnStatement, schema: SchemaRef) -> Result<Vec<RecordBatch>> {
         match own {
             OwnStatement::CreateDatabase {
@@ -236,8 +253,10 @@ impl QueryEngine {
                 options,
                 if_not_exists,
             } => {
-                let nodes = self.catalog.state().nodes.len();
-                if options.replication_factor as usize > nodes {
+                let state = self.catalog.state();
+                let nodes = state.nodes.len();
+                let exists = state.databases.contains_key(&name);
+                if !(exists && if_not_exists) && options.replication_factor as usize > nodes {
                     return Err(Error::BadStatement {
                         reason: format!(
                             "REPLICATION {} is more than the {nodes} storage node(s) of this \
@@ -292,18 +311,6 @@ impl QueryEngine {
             }
         }
     }
-}
-
-/// An unknown table is NOT_FOUND (404), not a bad statement.
-fn not_found(e: datafusion::error::DataFusionError) -> Error {
-    let msg = e.message().to_string();
-    let table_missing = matches!(e.find_root(), datafusion::error::DataFusionError::Plan(_))
-        && msg.contains("table '")
-        && msg.contains("not found");
-    if table_missing {
-        return Error::TableNotFound { message: msg };
-    }
-    Error::Query { source: e }
 }
 
 /// DataFusion reports an unknown table; when the cause is an unknown or
