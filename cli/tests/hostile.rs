@@ -367,7 +367,11 @@ async fn http_answers_name_the_problem_with_the_right_status() {
     assert_eq!(status, 204);
     let (status, body) = sql_status(&c, Some("codes"), "SELECT * FROM nope").await;
     assert_eq!(status, 404, "{body}");
+    // A query that reads no table needs no database; one that does names
+    // the missing database.
     let (status, body) = sql_status(&c, Some("nodb"), "SELECT 1").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = sql_status(&c, Some("nodb"), "SELECT * FROM m").await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("database 'nodb' not found"), "{body}");
     let mut flight = c.sql(Some("codes")).await;
