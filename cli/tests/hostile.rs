@@ -519,3 +519,137 @@ async fn health_names_a_node_whose_flushes_fail() {
     assert_eq!(health().await.0, 200);
     assert_eq!(c.query("sick", "SELECT v FROM m").await, vec!["1.0"]);
 }
+
+/// Peak RSS of a real `strata dev` process (VmHWM from /proc) while a
+/// sparse table of 5,000 fields is written, flushed and, after `kill -9`,
+/// replayed, and while 10 gzip bodies that inflate to 20 MB each arrive
+/// at once against a 128 MiB write budget. Widening the sparse rows would
+/// take 60,000 × 5,000 × 8 bytes = 2.4 GB per copy; ten bodies decoded at
+/// once, 200 MB plus their parsed form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_for_wide_tables_and_gzip_bodies() {
+    const LIMIT_MIB: u64 = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr_file = dir.path().join("addrs.json");
+    let data_arg = data.to_str().unwrap().to_string();
+    let args = [
+        "dev",
+        "--data-dir",
+        &data_arg,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--flight-addr",
+        "127.0.0.1:0",
+        "--flush-rows",
+        "60000",
+        "--write-memory-limit-mib",
+        "128",
+    ];
+    let (dev, addrs) = crate::support::ServerProcess::start(&args, &addr_file);
+    let http = reqwest::Client::new();
+    let url = |addrs: &serde_json::Value, path: &str| {
+        format!("http://{}{path}", addrs["http"].as_str().unwrap())
+    };
+    let write = |addrs: serde_json::Value, body: Vec<u8>, gzip: bool| {
+        let http = http.clone();
+        async move {
+            let mut req = http
+                .post(url(&addrs, "/write?db=mem&precision=s"))
+                .body(body);
+            if gzip {
+                req = req.header("Content-Encoding", "gzip");
+            }
+            match req.send().await {
+                Ok(r) => r.status().as_u16(),
+                // Answered and closed before the whole body was sent.
+                Err(_) => 503,
+            }
+        }
+    };
+    let fields: Vec<String> = (0..5_000).map(|i| format!("f{i}={i}")).collect();
+    let first = format!("sparse,h=a {} 0\n", fields.join(","));
+    assert_eq!(write(addrs.clone(), first.into_bytes(), false).await, 204);
+    dev.reset_peak();
+    let sparse: String = (0..60_000)
+        .map(|i| format!("sparse,h=b f{}={i} {}\n", i % 5_000, i + 1))
+        .collect();
+    assert_eq!(write(addrs.clone(), sparse.into_bytes(), false).await, 204);
+    let files = || {
+        walk(&data)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while files() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the flush never came");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let flush_peak = dev.status_mib("VmHWM");
+    println!("sparse 60,000 rows x 5,000 fields, written and flushed: peak RSS {flush_peak} MiB");
+    assert!(flush_peak < LIMIT_MIB, "peak RSS {flush_peak} MiB");
+
+    // The same again, unflushed, then kill -9 and replay.
+    let again: String = (0..59_000)
+        .map(|i| format!("sparse,h=c f{}={i} {}\n", i % 5_000, i + 1))
+        .collect();
+    assert_eq!(write(addrs.clone(), again.into_bytes(), false).await, 204);
+    dev.kill9();
+    let (dev, addrs) = crate::support::ServerProcess::start(&args, &addr_file);
+    let replay_peak = dev.status_mib("VmHWM");
+    println!("replay of 59,000 sparse rows after kill -9: peak RSS {replay_peak} MiB");
+    assert!(replay_peak < LIMIT_MIB, "peak RSS {replay_peak} MiB");
+    let count = http
+        .get(url(
+            &addrs,
+            "/api/v3/query_sql?db=mem&q=SELECT%20count(*)%20AS%20n%20FROM%20sparse",
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(count, r#"[{"n":119001}]"#);
+
+    let line = b"bomb,host=server01,region=eu usage_user=12.5,usage_system=3i 1700000000\n";
+    let text = line.repeat((20 << 20) / line.len());
+    let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::best());
+    gz.write_all(&text).unwrap();
+    let packed = gz.finish().unwrap();
+    drop(text);
+    dev.reset_peak();
+    let statuses: Vec<u16> =
+        futures::future::join_all((0..10).map(|_| write(addrs.clone(), packed.clone(), true)))
+            .await;
+    let gzip_peak = dev.status_mib("VmHWM");
+    println!("10 gzip bodies of {} KB, 20 MB each decoded, at once: statuses {statuses:?}, peak RSS {gzip_peak} MiB", packed.len() / 1000);
+    assert!(
+        statuses.iter().all(|s| *s == 204 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&204) && statuses.contains(&503),
+        "{statuses:?}"
+    );
+    assert!(gzip_peak < LIMIT_MIB, "peak RSS {gzip_peak} MiB");
+    drop(dev);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

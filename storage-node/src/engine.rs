@@ -55,6 +55,12 @@ pub enum EngineError {
     Compaction { source: CompactionError },
     #[snafu(display("{what} panicked: {message}"))]
     Panicked { what: &'static str, message: String },
+    #[snafu(display("flushing table '{table}' of shard {shard_id}: {source}"))]
+    FlushTable {
+        shard_id: u64,
+        table: String,
+        source: Box<EngineError>,
+    },
     #[snafu(display("storage I/O on {}: {source}", path.display()))]
     Io {
         path: PathBuf,
@@ -569,22 +575,60 @@ impl Engine {
         let dir = self.config.data_dir.clone();
         let frozen_for_write = frozen.clone();
         let ids = self.file_ids(frozen.iter().map(|f| f.tables.len()).sum());
-        let files = tokio::task::spawn_blocking(move || write_frozen(&dir, &frozen_for_write, ids))
-            .await
-            .map_err(|e| panicked("flush", e))??;
+        let written =
+            tokio::task::spawn_blocking(move || write_frozen(&dir, &frozen_for_write, ids))
+                .await
+                .map_err(|e| panicked("flush", e))?;
+        // A table whose file could not be written stays frozen (readable,
+        // retried by the next flush) while the others' files are kept. The
+        // WAL is retired only once every table is in a file: until then a
+        // restart replays the flushed tables' records too, which dedup
+        // merges with their files.
+        let complete = written.failed.is_empty();
+        let still_frozen: Option<Arc<Frozen>> = (!complete).then(|| {
+            let mut tables: BTreeMap<TableKey, MemTable> = BTreeMap::new();
+            for f in &frozen {
+                for (k, m) in &f.tables {
+                    if written.failed.iter().any(|(key, _)| key == k) {
+                        let t = tables.entry(k.clone()).or_insert_with(|| MemTable {
+                            database: m.database.clone(),
+                            ..Default::default()
+                        });
+                        t.batches.extend(m.batches.iter().cloned());
+                    }
+                }
+            }
+            let bytes = tables
+                .values()
+                .flat_map(|m| m.batches.iter())
+                .map(batch_bytes)
+                .sum();
+            Arc::new(Frozen { tables, bytes })
+        });
+        let files = written.files;
         self.update_manifest(
             |m| {
                 m.files.extend(files);
-                m.flushed_seq = upto;
+                if complete {
+                    m.flushed_seq = upto;
+                }
             },
             // The flushed memtables leave the read snapshot in the same step
             // their files join it.
             |st| {
                 st.frozen
-                    .retain(|f| !frozen.iter().any(|g| Arc::ptr_eq(f, g)))
+                    .retain(|f| !frozen.iter().any(|g| Arc::ptr_eq(f, g)));
+                st.frozen.extend(still_frozen);
             },
         )
         .await?;
+        if let Some((key, e)) = written.failed.into_iter().next() {
+            return Err(EngineError::FlushTable {
+                shard_id: key.shard_id,
+                table: key.table,
+                source: Box::new(e),
+            });
+        }
         self.wal.remove_flushed(upto).context(WalSnafu)?;
         Ok(())
     }
@@ -915,11 +959,19 @@ fn delete_from_memtables(st: &mut State, d: &DeleteEntry) -> Result<u64, EngineE
     Ok(removed)
 }
 
+/// What a flush wrote: a file per table, or why a table's failed.
+struct WrittenTables {
+    files: Vec<ParquetFileMeta>,
+    failed: Vec<(TableKey, EngineError)>,
+}
+
+/// Writes one file per table of the frozen memtables; a table that fails
+/// leaves no file behind and does not stop the others.
 fn write_frozen(
     dir: &Path,
     frozen: &[Arc<Frozen>],
     mut ids: std::ops::Range<u64>,
-) -> Result<Vec<ParquetFileMeta>, EngineError> {
+) -> WrittenTables {
     // Merge the memtables of one table across frozen sets into one file.
     let mut merged: BTreeMap<TableKey, (String, Vec<RecordBatch>)> = BTreeMap::new();
     for f in frozen {
@@ -930,30 +982,39 @@ fn write_frozen(
             e.1.extend(m.batches.iter().cloned());
         }
     }
-    let mut files: Vec<ParquetFileMeta> = vec![];
+    let mut out = WrittenTables {
+        files: vec![],
+        failed: vec![],
+    };
     for (key, (database, batches)) in merged {
         let id = ids.next().expect("an id was reserved per table");
-        match write_file(dir, &key, database, &batches, id, id) {
-            Ok(f) => files.push(f),
+        // A panic in one table's file is that table's failure.
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_file(dir, &key, database, &batches, id, id)
+        }))
+        .unwrap_or_else(|p| {
+            Err(EngineError::Panicked {
+                what: "writing a Parquet file",
+                message: panic_message(p.as_ref()),
+            })
+        });
+        match attempt {
+            Ok(f) => out.files.push(f),
             Err(e) => {
-                // No manifest lists this attempt's files: remove them now,
-                // not at the next start, so that retries do not pile up.
-                for f in files
-                    .iter()
-                    .map(|f| dir.join(&f.path))
-                    .chain([dir.join(file_path(&key, id))])
-                {
-                    if let Err(err) = std::fs::remove_file(&f) {
-                        if err.kind() != std::io::ErrorKind::NotFound {
-                            tracing::warn!(path = %f.display(), error = %err, "cannot remove a file of a failed flush");
-                        }
+                // No manifest lists it: remove it now, not at the next
+                // start, so that retries do not pile files up.
+                let path = dir.join(file_path(&key, id));
+                if let Err(err) = std::fs::remove_file(&path) {
+                    if err.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %path.display(), error = %err, "cannot remove a file of a failed flush");
                     }
                 }
-                return Err(e);
+                tracing::error!(table = %key.table, shard = key.shard_id, error = %e, "cannot flush a table; its rows stay in memory and the WAL");
+                out.failed.push((key, e));
             }
         }
     }
-    Ok(files)
+    out
 }
 
 /// Writes one deduplicated Parquet file of a shard's table.
@@ -1225,5 +1286,57 @@ mod tests {
         let snap = e.snapshot("cpu", &[1]);
         assert!(snap.batches.is_empty(), "everything was flushed");
         assert_eq!(rows(&snap), 2);
+    }
+
+    /// A table that cannot be flushed does not hold back the others: their
+    /// files are written and their memory freed, while its rows stay in
+    /// memory and the WAL. A restart then replays both (the flushed one's
+    /// rows merge with its file) and nothing is lost or doubled.
+    #[tokio::test]
+    async fn one_table_failing_to_flush_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("shards/2");
+        {
+            let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+            e.write("db", "cpu", 1, batch(&[1, 2], &[1.0, 2.0]))
+                .await
+                .unwrap();
+            e.write("db", "mem", 2, batch(&[1], &[9.0])).await.unwrap();
+            std::fs::create_dir_all(dir.path().join("shards")).unwrap();
+            std::fs::write(&blocker, b"not a directory").unwrap();
+            let err = e.flush().await.unwrap_err().to_string();
+            assert!(err.contains("table 'mem' of shard 2"), "{err}");
+            let cpu = e.snapshot("cpu", &[1]);
+            assert!(
+                cpu.batches.is_empty() && cpu.files.len() == 1,
+                "cpu was flushed"
+            );
+            let mem = e.snapshot("mem", &[2]);
+            assert_eq!(
+                (mem.batches.len(), mem.files.len()),
+                (1, 0),
+                "mem stays in memory"
+            );
+            assert_eq!(e.flush_health().consecutive_failures, 1);
+        }
+        // Restart while mem is still unflushed: both come back.
+        std::fs::remove_file(&blocker).unwrap();
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        assert_eq!(rows(&e.snapshot("mem", &[2])), 1);
+        e.flush().await.unwrap();
+        e.compact(2).await.unwrap();
+        assert_eq!(
+            rows(&e.snapshot("cpu", &[1])),
+            2,
+            "replayed rows merged, not doubled"
+        );
+        assert_eq!(rows(&e.snapshot("mem", &[2])), 1);
+        assert_eq!(e.flush_health(), FlushHealth::default());
+        drop(e);
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        assert!(
+            e.snapshot("cpu", &[1, 2]).batches.is_empty(),
+            "the WAL was retired"
+        );
     }
 }
