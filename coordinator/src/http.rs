@@ -79,6 +79,13 @@ impl WriteBudget {
         held: &mut Option<tokio::sync::OwnedSemaphorePermit>,
         bytes: usize,
     ) -> Result<(), Error> {
+        let total = bytes + held.as_ref().map_or(0, |h| h.num_permits() * PERMIT_BYTES);
+        if total > self.limit_bytes {
+            // More than the whole budget: retrying cannot help.
+            return Err(Error::BodyTooLarge {
+                limit_bytes: self.limit_bytes,
+            });
+        }
         let n = bytes.div_ceil(PERMIT_BYTES) as u32;
         if n == 0 {
             return Ok(());
@@ -869,13 +876,38 @@ mod tests {
     /// and a finished request gives its reservation back.
     #[test]
     fn decoding_stays_within_the_write_budget() {
-        let budget = WriteBudget::new(3 << 20);
-        let body = gzip(&vec![b'a'; 8 << 20]);
+        let budget = WriteBudget::new(8 << 20);
+        // Another request holds most of the budget: this one must wait.
+        let mut other = None;
+        budget.reserve(&mut other, 6 << 20).unwrap();
+        let body = gzip(&vec![b'a'; 4 << 20]);
         let mut held = None;
         let e =
             decode_body(Encoding::Gzip, body.clone(), 64 << 20, &budget, &mut held).unwrap_err();
         assert!(matches!(e, Error::Overloaded { .. }), "{e}");
         assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        drop(other);
+        // Once it is free the same body decodes; one larger than the whole
+        // budget never can, and is told so (413, not "retry").
+        let mut held = None;
+        assert_eq!(
+            decode_body(Encoding::Gzip, body, 64 << 20, &budget, &mut held)
+                .unwrap()
+                .len(),
+            4 << 20
+        );
+        drop(held);
+        let mut held = None;
+        let e = decode_body(
+            Encoding::Gzip,
+            gzip(&vec![b'a'; 9 << 20]),
+            64 << 20,
+            &budget,
+            &mut held,
+        )
+        .unwrap_err();
+        assert_eq!(e.http_status(), StatusCode::PAYLOAD_TOO_LARGE, "{e}");
         drop(held);
         let mut held = None;
         let text = decode_body(
