@@ -10,7 +10,6 @@ use strata_catalog::CatalogClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::{BindSnafu, CatalogSnafu, Result, RuntimeSnafu};
 use crate::executor::QueryExecutor;
@@ -90,8 +89,12 @@ impl Coordinator {
         tasks.push(tokio::spawn(async move {
             let serve = tonic::transport::Server::builder()
                 .add_service(flight)
+                // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
+                // a listener it is handed, and Nagle's algorithm held each reply for
+                // the peer's delayed ACK (about 40 ms a request).
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(flight_listener),
+                    tonic::transport::server::TcpIncoming::from(flight_listener)
+                        .with_nodelay(Some(true)),
                     async move {
                         let _ = flight_rx.wait_for(|s| *s).await;
                     },

@@ -12,7 +12,6 @@ use strata_catalog::{CatalogClient, Command};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{BindSnafu, EngineSnafu, RegisterSnafu, StorageError};
@@ -66,9 +65,15 @@ impl StorageNode {
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 )
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = rx.await;
-                }),
+                // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
+                // a listener it is handed, and Nagle's algorithm held each reply for
+                // the peer's delayed ACK (about 40 ms a request).
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = rx.await;
+                    },
+                ),
         );
         let flusher = engine.spawn_flusher();
 
