@@ -1,6 +1,6 @@
 //! Acknowledged writes survive `kill -9` of a `strata dev` process.
 
-use crate::support::{post, ServerProcess, TestCluster};
+use crate::support::{post, walk, ServerProcess, TestCluster};
 
 /// A `strata dev` child process on port 0.
 struct DevProcess {
@@ -192,17 +192,4 @@ async fn acknowledged_rows_survive_kills_during_flush_and_compaction() {
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .count();
     assert!(parquet_files > 0, "no flush happened");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use prost::Message;
 use strata_catalog::CatalogClient;
 
-use crate::support::{post, TestCluster};
+use crate::support::{error_lines, post, walk, TestCluster};
 
 /// The cluster still writes and answers, and `db` holds `rows` rows in `m`.
 async fn still_serves(c: &TestCluster, db: &str, rows: usize) {
@@ -145,13 +145,7 @@ async fn long_names_are_refused_per_line_and_never_wedge_a_node() {
     assert_eq!(status, 400, "{resp}");
     let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
     assert_eq!(v["lines_written"], 2);
-    let lines: Vec<u64> = v["line_errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["line"].as_u64().unwrap())
-        .collect();
-    assert_eq!(lines, vec![2, 3, 4, 5]);
+    assert_eq!(error_lines(&v), vec![2, 3, 4, 5]);
     for node in &c.cluster().storage {
         node.engine().flush().await.expect("flushes go on");
     }
@@ -218,7 +212,17 @@ async fn put(
     let data = FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(desc))
         .build(futures::stream::iter([Ok(b)]));
-    match client.do_put(data).await {
+    drained(client.do_put(data).await).await
+}
+
+/// Reads a Flight answer to its end; the status of its failure, if any.
+async fn drained<S, T>(
+    answer: Result<S, arrow_flight::error::FlightError>,
+) -> Result<(), tonic::Status>
+where
+    S: futures::Stream<Item = Result<T, arrow_flight::error::FlightError>>,
+{
+    match answer {
         Ok(s) => s
             .try_collect::<Vec<_>>()
             .await
@@ -314,15 +318,9 @@ async fn a_storage_node_refuses_batches_that_contradict_the_catalog() {
         shard_ids: vec![987654],
         ..Default::default()
     };
-    let e = match client.do_get(Ticket::new(ticket.encode_to_vec())).await {
-        Ok(s) => s
-            .try_collect::<Vec<_>>()
-            .await
-            .map(|_| ())
-            .map_err(status_of),
-        Err(e) => Err(status_of(e)),
-    }
-    .unwrap_err();
+    let e = drained(client.do_get(Ticket::new(ticket.encode_to_vec())).await)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
 
     // A good batch sent directly is taken.
@@ -637,21 +635,4 @@ async fn memory_stays_bounded_for_wide_tables_and_gzip_bodies() {
     );
     assert!(gzip_peak < LIMIT_MIB, "peak RSS {gzip_peak} MiB");
     drop(dev);
-}
-
-/// Every file under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::support::{post, TestCluster};
+use crate::support::{error_lines, post, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_lines_are_named_and_good_lines_kept() {
@@ -17,14 +17,8 @@ async fn malformed_lines_are_named_and_good_lines_kept() {
     assert_eq!(status, 400, "{resp}");
     let json: serde_json::Value = serde_json::from_str(&resp).expect("JSON error body");
     assert_eq!(json["lines_written"], 2);
-    let lines: Vec<u64> = json["line_errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["line"].as_u64().unwrap())
-        .collect();
     // line 5 writes temp as an integer into a float column
-    assert_eq!(lines, vec![2, 4, 5]);
+    assert_eq!(error_lines(&json), vec![2, 4, 5]);
     let msg = json["error"].as_str().unwrap();
     assert!(msg.contains("line 2"), "{msg}");
     let conflict = json["line_errors"][2]["error"].as_str().unwrap();

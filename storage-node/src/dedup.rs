@@ -107,14 +107,6 @@ pub fn dedup_sorted_chunks(
         let mut cols = Vec::with_capacity(b.num_columns());
         for (j, f) in b.schema().fields().iter().enumerate() {
             if let Some(&i) = index.get(f.name().as_str()) {
-                if f.data_type() != schema.field(i).data_type() {
-                    return Err(ArrowError::SchemaError(format!(
-                        "column '{}' is {} in one batch and {} in the merged schema",
-                        f.name(),
-                        f.data_type(),
-                        schema.field(i).data_type()
-                    )));
-                }
                 cols.push((i, j));
             }
         }

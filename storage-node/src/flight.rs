@@ -143,11 +143,10 @@ impl StorageFlightService {
                 })
             })
         };
-        if version.is_some() {
+        // With the sender's version, catching up costs nothing once this
+        // copy has it; without one, only a miss asks the catalog.
+        if version.is_some() || missing(&self.catalog.state()).is_some() {
             self.catch_up(version).await?;
-        }
-        if missing(&self.catalog.state()).is_some() && version.is_none() {
-            self.catch_up(None).await?;
         }
         match missing(&self.catalog.state()) {
             None => Ok(()),

@@ -228,3 +228,27 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Every file under `dir` (none if it does not exist).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The line numbers of a partial write's `line_errors`.
+pub fn error_lines(answer: &serde_json::Value) -> Vec<u64> {
+    answer["line_errors"]
+        .as_array()
+        .expect("line_errors is a list")
+        .iter()
+        .map(|e| e["line"].as_u64().expect("a line number"))
+        .collect()
+}
