@@ -312,16 +312,42 @@ async fn a_storage_node_refuses_batches_that_contradict_the_catalog() {
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     assert!(e.message().contains("database 'other'"), "{e}");
 
+    // A plan fragment for a shard the node does not hold.
+    let schema = Schema::new(vec![Field::new(
+        "time",
+        arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None),
+        false,
+    )]);
     let ticket = strata_proto::storage::v1::ScanTicket {
         database: "direct".into(),
         table: "m".into(),
         shard_ids: vec![987654],
+        table_schema_ipc: strata_storage::flight::schema_to_ipc(&schema).unwrap(),
         ..Default::default()
     };
-    let e = drained(client.do_get(Ticket::new(ticket.encode_to_vec())).await)
+    let fragment = strata_storage::fragment::scan_ticket_bytes(ticket.clone()).unwrap();
+    let e = drained(client.do_get(Ticket::new(fragment)).await)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    assert!(e.message().contains("shard 987654"), "{e}");
+    // A bare scan, garbage, or a ticket format this node does not speak.
+    let other_version = strata_proto::storage::v1::FragmentTicket {
+        version: 99,
+        query_id: "q".into(),
+        plan: vec![],
+    };
+    for (bytes, says) in [
+        (ticket.encode_to_vec(), "bad fragment ticket"),
+        (vec![0xff; 64], "bad fragment ticket"),
+        (other_version.encode_to_vec(), "format version 99"),
+    ] {
+        let e = drained(client.do_get(Ticket::new(bytes)).await)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains(says), "{e}");
+    }
 
     // A good batch sent directly is taken.
     let good = batch(vec![

@@ -1,7 +1,7 @@
 //! The storage node's Arrow Flight service. Each (database, table, shard)
 //! the node holds is a Flight, with descriptor path `[database, table,
 //! shard_id]`. `DoPut` with such a descriptor writes the batches durably;
-//! `DoGet` runs a [`ScanTicket`] and streams the result.
+//! `DoGet` runs a plan fragment ([`crate::fragment`]) and streams the result.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::engine::{Engine, TableKey};
 use crate::error::{into_status, StorageError};
-use crate::scan::execute_ticket;
+use crate::fragment::{scan_ticket_bytes, Fragment};
 use crate::validate::{Invalid, TableCheck};
 use strata_catalog::CatalogClient;
 
@@ -81,6 +81,7 @@ impl StorageFlightService {
             table_schema_ipc: schema_ipc(&schema)?,
             ..Default::default()
         };
+        let ticket = scan_ticket_bytes(ticket).map_err(|e| Status::internal(e.to_string()))?;
         let desc = FlightDescriptor::new_path(vec![
             database.to_string(),
             key.table.clone(),
@@ -90,7 +91,7 @@ impl StorageFlightService {
             .try_with_schema(&schema)
             .map_err(|e| Status::internal(e.to_string()))?
             .with_descriptor(desc)
-            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.encode_to_vec())));
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)));
         Ok(Some(info))
     }
 }
@@ -290,20 +291,26 @@ impl FlightService for StorageFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let ticket = ScanTicket::decode(request.into_inner().ticket)
-            .map_err(|e| Status::invalid_argument(format!("bad scan ticket: {e}")))?;
-        self.check_owned(&ticket.database, &ticket.shard_ids, None)
-            .await?;
+        let fragment = Fragment::decode(&request.into_inner().ticket, &self.ctx.task_ctx())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let leaves = fragment.leaves();
+        for leaf in &leaves {
+            self.check_owned(&leaf.database, &leaf.shard_ids, None)
+                .await?;
+        }
         let span = tracing::info_span!(
-            "scan",
-            query_id = %ticket.query_id,
-            table = %ticket.table,
-            shards = ?ticket.shard_ids
+            "fragment",
+            query_id = %fragment.query_id,
+            tables = ?leaves.iter().map(|l| l.table.as_str()).collect::<Vec<_>>(),
+            shards = ?leaves.iter().flat_map(|l| l.shard_ids.iter()).collect::<Vec<_>>()
         );
-        let batches = execute_ticket(&self.ctx, &self.engine, &ticket)
-            .instrument(span)
-            .await
-            .map_err(|e| into_status(StorageError::Query { source: e }))?;
+        let batches = async {
+            let plan = fragment.bind(&self.ctx, &self.engine).await?;
+            datafusion::physical_plan::execute_stream(plan, self.ctx.task_ctx())
+        }
+        .instrument(span)
+        .await
+        .map_err(|e| into_status(StorageError::Query { source: e }))?;
         // The schema goes first even when no batch follows.
         let schema = batches.schema();
         let flight = FlightDataEncoderBuilder::new()

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod flight;
 pub mod flush;
+pub mod fragment;
 pub mod manifest;
 pub mod merge;
 pub mod scan;

@@ -1,12 +1,15 @@
 //! Distributed planning: which shards a table scan needs (shard groups
-//! pruned by the query's time range) and the plan node that pulls each
-//! shard's rows from one of its replicas.
-//!
-//! At this stage every scan is a fan-out: storage nodes scan, filter,
-//! project and limit; joins, aggregates and sorts run on the coordinator.
+//! pruned by the query's time range), how the physical plan is cut between
+//! the storage nodes and the coordinator ([`rule`]), and the plan nodes
+//! that run fragments on the nodes ([`shard_fragment`]) and read shard
+//! groups in time order ([`time_ordered`]).
 
 pub mod pruning;
+pub mod rule;
 pub mod shard_fragment;
+pub mod time_ordered;
 
 pub use pruning::time_range;
-pub use shard_fragment::{ShardFragmentExec, ShardTarget};
+pub use rule::DistributePlan;
+pub use shard_fragment::{Binding, Pruning, ShardFragmentExec, Strategy, Task};
+pub use time_ordered::TimeOrderedExec;

@@ -1,93 +1,307 @@
-//! `ShardFragmentExec`: one output partition per shard, each pulled from a
-//! replica's Flight `DoGet`. If a replica fails before sending its first
-//! batch, the next replica is tried; after that the query fails with the
-//! shard and node named.
+//! `ShardFragmentExec`: the coordinator's end of a plan fragment. Its one
+//! child is the fragment (the plan that runs on storage nodes, with
+//! [`ScanLeafExec`] leaves); it is never executed here, only shown by
+//! EXPLAIN. Each output partition is one [`Task`]: the fragment over some
+//! shards, sent as a `DoGet` ticket to one replica holding them all. If a
+//! replica fails before sending its first batch, the next one is tried;
+//! after that the query fails with the shards and node named.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
 use arrow_flight::Ticket;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::EquivalenceProperties;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
-use prost::Message;
-use strata_proto::storage::v1::ScanTicket;
+use strata_storage::fragment::{encode_fragment, ScanLeafExec};
 
 use crate::node_clients::NodeClients;
 
-/// A shard to read and the replicas that hold it, in preference order.
+/// How a query was cut between the storage nodes and the coordinator
+/// (docs/architecture.md, "Distributed planning").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The whole plan runs on one node; the coordinator forwards it.
+    Direct,
+    /// Scan, filter, projection and limit per shard; union here.
+    FanOut,
+    /// Partial aggregates per shard; the final aggregate here.
+    FanOutAggregate,
+    /// Sorted (top-k) per shard; a sort-preserving merge here.
+    MergeSort,
+    /// Like merge-sort on time, reading shard groups in time order and
+    /// stopping once the limit is met.
+    TimeOrdered,
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::Direct => "direct",
+            Strategy::FanOut => "fan-out",
+            Strategy::FanOutAggregate => "fan-out-aggregate",
+            Strategy::MergeSort => "merge-sort",
+            Strategy::TimeOrdered => "time-ordered",
+        })
+    }
+}
+
+/// A replica: (node id, Flight address); an unregistered node has none.
+pub type Replica = (u64, Option<String>);
+
+/// One output partition: the shards it reads and the nodes that hold all
+/// of them, in preference order.
 #[derive(Debug, Clone)]
-pub struct ShardTarget {
-    pub shard_id: u64,
-    /// (node id, Flight address); an unregistered node has no address.
-    pub replicas: Vec<(u64, Option<String>)>,
+pub struct Task {
+    pub shard_ids: Vec<u64>,
+    pub replicas: Vec<Replica>,
+    /// The time range of the shard group the shards belong to
+    /// (`[start, end)`, nanoseconds); `None` when they span groups.
+    pub window: Option<(i64, i64)>,
+}
+
+/// How many shard groups and shards a scan kept of those the table has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruning {
+    pub groups_kept: usize,
+    pub groups_total: usize,
+    pub shards_kept: usize,
+    pub shards_total: usize,
+}
+
+impl std::ops::AddAssign for Pruning {
+    fn add_assign(&mut self, o: Self) {
+        self.groups_kept += o.groups_kept;
+        self.groups_total += o.groups_total;
+        self.shards_kept += o.shards_kept;
+        self.shards_total += o.shards_total;
+    }
+}
+
+/// Whether the fragment's leaves take each task's shards (one leaf, one
+/// task per shard or per node), or keep the shards they were planned
+/// with (a direct plan: one task, any number of leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    PerTask,
+    AsPlanned,
 }
 
 pub struct ShardFragmentExec {
-    schema: SchemaRef,
-    /// The scan every shard runs; `shard_ids` is filled per partition.
-    ticket: ScanTicket,
-    shards: Vec<ShardTarget>,
+    fragment: Arc<dyn ExecutionPlan>,
+    /// Whether the fragment is shown as this node's child. Not until the
+    /// distribution rule has placed it: DataFusion's own optimizers must
+    /// not rewrite what runs on the nodes (they would, say, repartition
+    /// below it).
+    placed: bool,
+    tasks: Vec<Task>,
+    binding: Binding,
+    strategy: Strategy,
+    pruning: Pruning,
     nodes: NodeClients,
+    query_id: String,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl ShardFragmentExec {
-    pub fn new(
-        schema: SchemaRef,
-        ticket: ScanTicket,
-        shards: Vec<ShardTarget>,
+    /// A fan-out of a table scan: one task per shard.
+    pub fn scan(
+        leaf: ScanLeafExec,
+        tasks: Vec<Task>,
+        pruning: Pruning,
         nodes: NodeClients,
+        query_id: String,
     ) -> Self {
+        let leaf = leaf.with_shards(vec![]);
+        Self {
+            placed: false,
+            ..Self::new(
+                Arc::new(leaf),
+                tasks,
+                Binding::PerTask,
+                Strategy::FanOut,
+                pruning,
+                nodes,
+                query_id,
+            )
+        }
+    }
+
+    pub fn new(
+        fragment: Arc<dyn ExecutionPlan>,
+        tasks: Vec<Task>,
+        binding: Binding,
+        strategy: Strategy,
+        pruning: Pruning,
+        nodes: NodeClients,
+        query_id: String,
+    ) -> Self {
+        // A task's fragment answers in one stream (a node coalesces more
+        // partitions), so only a one-partition fragment keeps its order.
+        let eq = if fragment.output_partitioning().partition_count() == 1 {
+            fragment.equivalence_properties().clone()
+        } else {
+            EquivalenceProperties::new(fragment.schema())
+        };
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(shards.len().max(1)),
+            eq,
+            Partitioning::UnknownPartitioning(tasks.len().max(1)),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
         Self {
-            schema,
-            ticket,
-            shards,
+            fragment,
+            placed: true,
+            tasks,
+            binding,
+            strategy,
+            pruning,
             nodes,
+            query_id,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    pub fn fragment(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.fragment
+    }
+
+    pub fn tasks(&self) -> &[Task] {
+        &self.tasks
+    }
+
+    pub fn binding(&self) -> Binding {
+        self.binding
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    pub fn pruning(&self) -> Pruning {
+        self.pruning
+    }
+
+    pub fn nodes(&self) -> &NodeClients {
+        &self.nodes
+    }
+
+    pub fn query_id(&self) -> &str {
+        &self.query_id
+    }
+
+    /// The same tasks running another fragment (the old one with more of
+    /// the plan on top) under another strategy.
+    pub fn with_fragment(&self, fragment: Arc<dyn ExecutionPlan>, strategy: Strategy) -> Self {
+        Self::new(
+            fragment,
+            self.tasks.clone(),
+            self.binding,
+            strategy,
+            self.pruning,
+            self.nodes.clone(),
+            self.query_id.clone(),
+        )
+    }
+
+    /// The same fragment over some of the tasks.
+    pub fn with_tasks(&self, tasks: Vec<Task>) -> Self {
+        Self::new(
+            self.fragment.clone(),
+            tasks,
+            self.binding,
+            self.strategy,
+            self.pruning,
+            self.nodes.clone(),
+            self.query_id.clone(),
+        )
+    }
+
+    /// The ticket that runs the fragment for `task`.
+    pub fn ticket(&self, task: &Task) -> Result<Vec<u8>> {
+        let plan = match self.binding {
+            Binding::AsPlanned => self.fragment.clone(),
+            Binding::PerTask => {
+                self.fragment
+                    .clone()
+                    .transform_up(|p| match p.downcast_ref::<ScanLeafExec>() {
+                        Some(leaf) => Ok(Transformed::yes(
+                            Arc::new(leaf.with_shards(task.shard_ids.clone()))
+                                as Arc<dyn ExecutionPlan>,
+                        )),
+                        None => Ok(Transformed::no(p)),
+                    })?
+                    .data
+            }
+        };
+        encode_fragment(plan, &self.query_id)
+    }
+
+    /// The first replica of each task, in node order: where the plan runs
+    /// when every node answers.
+    fn preferred_nodes(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .tasks
+            .iter()
+            .filter_map(|t| t.replicas.first().map(|r| r.0))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
 
 impl fmt::Debug for ShardFragmentExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardFragmentExec")
-            .field("table", &self.ticket.table)
-            .field("shards", &self.shards)
+            .field("strategy", &self.strategy)
+            .field("tasks", &self.tasks)
             .finish()
     }
 }
 
 impl DisplayAs for ShardFragmentExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let p = &self.pruning;
         write!(
             f,
-            "ShardFragmentExec: table={}.{}, shards={}, filters={}",
-            self.ticket.database,
-            self.ticket.table,
-            self.shards.len(),
-            self.ticket.filters.len()
+            "ShardFragmentExec: strategy={}, tasks={}, shard_groups={}/{}, shards={}/{}, nodes={:?}",
+            self.strategy,
+            self.tasks.len(),
+            p.groups_kept,
+            p.groups_total,
+            p.shards_kept,
+            p.shards_total,
+            self.preferred_nodes(),
         )?;
-        if let Some(limit) = self.ticket.limit {
-            write!(f, ", limit={limit}")?;
+        if matches!(t, DisplayFormatType::Verbose) {
+            let tasks: Vec<String> = self
+                .tasks
+                .iter()
+                .map(|t| {
+                    let nodes: Vec<u64> = t.replicas.iter().map(|r| r.0).collect();
+                    format!("shards {:?} on nodes {:?}", t.shard_ids, nodes)
+                })
+                .collect();
+            write!(f, ", task_list=[{}]", tasks.join("; "))?;
         }
         Ok(())
     }
@@ -102,8 +316,13 @@ impl ExecutionPlan for ShardFragmentExec {
         &self.properties
     }
 
+    /// The fragment once placed, so that EXPLAIN shows it; it runs on the
+    /// nodes.
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        match self.placed {
+            true => vec![&self.fragment],
+            false => vec![],
+        }
     }
 
     fn apply_expressions(
@@ -115,14 +334,16 @@ impl ExecutionPlan for ShardFragmentExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal(
-                "ShardFragmentExec has no children".into(),
-            ))
+        match (children.pop(), children.is_empty()) {
+            (None, _) if !self.placed => Ok(self),
+            (Some(fragment), true) if self.placed => {
+                Ok(Arc::new(self.with_fragment(fragment, self.strategy)))
+            }
+            _ => Err(DataFusionError::Internal(
+                "ShardFragmentExec has one child, its fragment".into(),
+            )),
         }
     }
 
@@ -131,22 +352,22 @@ impl ExecutionPlan for ShardFragmentExec {
         partition: usize,
         _ctx: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let schema = self.schema.clone();
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let Some(target) = self.shards.get(partition).cloned() else {
+        let schema = self.schema();
+        let Some(task) = self.tasks.get(partition).cloned() else {
             // No shard to read: an empty partition.
             return Ok(Box::pin(RecordBatchStreamAdapter::new(
                 schema,
                 futures::stream::empty(),
             )));
         };
-        let mut ticket = self.ticket.clone();
-        ticket.shard_ids = vec![target.shard_id];
+        let metrics = TaskMetrics::new(&self.metrics, partition);
+        let ticket = self.ticket(&task)?;
         let nodes = self.nodes.clone();
-        let stream =
-            futures::stream::once(async move { open_replica(&nodes, &ticket, &target).await })
-                .try_flatten()
-                .inspect_ok(move |b| baseline.record_output(b.num_rows()));
+        let out_schema = schema.clone();
+        let stream = futures::stream::once(async move {
+            open_replica(&nodes, ticket, &task, out_schema, metrics).await
+        })
+        .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 
@@ -155,59 +376,127 @@ impl ExecutionPlan for ShardFragmentExec {
     }
 }
 
-type BatchStream = futures::stream::BoxStream<'static, Result<arrow::array::RecordBatch>>;
+/// What a task records: rows out, Arrow IPC bytes received, time until
+/// the first batch and until the end.
+#[derive(Clone)]
+struct TaskMetrics {
+    baseline: BaselineMetrics,
+    bytes_received: Count,
+    time_to_first_batch: Time,
+    elapsed: Time,
+}
 
-/// Opens the scan on the first replica that answers with data (or a clean
+impl TaskMetrics {
+    fn new(set: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        Self {
+            baseline: BaselineMetrics::new(set, partition),
+            bytes_received: MetricBuilder::new(set).counter("bytes_received", partition),
+            time_to_first_batch: MetricBuilder::new(set)
+                .subset_time("time_to_first_batch", partition),
+            elapsed: MetricBuilder::new(set).subset_time("elapsed", partition),
+        }
+    }
+}
+
+type BatchStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
+
+/// Opens the task on the first replica that answers with data (or a clean
 /// end of stream), returning the rest of its stream.
 async fn open_replica(
     nodes: &NodeClients,
-    ticket: &ScanTicket,
-    target: &ShardTarget,
+    ticket: Vec<u8>,
+    task: &Task,
+    schema: SchemaRef,
+    metrics: TaskMetrics,
 ) -> Result<BatchStream> {
-    let bytes = ticket.encode_to_vec();
+    let started = Instant::now();
+    let ticket = bytes::Bytes::from(ticket);
     let mut failures = vec![];
-    for (node_id, addr) in &target.replicas {
+    for (node_id, addr) in &task.replicas {
         let Some(addr) = addr else {
             failures.push(format!("node {node_id} is not registered"));
             continue;
         };
+        let received = metrics.bytes_received.clone();
         let attempt = async {
-            let mut client = nodes.flight(addr).map_err(|s| s.message().to_string())?;
-            let mut stream = client
-                .do_get(Ticket::new(bytes.clone()))
+            let client = nodes.flight(addr).map_err(|s| s.message().to_string())?;
+            let mut inner = client.into_inner();
+            let response = inner
+                .do_get(Ticket::new(ticket.clone()))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.message().to_string())?;
+            let data = response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))).map_ok(move |d| {
+                received.add(d.data_header.len() + d.data_body.len());
+                d
+            });
+            let mut stream = FlightRecordBatchStream::new_from_flight_data(data);
             // Read the first batch here so that a replica failing up front
             // can still be replaced by another.
-            let first = stream.next().await.transpose().map_err(|e| e.to_string())?;
+            let first = stream.next().await.transpose().map_err(|e| match e {
+                FlightError::Tonic(s) => s.message().to_string(),
+                e => e.to_string(),
+            })?;
             Ok::<_, String>((first, stream))
         };
         match attempt.await {
             Ok((first, rest)) => {
-                let shard_id = target.shard_id;
+                metrics
+                    .time_to_first_batch
+                    .add_duration(started.elapsed());
+                let shards = task.shard_ids.clone();
                 let node_id = *node_id;
                 let addr = addr.clone();
                 let rest = rest.map_err(move |e| {
+                    let e = match e {
+                        FlightError::Tonic(s) => s.message().to_string(),
+                        e => e.to_string(),
+                    };
                     DataFusionError::External(Box::new(tonic::Status::unavailable(format!(
-                        "reading shard {shard_id} from node {node_id} at {addr} failed: {e}"
+                        "reading shards {shards:?} from node {node_id} at {addr} failed: {e}"
                     ))))
                 });
                 let head = futures::stream::iter(first.map(Ok));
-                return Ok(head.chain(rest).boxed());
+                let TaskMetrics {
+                    baseline, elapsed, ..
+                } = metrics;
+                let done = futures::stream::once(async move {
+                    elapsed.add_duration(started.elapsed());
+                })
+                .filter_map(|()| futures::future::ready(None::<Result<RecordBatch>>));
+                let stream = head
+                    .chain(rest)
+                    .map(move |b| {
+                        let b = b.and_then(|b| conform(b, &schema))?;
+                        baseline.record_output(b.num_rows());
+                        Ok(b)
+                    })
+                    .chain(done);
+                return Ok(stream.boxed());
             }
             Err(e) => {
-                tracing::warn!(shard = target.shard_id, node = node_id, %addr, error = %e, "replica failed, trying the next");
+                tracing::warn!(shards = ?task.shard_ids, node = node_id, %addr, error = %e, "replica failed, trying the next");
                 failures.push(format!("node {node_id} at {addr}: {e}"));
             }
         }
     }
     Err(DataFusionError::External(Box::new(
         tonic::Status::unavailable(format!(
-            "no replica of shard {} of table '{}.{}' could be read: {}",
-            target.shard_id,
-            ticket.database,
-            ticket.table,
+            "no replica of shards {:?} could be read: {}",
+            task.shard_ids,
             failures.join("; ")
         )),
     )))
+}
+
+/// A node's batch under the schema the coordinator planned with: the same
+/// columns, possibly with other field metadata.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema_ref() == schema {
+        return Ok(batch);
+    }
+    RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| {
+        DataFusionError::Internal(format!(
+            "a storage node answered with another schema than planned: {e}"
+        ))
+    })
 }

@@ -17,8 +17,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::bytes::Serializeable;
 use strata_catalog::CatalogClient;
 use strata_proto::storage::v1::{Projection, ScanTicket};
+use strata_storage::fragment::ScanLeafExec;
 
-use crate::dist_plan::{time_range, ShardFragmentExec, ShardTarget};
+use crate::dist_plan::{time_range, Pruning, ShardFragmentExec, Task};
 use crate::node_clients::NodeClients;
 
 /// The DataFusion catalog name under which databases appear.
@@ -160,17 +161,23 @@ impl TableProvider for StrataTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let state = self.inner.catalog.state();
         let (min, max) = time_range(filters);
-        let mut shards = vec![];
+        let mut tasks = vec![];
+        let mut pruning = Pruning::default();
         if let Some(db) = state.databases.get(&self.database) {
+            pruning.groups_total = db.shard_groups.len();
+            pruning.shards_total = db.shard_groups.iter().map(|g| g.shards.len()).sum();
             for group in db.shard_groups_overlapping(min, max) {
+                pruning.groups_kept += 1;
                 for shard in &group.shards {
-                    shards.push(ShardTarget {
-                        shard_id: shard.id,
+                    pruning.shards_kept += 1;
+                    tasks.push(Task {
+                        shard_ids: vec![shard.id],
                         replicas: shard
                             .owners
                             .iter()
                             .map(|n| (*n, state.nodes.get(n).map(|i| i.flight_addr.clone())))
                             .collect(),
+                        window: Some((group.start_ns, group.end_ns)),
                     });
                 }
             }
@@ -209,11 +216,12 @@ impl TableProvider for StrataTable {
             limit: limit.map(|l| l as u64),
             query_id: self.inner.query_id.clone(),
         };
-        Ok(Arc::new(ShardFragmentExec::new(
-            projected,
-            ticket,
-            shards,
+        Ok(Arc::new(ShardFragmentExec::scan(
+            ScanLeafExec::new(ticket, projected),
+            tasks,
+            pruning,
             self.inner.nodes.clone(),
+            self.inner.query_id.clone(),
         )))
     }
 }

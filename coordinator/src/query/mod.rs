@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use snafu::ResultExt;
 use strata_catalog::{CatalogClient, Command};
 
+use crate::dist_plan::DistributePlan;
 use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
 use crate::executor::QueryExecutor;
 use crate::node_clients::NodeClients;
@@ -83,7 +85,12 @@ impl QueryEngine {
             .with_default_catalog_and_schema(CATALOG_NAME, database.unwrap_or(DEFAULT_SCHEMA))
             .with_information_schema(true)
             .with_target_partitions(4);
-        let ctx = SessionContext::new_with_config(config);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(DistributePlan))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(
             CATALOG_NAME,
             Arc::new(StrataCatalog {

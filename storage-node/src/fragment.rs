@@ -1,0 +1,336 @@
+//! Plan fragments: the part of a query's physical plan that runs on a
+//! storage node, carried in a Flight `DoGet` ticket ([`FragmentTicket`]).
+//!
+//! The coordinator serializes the fragment with datafusion-proto. Its
+//! leaves are [`ScanLeafExec`]s, strata's one extension node, encoded by
+//! [`FragmentCodec`] as the [`ScanTicket`] they stand for. The node decodes
+//! the fragment, checks that it holds every shard a leaf names, replaces
+//! each leaf by its own scan of those shards (one output partition per
+//! shard, as the coordinator planned it) and runs the plan above.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlanProperties, 
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::physical_plan::{
+    AsExecutionPlan, DefaultPhysicalProtoConverter, PhysicalExtensionCodec,
+    PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use prost::Message;
+use strata_proto::storage::v1::{FragmentTicket, ScanTicket};
+
+use crate::engine::Engine;
+use crate::scan::{ticket_plan, ticket_schema};
+use crate::validate::guard_decode;
+
+/// The fragment ticket format this build speaks.
+pub const FRAGMENT_TICKET_VERSION: u32 = 1;
+
+/// A leaf of a plan fragment: the rows of one table in some shards, after
+/// the ticket's filters, projection and limit. It has one output partition
+/// per shard. Only a storage node can run it, once [`bind`] has replaced it
+/// by a scan of the node's data; on the coordinator it is what the
+/// fragment's plan is built and shown with.
+pub struct ScanLeafExec {
+    ticket: ScanTicket,
+    properties: Arc<PlanProperties>,
+}
+
+impl ScanLeafExec {
+    /// A leaf scanning `ticket`'s shards; `schema` is what the ticket's
+    /// projection produces.
+    pub fn new(ticket: ScanTicket, schema: SchemaRef) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(ticket.shard_ids.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self { ticket, properties }
+    }
+
+    /// The leaf a ticket stands for, its schema derived from the ticket.
+    pub fn from_ticket(ticket: ScanTicket) -> Result<Self> {
+        let schema = ticket_schema(&ticket)?;
+        let schema = match &ticket.projection {
+            Some(p) => {
+                let indices = p
+                    .columns
+                    .iter()
+                    .map(|c| schema.index_of(c))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Arc::new(schema.project(&indices)?)
+            }
+            None => schema,
+        };
+        Ok(Self::new(ticket, schema))
+    }
+
+    pub fn ticket(&self) -> &ScanTicket {
+        &self.ticket
+    }
+
+    /// The same scan over other shards.
+    pub fn with_shards(&self, shard_ids: Vec<u64>) -> Self {
+        let ticket = ScanTicket {
+            shard_ids,
+            ..self.ticket.clone()
+        };
+        Self::new(ticket, self.schema())
+    }
+}
+
+impl fmt::Debug for ScanLeafExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScanLeafExec")
+            .field("table", &self.ticket.table)
+            .field("shards", &self.ticket.shard_ids)
+            .finish()
+    }
+}
+
+impl DisplayAs for ScanLeafExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let t = &self.ticket;
+        write!(f, "ScanLeafExec: table={}.{}", t.database, t.table)?;
+        if !t.shard_ids.is_empty() {
+            write!(f, ", shards={:?}", t.shard_ids)?;
+        }
+        if let Some(p) = &t.projection {
+            write!(f, ", projection=[{}]", p.columns.join(", "))?;
+        }
+        if !t.filters.is_empty() {
+            write!(f, ", filters={}", t.filters.len())?;
+        }
+        if let Some(l) = t.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ScanLeafExec {
+    fn name(&self) -> &str {
+        "ScanLeafExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("ScanLeafExec has no children".into()))
+        }
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        Err(DataFusionError::Internal(format!(
+            "the scan of {}.{} runs only on a storage node, inside a plan fragment",
+            self.ticket.database, self.ticket.table
+        )))
+    }
+}
+
+/// datafusion-proto codec for strata's extension nodes in a fragment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FragmentCodec;
+
+impl PhysicalExtensionCodec for FragmentCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !inputs.is_empty() {
+            return Err(DataFusionError::Plan(
+                "a scan leaf of a plan fragment has no inputs".into(),
+            ));
+        }
+        let ticket = ScanTicket::decode(buf)
+            .map_err(|e| DataFusionError::Plan(format!("bad scan leaf in fragment: {e}")))?;
+        Ok(Arc::new(ScanLeafExec::from_ticket(ticket)?))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        match node.downcast_ref::<ScanLeafExec>() {
+            Some(leaf) => {
+                leaf.ticket.encode(buf).map_err(|e| {
+                    DataFusionError::Internal(format!("encoding a scan leaf: {e}"))
+                })?;
+                Ok(())
+            }
+            None => Err(DataFusionError::NotImplemented(format!(
+                "{} cannot run on a storage node",
+                node.name()
+            ))),
+        }
+    }
+}
+
+/// The `DoGet` ticket bytes that ask a node to run `plan`. Fails when a
+/// node of the plan cannot be serialized, or when the encoded plan nests
+/// deeper than a node would decode.
+pub fn encode_fragment(plan: Arc<dyn ExecutionPlan>, query_id: &str) -> Result<Vec<u8>> {
+    let node =
+        DefaultPhysicalProtoConverter {}.execution_plan_to_proto(&plan, &FragmentCodec)?;
+    let plan = node.encode_to_vec();
+    // What the node will do first: protobuf refuses to decode messages
+    // nested more than 100 levels deep.
+    PhysicalPlanNode::decode(&plan[..]).map_err(|e| {
+        DataFusionError::NotImplemented(format!("plan fragment too deep to send: {e}"))
+    })?;
+    Ok(FragmentTicket {
+        version: FRAGMENT_TICKET_VERSION,
+        query_id: query_id.to_string(),
+        plan,
+    }
+    .encode_to_vec())
+}
+
+/// Whether a storage node could run `plan`: it encodes, and decodes again
+/// as a node would (some plans serialize but cannot be rebuilt alone, e.g.
+/// an expression that belongs to an operator left out of the fragment).
+pub fn check_sendable(plan: Arc<dyn ExecutionPlan>) -> Result<()> {
+    static CTX: std::sync::OnceLock<Arc<TaskContext>> = std::sync::OnceLock::new();
+    let ctx = CTX.get_or_init(|| SessionContext::new().task_ctx());
+    let bytes = encode_fragment(plan, "")?;
+    Fragment::decode(&bytes, ctx).map(|_| ())
+}
+
+/// A ticket that scans one leaf, as a storage node's own `GetFlightInfo`
+/// hands out.
+pub fn scan_ticket_bytes(ticket: ScanTicket) -> Result<Vec<u8>> {
+    let query_id = ticket.query_id.clone();
+    encode_fragment(Arc::new(ScanLeafExec::from_ticket(ticket)?), &query_id)
+}
+
+/// A decoded fragment ticket: its query id and plan (leaves unbound).
+pub struct Fragment {
+    pub query_id: String,
+    pub plan: Arc<dyn ExecutionPlan>,
+}
+
+impl Fragment {
+    /// Decodes ticket bytes a client sent; anything malformed is a `Plan`
+    /// error, never a panic.
+    pub fn decode(bytes: &[u8], ctx: &TaskContext) -> Result<Self> {
+        let bad = |e: String| DataFusionError::Plan(format!("bad fragment ticket: {e}"));
+        let ticket = FragmentTicket::decode(bytes).map_err(|e| bad(e.to_string()))?;
+        if ticket.version != FRAGMENT_TICKET_VERSION {
+            return Err(bad(format!(
+                "format version {} is not spoken here (this node speaks {FRAGMENT_TICKET_VERSION})",
+                ticket.version
+            )));
+        }
+        let plan = guard_decode(|| {
+            let node = PhysicalPlanNode::decode(&ticket.plan[..]).map_err(|e| e.to_string())?;
+            node.try_into_physical_plan(ctx, &FragmentCodec)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(bad)?;
+        Ok(Self {
+            query_id: ticket.query_id,
+            plan,
+        })
+    }
+
+    /// The scans the fragment's leaves ask for.
+    pub fn leaves(&self) -> Vec<ScanTicket> {
+        let mut out = vec![];
+        let _ = self.plan.apply(|p| {
+            if let Some(leaf) = p.downcast_ref::<ScanLeafExec>() {
+                out.push(leaf.ticket.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        out
+    }
+
+    /// The plan with every leaf replaced by this node's scan of its
+    /// shards: one partition per shard, each deduplicated on its own.
+    pub async fn bind(self, ctx: &SessionContext, engine: &Engine) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut scans = vec![];
+        for ticket in self.leaves() {
+            let mut parts = vec![];
+            for shard in &ticket.shard_ids {
+                let one = ScanTicket {
+                    shard_ids: vec![*shard],
+                    ..ticket.clone()
+                };
+                let plan = ticket_plan(ctx, engine, &one).await?;
+                parts.push(single_partition(plan));
+            }
+            scans.push(match parts.len() {
+                0 => {
+                    let empty = ScanTicket {
+                        shard_ids: vec![],
+                        ..ticket.clone()
+                    };
+                    single_partition(ticket_plan(ctx, engine, &empty).await?)
+                }
+                1 => parts.pop().expect("one part"),
+                _ => UnionExec::try_new(parts)?,
+            });
+        }
+        let mut scans = scans.into_iter();
+        let bound = self.plan.transform_up(|p| {
+            if p.is::<ScanLeafExec>() {
+                let scan = scans.next().ok_or_else(|| {
+                    DataFusionError::Internal("fragment leaves changed while binding".into())
+                })?;
+                Ok(Transformed::yes(scan))
+            } else {
+                Ok(Transformed::no(p))
+            }
+        })?;
+        Ok(bound.data)
+    }
+}
+
+fn single_partition(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    if plan.output_partitioning().partition_count() > 1 {
+        Arc::new(CoalescePartitionsExec::new(plan))
+    } else {
+        plan
+    }
+}
