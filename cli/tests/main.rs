@@ -2,6 +2,7 @@
 //! servers on port 0, real files, real Raft.
 
 mod bench;
+mod differential;
 mod durability;
 mod end_to_end;
 mod hostile;

@@ -19,8 +19,9 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::{ExecutionPlanProperties, 
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
 };
 use datafusion::prelude::SessionContext;
 use datafusion_proto::physical_plan::{
@@ -148,7 +149,9 @@ impl ExecutionPlan for ScanLeafExec {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(DataFusionError::Internal("ScanLeafExec has no children".into()))
+            Err(DataFusionError::Internal(
+                "ScanLeafExec has no children".into(),
+            ))
         }
     }
 
@@ -194,9 +197,9 @@ impl PhysicalExtensionCodec for FragmentCodec {
     ) -> Result<()> {
         match node.downcast_ref::<ScanLeafExec>() {
             Some(leaf) => {
-                leaf.ticket.encode(buf).map_err(|e| {
-                    DataFusionError::Internal(format!("encoding a scan leaf: {e}"))
-                })?;
+                leaf.ticket
+                    .encode(buf)
+                    .map_err(|e| DataFusionError::Internal(format!("encoding a scan leaf: {e}")))?;
                 Ok(())
             }
             None => Err(DataFusionError::NotImplemented(format!(
@@ -211,8 +214,7 @@ impl PhysicalExtensionCodec for FragmentCodec {
 /// node of the plan cannot be serialized, or when the encoded plan nests
 /// deeper than a node would decode.
 pub fn encode_fragment(plan: Arc<dyn ExecutionPlan>, query_id: &str) -> Result<Vec<u8>> {
-    let node =
-        DefaultPhysicalProtoConverter {}.execution_plan_to_proto(&plan, &FragmentCodec)?;
+    let node = DefaultPhysicalProtoConverter {}.execution_plan_to_proto(&plan, &FragmentCodec)?;
     let plan = node.encode_to_vec();
     // What the node will do first: protobuf refuses to decode messages
     // nested more than 100 levels deep.
@@ -288,7 +290,11 @@ impl Fragment {
 
     /// The plan with every leaf replaced by this node's scan of its
     /// shards: one partition per shard, each deduplicated on its own.
-    pub async fn bind(self, ctx: &SessionContext, engine: &Engine) -> Result<Arc<dyn ExecutionPlan>> {
+    pub async fn bind(
+        self,
+        ctx: &SessionContext,
+        engine: &Engine,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut scans = vec![];
         for ticket in self.leaves() {
             let mut parts = vec![];

@@ -14,7 +14,8 @@
 //!    or without a fetch (**merge-sort**), local limit — so each shard's
 //!    task runs them next to its data. A round-robin repartition right
 //!    above a fragment is dropped: the shards are the parallelism. Above a
-//!    fragment of one task, every operator is pulled in (**direct**). An
+//!    fragment of one task, every operator that keeps its one partition is
+//!    pulled in (**direct**). An
 //!    operator that cannot be serialized stays on the coordinator, with
 //!    everything above it.
 //! 3. **time-ordered**: a merge on `time` with a limit over a fragment whose
@@ -31,12 +32,12 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::limit::LocalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::{
     replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties, Partitioning,
 };
@@ -62,15 +63,17 @@ impl PhysicalOptimizerRule for DistributePlan {
             .transform_up(|p| {
                 if let Some(f) = p.downcast_ref::<ShardFragmentExec>() {
                     // Placed from here on: EXPLAIN shows its fragment.
-                    return Ok(Transformed::yes(
-                        Arc::new(f.with_fragment(f.fragment().clone(), f.strategy()))
-                            as Arc<dyn ExecutionPlan>,
-                    ));
+                    return Ok(Transformed::yes(Arc::new(
+                        f.with_fragment(f.fragment().clone(), f.strategy()),
+                    )
+                        as Arc<dyn ExecutionPlan>));
                 }
                 // A fragment's stream is network I/O, which yields to the
                 // runtime by itself; the wrapper would only hide it.
                 let cooperative_fragment = p.is::<CooperativeExec>()
-                    && p.children().first().is_some_and(|c| c.is::<ShardFragmentExec>());
+                    && p.children()
+                        .first()
+                        .is_some_and(|c| c.is::<ShardFragmentExec>());
                 Ok(match cooperative_fragment {
                     true => Transformed::yes(p.children()[0].clone()),
                     false => Transformed::no(p),
@@ -108,8 +111,7 @@ fn fragments(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
 }
 
 fn as_fragment(p: &Arc<dyn ExecutionPlan>) -> &ShardFragmentExec {
-    p
-        .downcast_ref::<ShardFragmentExec>()
+    p.downcast_ref::<ShardFragmentExec>()
         .expect("a ShardFragmentExec")
 }
 
@@ -214,10 +216,7 @@ fn one_task_is_direct(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
 /// when it works partition by partition; `None` when it does not.
 fn partition_wise(plan: &dyn ExecutionPlan, below: Strategy) -> Option<Strategy> {
     let any = plan;
-    if any.is::<FilterExec>()
-        || any.is::<ProjectionExec>()
-        || any.is::<LocalLimitExec>()
-    {
+    if any.is::<FilterExec>() || any.is::<ProjectionExec>() || any.is::<LocalLimitExec>() {
         return Some(below);
     }
     if let Some(agg) = any.downcast_ref::<AggregateExec>() {
@@ -260,6 +259,15 @@ fn absorb(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let fragment = plan
         .clone()
         .replace_children(vec![f.fragment().clone()], recompute())?;
+    // A task answers in one stream: an operator that spreads its one
+    // partition over more (a hash repartition) stays here, so that its
+    // parent (say, a partitioned join) sees the partitions it was planned
+    // with.
+    if fragment.output_partitioning().partition_count()
+        != f.fragment().output_partitioning().partition_count()
+    {
+        return Ok(plan);
+    }
     if let Err(e) = check_sendable(fragment.clone()) {
         tracing::debug!(operator = plan.name(), error = %e, "stays on the coordinator");
         return Ok(plan);

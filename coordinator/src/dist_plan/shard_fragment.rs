@@ -243,10 +243,10 @@ impl ShardFragmentExec {
                 self.fragment
                     .clone()
                     .transform_up(|p| match p.downcast_ref::<ScanLeafExec>() {
-                        Some(leaf) => Ok(Transformed::yes(
-                            Arc::new(leaf.with_shards(task.shard_ids.clone()))
-                                as Arc<dyn ExecutionPlan>,
-                        )),
+                        Some(leaf) => Ok(Transformed::yes(Arc::new(
+                            leaf.with_shards(task.shard_ids.clone()),
+                        )
+                            as Arc<dyn ExecutionPlan>)),
                         None => Ok(Transformed::no(p)),
                     })?
                     .data
@@ -425,10 +425,13 @@ async fn open_replica(
                 .do_get(Ticket::new(ticket.clone()))
                 .await
                 .map_err(|e| e.message().to_string())?;
-            let data = response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))).map_ok(move |d| {
-                received.add(d.data_header.len() + d.data_body.len());
-                d
-            });
+            let data = response
+                .into_inner()
+                .map_err(|s| FlightError::Tonic(Box::new(s)))
+                .map_ok(move |d| {
+                    received.add(d.data_header.len() + d.data_body.len());
+                    d
+                });
             let mut stream = FlightRecordBatchStream::new_from_flight_data(data);
             // Read the first batch here so that a replica failing up front
             // can still be replaced by another.
@@ -440,9 +443,7 @@ async fn open_replica(
         };
         match attempt.await {
             Ok((first, rest)) => {
-                metrics
-                    .time_to_first_batch
-                    .add_duration(started.elapsed());
+                metrics.time_to_first_batch.add_duration(started.elapsed());
                 let shards = task.shard_ids.clone();
                 let node_id = *node_id;
                 let addr = addr.clone();

@@ -23,9 +23,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
 use strata_catalog::model::TIME_COLUMN;
 use strata_storage::fragment::ScanLeafExec;
@@ -210,14 +208,9 @@ impl ExecutionPlan for TimeOrderedExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match children.pop() {
-            Some(input) if children.is_empty() && input.is::<ShardFragmentExec>() => {
-                Ok(Arc::new(Self::new(
-                    input,
-                    self.ordering.clone(),
-                    self.fetch,
-                    self.descending,
-                )))
-            }
+            Some(input) if children.is_empty() && input.is::<ShardFragmentExec>() => Ok(Arc::new(
+                Self::new(input, self.ordering.clone(), self.fetch, self.descending),
+            )),
             _ => Err(DataFusionError::Internal(
                 "TimeOrderedExec reads one fragment".into(),
             )),
@@ -279,7 +272,10 @@ impl ExecutionPlan for TimeOrderedExec {
                 }
             }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
