@@ -3,6 +3,7 @@
 
 mod bench;
 mod differential;
+mod distributed;
 mod durability;
 mod end_to_end;
 mod hostile;

@@ -222,9 +222,10 @@ impl ShardFragmentExec {
         )
     }
 
-    /// The same fragment over some of the tasks.
+    /// The same fragment over some of the tasks, recording into the same
+    /// metrics.
     pub fn with_tasks(&self, tasks: Vec<Task>) -> Self {
-        Self::new(
+        let this = Self::new(
             self.fragment.clone(),
             tasks,
             self.binding,
@@ -232,7 +233,11 @@ impl ShardFragmentExec {
             self.pruning,
             self.nodes.clone(),
             self.query_id.clone(),
-        )
+        );
+        Self {
+            metrics: self.metrics.clone(),
+            ..this
+        }
     }
 
     /// The ticket that runs the fragment for `task`.
