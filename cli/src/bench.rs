@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
@@ -179,6 +180,11 @@ pub struct RunArgs {
     /// data (line protocol or Parquet from `bench generate`).
     #[arg(long)]
     verify: Option<PathBuf>,
+    /// Also time every query on the reference engine of `--verify`
+    /// (in-process DataFusion over one Parquet file of the same rows) with
+    /// the same workers, and print both side by side.
+    #[arg(long, requires = "verify")]
+    compare: bool,
     /// Write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -357,7 +363,9 @@ async fn run_queries(a: RunArgs) -> Result<(), String> {
     let reference = match &a.verify {
         Some(path) => {
             eprintln!("preparing the reference copy of {}", path.display());
-            Some(Reference::open(path).await.map_err(|e| e.to_string())?)
+            Some(Arc::new(
+                Reference::open(path).await.map_err(|e| e.to_string())?,
+            ))
         }
         None => None,
     };
@@ -393,6 +401,10 @@ async fn run_queries(a: RunArgs) -> Result<(), String> {
         Some(r) => Some(verify(r, &mut executors[0], &all).await?),
         None => None,
     };
+    let reference_stats = match (&reference, a.compare) {
+        (Some(r), true) => Some(time_reference(r.clone(), a.workers, &all).await?),
+        _ => None,
+    };
     let report = RunReport {
         engine: a.engine,
         workers: a.workers,
@@ -402,6 +414,7 @@ async fn run_queries(a: RunArgs) -> Result<(), String> {
         overall,
         types: stats,
         mismatches,
+        reference: reference_stats,
     };
     print!("{}", render_table(&report));
     if let Some(path) = &a.json {
@@ -416,6 +429,36 @@ async fn run_queries(a: RunArgs) -> Result<(), String> {
         Some(n) if n > 0 => Err(format!("{n} answers differ from the reference")),
         _ => Ok(()),
     }
+}
+
+/// One worker's handle on the reference engine.
+struct ReferenceWorker(Arc<Reference>);
+
+impl QueryExecutor for ReferenceWorker {
+    async fn execute(&mut self, sql: &str) -> Result<Vec<RecordBatch>, String> {
+        self.0.query(sql).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Runs every type's queries on the reference engine as on strata.
+async fn time_reference(
+    reference: Arc<Reference>,
+    workers: usize,
+    all: &[(&'static str, Vec<Query>)],
+) -> Result<Vec<TypeStats>, String> {
+    let mut executors: Vec<ReferenceWorker> = (0..workers)
+        .map(|_| ReferenceWorker(reference.clone()))
+        .collect();
+    let mut stats = vec![];
+    for (t, qs) in all {
+        let (s, back, _) = run_type(t, qs.clone(), executors)
+            .await
+            .map_err(|e| format!("on the reference: {e}"))?;
+        eprintln!("{t} on the reference: median {:.2} ms", s.median_ms);
+        executors = back;
+        stats.push(s);
+    }
+    Ok(stats)
 }
 
 /// Runs every query again, untimed, on strata and on the reference and

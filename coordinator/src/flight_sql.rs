@@ -6,8 +6,10 @@
 //! (also accepted: `bucket`, `bucket-name`, `iox-namespace-name`, as
 //! InfluxDB 3 clients send); tables may also be named `database.table`.
 
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -28,6 +30,7 @@ use arrow_flight::{
 };
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{stream, Stream, TryStreamExt};
+use parking_lot::Mutex;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
@@ -37,7 +40,7 @@ use tracing::Instrument;
 use strata_storage::flight::schema_to_ipc;
 
 use crate::query::catalog_provider::CATALOG_NAME;
-use crate::query::QueryEngine;
+use crate::query::{Planned, QueryEngine};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
@@ -47,6 +50,7 @@ const DATABASE_HEADERS: [&str; 4] = ["database", "bucket", "bucket-name", "iox-n
 pub struct StrataFlightSql {
     engine: QueryEngine,
     sql_info: Arc<SqlInfoData>,
+    plans: Mutex<PlanCache>,
 }
 
 /// What a statement or prepared-statement handle holds: the SQL and the
@@ -55,6 +59,50 @@ pub struct StrataFlightSql {
 struct StatementHandle {
     sql: String,
     database: Option<String>,
+    /// The plan `GetFlightInfo` made, kept for the `DoGet` that follows
+    /// ([`PlanCache`]); planned again when it is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plan_id: Option<String>,
+}
+
+/// How long a plan made by `GetFlightInfo` waits for its `DoGet`.
+const PLAN_TTL: Duration = Duration::from_secs(60);
+/// How many such plans wait at most; the oldest go first.
+const MAX_WAITING_PLANS: usize = 1024;
+
+/// Statements planned by `GetFlightInfo`, each taken by the first `DoGet`
+/// of its ticket, so a statement is planned once. A ticket redeemed again,
+/// late, or on another coordinator is planned from its SQL.
+#[derive(Default)]
+struct PlanCache {
+    waiting: HashMap<String, (Instant, String, Planned)>,
+    order: VecDeque<String>,
+}
+
+impl PlanCache {
+    fn put(&mut self, query_id: String, planned: Planned) -> String {
+        let now = Instant::now();
+        while let Some(oldest) = self.order.front() {
+            let expired = self
+                .waiting
+                .get(oldest)
+                .is_none_or(|(at, ..)| now.duration_since(*at) > PLAN_TTL);
+            if !expired && self.order.len() < MAX_WAITING_PLANS {
+                break;
+            }
+            let oldest = self.order.pop_front().expect("an oldest plan");
+            self.waiting.remove(&oldest);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.waiting.insert(id.clone(), (now, query_id, planned));
+        self.order.push_back(id.clone());
+        id
+    }
+
+    fn take(&mut self, id: &str) -> Option<(String, Planned)> {
+        let (at, query_id, planned) = self.waiting.remove(id)?;
+        (at.elapsed() <= PLAN_TTL).then_some((query_id, planned))
+    }
 }
 
 impl StatementHandle {
@@ -163,13 +211,15 @@ impl StrataFlightSql {
         Self {
             engine,
             sql_info: Arc::new(info.build().expect("static SqlInfo is valid")),
+            plans: Mutex::default(),
         }
     }
 
+    /// Plans the statement for its schema and keeps the plan for the
+    /// `DoGet` of the ticket returned.
     async fn plan_info(
         &self,
-        handle: &StatementHandle,
-        ticket: Vec<u8>,
+        handle: StatementHandle,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
         let query_id = uuid::Uuid::new_v4().to_string();
@@ -178,19 +228,38 @@ impl StrataFlightSql {
             .plan(&handle.sql, handle.database.as_deref(), &query_id)
             .await
             .map_err(|e| e.into_status())?;
-        flight_info(&wire_schema(&planned.schema()), ticket, descriptor)
+        let schema = wire_schema(&planned.schema());
+        let plan_id = self.plans.lock().put(query_id, planned);
+        let handle = StatementHandle {
+            plan_id: Some(plan_id),
+            ..handle
+        };
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode().into(),
+        };
+        flight_info(&schema, ticket.as_any().encode_to_vec(), descriptor)
     }
 
     async fn run(&self, handle: StatementHandle) -> Result<DoGetStream, Status> {
-        let query_id = uuid::Uuid::new_v4().to_string();
+        let waiting = handle
+            .plan_id
+            .as_deref()
+            .and_then(|id| self.plans.lock().take(id));
+        let (query_id, waiting) = match waiting {
+            Some((query_id, planned)) => (query_id, Some(planned)),
+            None => (uuid::Uuid::new_v4().to_string(), None),
+        };
         let span = tracing::info_span!("query", %query_id, database = ?handle.database);
         async {
-            tracing::debug!(sql = %handle.sql, "running");
-            let planned = self
-                .engine
-                .plan(&handle.sql, handle.database.as_deref(), &query_id)
-                .await
-                .map_err(|e| e.into_status())?;
+            tracing::debug!(sql = %handle.sql, planned = waiting.is_some(), "running");
+            let planned = match waiting {
+                Some(p) => p,
+                None => self
+                    .engine
+                    .plan(&handle.sql, handle.database.as_deref(), &query_id)
+                    .await
+                    .map_err(|e| e.into_status())?,
+            };
             let schema = wire_schema(&planned.schema());
             let batches = self
                 .engine
@@ -240,17 +309,9 @@ impl FlightSqlService for StrataFlightSql {
         let handle = StatementHandle {
             sql: query.query,
             database: database_header(request.metadata()),
+            plan_id: None,
         };
-        let ticket = TicketStatementQuery {
-            statement_handle: handle.encode().into(),
-        };
-        let info = self
-            .plan_info(
-                &handle,
-                ticket.as_any().encode_to_vec(),
-                request.into_inner(),
-            )
-            .await?;
+        let info = self.plan_info(handle, request.into_inner()).await?;
         Ok(Response::new(info))
     }
 
@@ -269,9 +330,7 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = StatementHandle::decode(&cmd.prepared_statement_handle)?;
-        let info = self
-            .plan_info(&handle, cmd.as_any().encode_to_vec(), request.into_inner())
-            .await?;
+        let info = self.plan_info(handle, request.into_inner()).await?;
         Ok(Response::new(info))
     }
 
@@ -292,6 +351,7 @@ impl FlightSqlService for StrataFlightSql {
         let handle = StatementHandle {
             sql: query.query,
             database: database_header(request.metadata()),
+            plan_id: None,
         };
         let query_id = uuid::Uuid::new_v4().to_string();
         let planned = self
@@ -463,4 +523,37 @@ impl FlightSqlService for StrataFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::ddl::OwnStatement;
+
+    fn planned() -> Planned {
+        Planned::Own(OwnStatement::ShowDatabases)
+    }
+
+    #[test]
+    fn a_waiting_plan_is_taken_once() {
+        let mut cache = PlanCache::default();
+        let id = cache.put("q1".into(), planned());
+        let (query_id, _) = cache.take(&id).expect("the plan waits");
+        assert_eq!(query_id, "q1");
+        assert!(cache.take(&id).is_none(), "taken by the first DoGet");
+        assert!(cache.take("unknown").is_none());
+    }
+
+    #[test]
+    fn the_oldest_plans_go_first_when_full() {
+        let mut cache = PlanCache::default();
+        let ids: Vec<String> = (0..MAX_WAITING_PLANS + 10)
+            .map(|i| cache.put(format!("q{i}"), planned()))
+            .collect();
+        assert_eq!(cache.waiting.len(), MAX_WAITING_PLANS);
+        assert!(cache.take(&ids[0]).is_none());
+        assert!(cache.take(&ids[9]).is_none());
+        assert!(cache.take(&ids[10]).is_some());
+        assert!(cache.take(ids.last().unwrap()).is_some());
+    }
 }

@@ -183,6 +183,7 @@ mod tests {
             types,
             queries_per_second: 3.0,
             mismatches: None,
+            reference: None,
         }
     }
 

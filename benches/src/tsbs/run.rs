@@ -101,6 +101,23 @@ pub struct RunReport {
     pub queries_per_second: f64,
     /// Answers that differed from the reference, when verified.
     pub mismatches: Option<u64>,
+    /// The same queries timed on the reference engine (`--compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Vec<TypeStats>>,
+}
+
+/// The geometric mean of positive values (0 when there are none).
+pub fn geomean(values: impl IntoIterator<Item = f64>) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for v in values.into_iter().filter(|v| *v > 0.0) {
+        sum += v.ln();
+        n += 1;
+    }
+    if n == 0 {
+        0.0
+    } else {
+        (sum / n as f64).exp()
+    }
 }
 
 /// Runs `queries` (all of one type) on `executors`, one worker each.
@@ -202,6 +219,44 @@ pub fn render_table(report: &RunReport) -> String {
     if let Some(m) = report.mismatches {
         s.push_str(&format!("mismatches: {m}\n"));
     }
+    if let Some(reference) = &report.reference {
+        s.push_str(&render_comparison(&report.engine, &report.types, reference));
+    }
+    s
+}
+
+/// Median per type on both engines, their ratio, and the geometric means.
+pub fn render_comparison(engine: &str, types: &[TypeStats], reference: &[TypeStats]) -> String {
+    let mut s = format!(
+        "\n{:<24} {:>12} {:>14} {:>8}\n",
+        "query type",
+        format!("{engine} ms"),
+        "reference ms",
+        "ratio"
+    );
+    let mut pairs = vec![];
+    for t in types {
+        let Some(r) = reference.iter().find(|r| r.query_type == t.query_type) else {
+            continue;
+        };
+        let ratio = t.median_ms / r.median_ms.max(1e-9);
+        pairs.push((t.median_ms, r.median_ms));
+        s.push_str(&format!(
+            "{:<24} {:>12.2} {:>14.2} {:>8.2}\n",
+            t.query_type, t.median_ms, r.median_ms, ratio
+        ));
+    }
+    let (a, b) = (
+        geomean(pairs.iter().map(|p| p.0)),
+        geomean(pairs.iter().map(|p| p.1)),
+    );
+    s.push_str(&format!(
+        "{:<24} {:>12.2} {:>14.2} {:>8.2}\n",
+        "geomean of medians",
+        a,
+        b,
+        a / b.max(1e-9)
+    ));
     s
 }
 
@@ -210,6 +265,12 @@ mod tests {
     use super::*;
     use arrow::array::Int64Array;
     use std::sync::Arc as StdArc;
+
+    #[test]
+    fn geomean_of_medians() {
+        assert!((geomean([1.0, 100.0]) - 10.0).abs() < 1e-9);
+        assert_eq!(geomean([]), 0.0);
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {
