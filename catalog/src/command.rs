@@ -39,6 +39,12 @@ pub enum Command {
         database: String,
         time_ns: i64,
     },
+    /// Sets the shard key that shard groups created from now on take;
+    /// existing groups keep theirs.
+    SetShardKey {
+        database: String,
+        shard_key: Vec<String>,
+    },
     /// Adds a storage node or updates its address.
     RegisterNode {
         id: u64,
@@ -156,6 +162,21 @@ impl CatalogData {
             Command::CreateShardGroup { database, time_ns } => {
                 self.create_shard_group(database, *time_ns)
             }
+            Command::SetShardKey {
+                database,
+                shard_key,
+            } => match self.databases.get_mut(database) {
+                Some(db) => {
+                    if db.options.shard_key != *shard_key {
+                        db.options.shard_key = shard_key.clone();
+                        self.changed();
+                    }
+                    CommandResult::Done
+                }
+                None => CommandResult::Rejected(Rejection::DatabaseNotFound {
+                    name: database.clone(),
+                }),
+            },
             Command::RegisterNode { id, flight_addr } => {
                 let info = StorageNodeInfo {
                     id: *id,
@@ -243,13 +264,14 @@ impl CatalogData {
             });
             self.next_id += 1;
         }
+        let db = self.databases.get_mut(database).expect("checked above");
         let group = ShardGroup {
             id: group_id,
             start_ns,
             end_ns,
             shards,
+            shard_key: db.options.shard_key.clone(),
         };
-        let db = self.databases.get_mut(database).expect("checked above");
         let pos = db
             .shard_groups
             .partition_point(|g| g.start_ns < group.start_ns);

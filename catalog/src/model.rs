@@ -62,6 +62,10 @@ pub struct DatabaseOptions {
     /// Shards per shard group; `None` lets the catalog choose from the number
     /// of storage nodes at the time a group is created.
     pub shards_per_group: Option<u32>,
+    /// Tags whose values pick a row's shard (rows with equal values share
+    /// one); empty: the whole series key does. New shard groups take it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_key: Vec<String>,
 }
 
 impl Default for DatabaseOptions {
@@ -79,6 +83,7 @@ impl DatabaseOptions {
             shard_group_duration_ns: default_shard_group_duration(retention_ns),
             replication_factor: 1,
             shards_per_group: None,
+            shard_key: vec![],
         }
     }
 }
@@ -240,6 +245,10 @@ pub struct ShardGroup {
     /// Exclusive.
     pub end_ns: i64,
     pub shards: Vec<Shard>,
+    /// The database's shard key when the group was created: what
+    /// [`shard_key_hash`] hashes to pick a shard (the series key if empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_key: Vec<String>,
 }
 
 impl ShardGroup {
@@ -247,6 +256,29 @@ impl ShardGroup {
     pub fn shard_for_hash(&self, hash: u64) -> &Shard {
         &self.shards[(hash % self.shards.len() as u64) as usize]
     }
+}
+
+/// FNV-1a over length-prefixed parts: stable across processes and
+/// versions, so every coordinator routes a row to the same shard.
+pub fn fnv_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for p in parts {
+        eat(&(p.len() as u64).to_le_bytes());
+        eat(p);
+    }
+    h
+}
+
+/// The hash of a row's shard-key values, in the key's order; a tag the row
+/// lacks counts as the empty string (as InfluxDB reads a missing tag).
+pub fn shard_key_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> u64 {
+    fnv_hash(values.into_iter().map(str::as_bytes))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

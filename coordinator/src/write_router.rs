@@ -250,7 +250,7 @@ impl WriteRouter {
             let mut by_shard: HashMap<u64, (Vec<u64>, Vec<&Row>)> = HashMap::new();
             for r in rows {
                 let group = &groups[&r.window_start];
-                let shard = group.shard_for_hash(series_hash(table, &r.line));
+                let shard = group.shard_for_hash(shard_hash(group, table, &r.line));
                 by_shard
                     .entry(shard.id)
                     .or_insert_with(|| (shard.owners.clone(), vec![]))
@@ -582,6 +582,23 @@ fn check_line(
         }
     }
     Ok(())
+}
+
+/// The hash that picks a row's shard in `group`: of its shard-key tag
+/// values when the group has a shard key, of its series key otherwise.
+pub fn shard_hash(group: &ShardGroup, table: &str, line: &ParsedLine) -> u64 {
+    if group.shard_key.is_empty() {
+        return series_hash(table, line);
+    }
+    let value = |key: &str| {
+        // A tag written twice keeps its later value.
+        line.tags
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_ref())
+    };
+    strata_catalog::model::shard_key_hash(group.shard_key.iter().map(|k| value(k)))
 }
 
 /// Stable hash of the series key (table + sorted tag set), FNV-1a, so that

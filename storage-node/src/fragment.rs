@@ -340,3 +340,154 @@ fn single_partition(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
         plan
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float64Array, RecordBatch, TimestampNanosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{col, lit, BinaryExpr};
+    use datafusion::physical_plan::filter::FilterExec;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::flight::schema_to_ipc;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Float64, true),
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                false,
+            ),
+        ]))
+    }
+
+    fn leaf(shards: Vec<u64>) -> ScanLeafExec {
+        ScanLeafExec::new(
+            ScanTicket {
+                database: "db".into(),
+                table: "t".into(),
+                shard_ids: shards,
+                table_schema_ipc: schema_to_ipc(&schema()).unwrap(),
+                ..Default::default()
+            },
+            schema(),
+        )
+    }
+
+    /// `v > 1` over a scan of `shards`.
+    fn fragment(shards: Vec<u64>) -> Arc<dyn ExecutionPlan> {
+        let leaf: Arc<dyn ExecutionPlan> = Arc::new(leaf(shards));
+        let predicate = Arc::new(BinaryExpr::new(
+            col("v", &schema()).unwrap(),
+            Operator::Gt,
+            lit(1.0),
+        ));
+        Arc::new(FilterExec::try_new(predicate, leaf).unwrap())
+    }
+
+    async fn engine_with_rows(dir: &std::path::Path) -> Engine {
+        let engine = Engine::open(EngineConfig::new(dir)).unwrap();
+        for (shard, values) in [(1u64, vec![0.5, 2.0]), (2, vec![3.0, 4.0])] {
+            let batch = RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(Float64Array::from(values)),
+                    Arc::new(TimestampNanosecondArray::from(vec![
+                        shard as i64 * 10,
+                        shard as i64 * 10 + 1,
+                    ])),
+                ],
+            )
+            .unwrap();
+            engine.write("db", "t", shard, batch).await.unwrap();
+        }
+        engine
+    }
+
+    #[tokio::test]
+    async fn a_fragment_runs_one_partition_per_shard_of_its_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine_with_rows(dir.path()).await;
+        let ctx = SessionContext::new();
+        let bytes = encode_fragment(fragment(vec![1, 2]), "q").unwrap();
+        let decoded = Fragment::decode(&bytes, &ctx.task_ctx()).unwrap();
+        assert_eq!(decoded.query_id, "q");
+        assert_eq!(decoded.leaves()[0].shard_ids, vec![1, 2]);
+        let plan = decoded.bind(&ctx, &engine).await.unwrap();
+        assert_eq!(plan.output_partitioning().partition_count(), 2);
+        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap();
+        let mut values: Vec<f64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        values.sort_by(f64::total_cmp);
+        assert_eq!(values, vec![2.0, 3.0, 4.0], "the filter ran on the node");
+    }
+
+    #[test]
+    fn other_versions_are_refused_by_name() {
+        let ticket = FragmentTicket {
+            version: 2,
+            query_id: "q".into(),
+            plan: vec![],
+        };
+        let ctx = SessionContext::new();
+        let e = Fragment::decode(&ticket.encode_to_vec(), &ctx.task_ctx())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("format version 2"), "{e}");
+        assert!(e.to_string().contains("speaks 1"), "{e}");
+    }
+
+    #[test]
+    fn a_leaf_runs_only_on_a_node() {
+        let ctx = SessionContext::new();
+        let e = leaf(vec![1]).execute(0, ctx.task_ctx()).err().unwrap();
+        assert!(e.to_string().contains("runs only on a storage node"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any ticket a client sends straight to a node, random bytes or a
+        /// real fragment with bytes flipped, decodes, binds and runs or is
+        /// an error, never a panic.
+        #[test]
+        fn any_fragment_ticket_runs_or_errs(
+            random in proptest::collection::vec(any::<u8>(), 0..300),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let engine = engine_with_rows(dir.path()).await;
+                let mut bytes = encode_fragment(fragment(vec![1, 2]), "fuzz").unwrap();
+                for (at, b) in &flips {
+                    let n = bytes.len();
+                    bytes[at % n] ^= b;
+                }
+                let ctx = SessionContext::new();
+                for candidate in [random.clone(), bytes] {
+                    if let Ok(f) = Fragment::decode(&candidate, &ctx.task_ctx()) {
+                        if let Ok(plan) = f.bind(&ctx, &engine).await {
+                            let _ = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+}

@@ -9,7 +9,7 @@ pub mod rule;
 pub mod shard_fragment;
 pub mod time_ordered;
 
-pub use pruning::time_range;
+pub use pruning::{shards_for_key, time_range};
 pub use rule::DistributePlan;
 pub use shard_fragment::{Binding, Pruning, ShardFragmentExec, Strategy, Task};
 pub use time_ordered::TimeOrderedExec;

@@ -1,9 +1,152 @@
-//! Extracting the time range a query's filters allow, to skip shard groups
-//! outside it.
+//! What a query's filters allow: the time range, to skip shard groups
+//! outside it, and the values of shard-key tags, to read only the shards
+//! those values hash to.
+
+use std::collections::BTreeSet;
 
 use datafusion::common::ScalarValue;
+use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
-use strata_catalog::model::TIME_COLUMN;
+use strata_catalog::model::{shard_key_hash, ShardGroup, TIME_COLUMN};
+
+/// Most shard-key value combinations worth hashing; a query allowing more
+/// reads every shard.
+const MAX_KEY_COMBINATIONS: usize = 4096;
+
+/// The indices of `group`'s shards that can hold rows passing `filters`
+/// (a conjunction): those the allowed shard-key values hash to, or all of
+/// them when the group has no shard key or a key tag is not pinned to a
+/// finite set of values.
+pub fn shards_for_key(group: &ShardGroup, filters: &[Expr]) -> Vec<usize> {
+    let all: Vec<usize> = (0..group.shards.len()).collect();
+    if group.shard_key.is_empty() || group.shards.len() < 2 {
+        return all;
+    }
+    let mut sets = vec![];
+    for tag in &group.shard_key {
+        match tag_values(filters, tag) {
+            Some(values) => sets.push(values.into_iter().collect::<Vec<_>>()),
+            None => return all,
+        }
+    }
+    let combinations = sets.iter().try_fold(1usize, |n, s| n.checked_mul(s.len()));
+    if combinations.is_none_or(|n| n > MAX_KEY_COMBINATIONS) {
+        return all;
+    }
+    let mut kept = BTreeSet::new();
+    let mut combo = vec![0usize; sets.len()];
+    'outer: loop {
+        if sets.iter().any(|s| s.is_empty()) {
+            break;
+        }
+        let hash = shard_key_hash(combo.iter().zip(&sets).map(|(i, s)| s[*i].as_str()));
+        kept.insert((hash % group.shards.len() as u64) as usize);
+        for d in (0..combo.len()).rev() {
+            combo[d] += 1;
+            if combo[d] < sets[d].len() {
+                continue 'outer;
+            }
+            combo[d] = 0;
+        }
+        break;
+    }
+    kept.into_iter().collect()
+}
+
+/// The values `filters` (a conjunction) allow for tag `tag`, when an `=`,
+/// an `IN` list or an `OR` of those pins it to a finite set.
+pub fn tag_values(filters: &[Expr], tag: &str) -> Option<BTreeSet<String>> {
+    let mut allowed: Option<BTreeSet<String>> = None;
+    let mut conjuncts = vec![];
+    for f in filters {
+        split_and(f, &mut conjuncts);
+    }
+    for c in conjuncts {
+        if let Some(values) = pinned(c, tag) {
+            allowed = Some(match allowed {
+                Some(a) => a.intersection(&values).cloned().collect(),
+                None => values,
+            });
+        }
+    }
+    allowed
+}
+
+fn split_and<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => {
+            split_and(left, out);
+            split_and(right, out);
+        }
+        other => out.push(other),
+    }
+}
+
+fn is_tag(e: &Expr, tag: &str) -> bool {
+    match e {
+        Expr::Column(c) => c.name == tag,
+        // A dictionary tag read as a string keeps its values.
+        Expr::Cast(c) => is_tag(&c.expr, tag),
+        Expr::TryCast(c) => is_tag(&c.expr, tag),
+        _ => false,
+    }
+}
+
+fn string_literal(e: &Expr) -> Option<String> {
+    fn of(v: &ScalarValue) -> Option<String> {
+        match v {
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
+            ScalarValue::Dictionary(_, inner) => of(inner),
+            _ => None,
+        }
+    }
+    match e {
+        Expr::Literal(v, _) => of(v),
+        Expr::Cast(c) => string_literal(&c.expr),
+        _ => None,
+    }
+}
+
+/// The finite set of values one conjunct allows for `tag`, if it pins it.
+fn pinned(e: &Expr, tag: &str) -> Option<BTreeSet<String>> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
+            let v = if is_tag(left, tag) {
+                string_literal(right)
+            } else if is_tag(right, tag) {
+                string_literal(left)
+            } else {
+                None
+            }?;
+            Some(BTreeSet::from([v]))
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut a = pinned(left, tag)?;
+            a.extend(pinned(right, tag)?);
+            Some(a)
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: false,
+        }) if is_tag(expr, tag) => list.iter().map(string_literal).collect(),
+        _ => None,
+    }
+}
 
 /// The inclusive `[min, max]` nanosecond range that rows must fall into to
 /// pass all of `filters` (a conjunction); unbounded sides are `i64::MIN` /
@@ -98,6 +241,66 @@ mod tests {
         assert_eq!(time_range(&f), (6, 8));
         let f = vec![col("host").eq(lit("a"))];
         assert_eq!(time_range(&f), (i64::MIN, i64::MAX));
+    }
+
+    fn group(key: &[&str], shards: usize) -> ShardGroup {
+        ShardGroup {
+            id: 1,
+            start_ns: 0,
+            end_ns: 10,
+            shards: (0..shards as u64)
+                .map(|id| strata_catalog::model::Shard {
+                    id,
+                    owners: vec![1],
+                })
+                .collect(),
+            shard_key: key.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn shard_of(g: &ShardGroup, values: &[&str]) -> usize {
+        (shard_key_hash(values.iter().copied()) % g.shards.len() as u64) as usize
+    }
+
+    #[test]
+    fn shard_key_values_pick_shards() {
+        let g = group(&["host"], 8);
+        let eq = vec![col("host").eq(lit("a")).and(col("time").gt(ts(1)))];
+        assert_eq!(shards_for_key(&g, &eq), vec![shard_of(&g, &["a"])]);
+        let dict = lit(ScalarValue::Dictionary(
+            Box::new(datafusion::arrow::datatypes::DataType::Int32),
+            Box::new(ScalarValue::from("b")),
+        ));
+        assert_eq!(
+            shards_for_key(&g, &[col("host").eq(dict)]),
+            vec![shard_of(&g, &["b"])]
+        );
+        let or = vec![col("host").eq(lit("a")).or(col("host").eq(lit("b")))];
+        let inl = vec![col("host").in_list(vec![lit("a"), lit("b")], false)];
+        let mut want = vec![shard_of(&g, &["a"]), shard_of(&g, &["b"])];
+        want.sort();
+        want.dedup();
+        assert_eq!(shards_for_key(&g, &or), want);
+        assert_eq!(shards_for_key(&g, &inl), want);
+        // Not pinned: every shard.
+        for f in [
+            vec![col("host").not_eq(lit("a"))],
+            vec![col("host").eq(lit("a")).or(col("region").eq(lit("x")))],
+            vec![col("host").in_list(vec![lit("a")], true)],
+            vec![],
+        ] {
+            assert_eq!(shards_for_key(&g, &f).len(), 8, "{f:?}");
+        }
+        // Contradictions read nothing.
+        let none = vec![col("host").eq(lit("a")), col("host").eq(lit("b"))];
+        assert!(shards_for_key(&g, &none).is_empty());
+        // A two-tag key needs both.
+        let g2 = group(&["host", "region"], 8);
+        assert_eq!(shards_for_key(&g2, &eq).len(), 8);
+        let both = vec![col("host").eq(lit("a")), col("region").eq(lit("x"))];
+        assert_eq!(shards_for_key(&g2, &both), vec![shard_of(&g2, &["a", "x"])]);
+        // Without a key, the series key routes: no pruning.
+        assert_eq!(shards_for_key(&group(&[], 8), &eq).len(), 8);
     }
 
     #[test]

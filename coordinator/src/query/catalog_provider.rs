@@ -19,7 +19,7 @@ use strata_catalog::CatalogClient;
 use strata_proto::storage::v1::{Projection, ScanTicket};
 use strata_storage::fragment::ScanLeafExec;
 
-use crate::dist_plan::{time_range, Pruning, ShardFragmentExec, Task};
+use crate::dist_plan::{shards_for_key, time_range, Pruning, ShardFragmentExec, Task};
 use crate::node_clients::NodeClients;
 
 /// The DataFusion catalog name under which databases appear.
@@ -168,7 +168,8 @@ impl TableProvider for StrataTable {
             pruning.shards_total = db.shard_groups.iter().map(|g| g.shards.len()).sum();
             for group in db.shard_groups_overlapping(min, max) {
                 pruning.groups_kept += 1;
-                for shard in &group.shards {
+                for i in shards_for_key(group, filters) {
+                    let shard = &group.shards[i];
                     pruning.shards_kept += 1;
                     tasks.push(Task {
                         shard_ids: vec![shard.id],

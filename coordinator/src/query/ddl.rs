@@ -1,7 +1,8 @@
 //! strata's own statements, handled before DataFusion sees the SQL:
 //!
 //! - `CREATE DATABASE [IF NOT EXISTS] name [WITH] [RETENTION <dur>|INF]
-//!   [SHARD DURATION <dur>] [REPLICATION <n>] [SHARDS <n>]`
+//!   [SHARD DURATION <dur>] [SHARD KEY (<tag>, ...)] [REPLICATION <n>] [SHARDS <n>]`
+//! - `ALTER DATABASE name SHARD KEY (<tag>, ...)` (for new shard groups)
 //! - `DROP DATABASE [IF EXISTS] name`
 //! - `SHOW DATABASES`
 //!
@@ -22,6 +23,12 @@ pub enum OwnStatement {
     DropDatabase {
         name: String,
         if_exists: bool,
+    },
+    /// `ALTER DATABASE name SHARD KEY (...)`: for shard groups created
+    /// from now on.
+    AlterDatabase {
+        name: String,
+        shard_key: Vec<String>,
     },
     ShowDatabases,
     /// Handled by [`super::delete`].
@@ -68,6 +75,19 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
             if_exists,
         }));
     }
+    if is(at(0), "alter") && is(at(1), "database") {
+        let name = unquote(at(2).ok_or("ALTER DATABASE needs a database name")?);
+        let keyword = at(4).filter(|k| k.len() >= 3 && k[..3].eq_ignore_ascii_case("key"));
+        if !is(at(3), "shard") || keyword.is_none() {
+            return Err("ALTER DATABASE changes the SHARD KEY (...) of new shard groups;                         other options cannot be changed yet"
+                .into());
+        }
+        let (shard_key, next) = parse_key_list(&t, 4)?;
+        if next < t.len() {
+            return Err(format!("unexpected '{}' after the shard key", t[next]));
+        }
+        return Ok(Some(OwnStatement::AlterDatabase { name, shard_key }));
+    }
     if !(is(at(0), "create") && is(at(1), "database")) {
         return Ok(None);
     }
@@ -97,6 +117,15 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
                 retention = Some(if v.eq_ignore_ascii_case("inf") { None } else { Some(parse_duration(v)?) });
                 i += 2;
             }
+            "shard"
+                if at(i + 1).is_some_and(|k| {
+                    k.len() >= 3 && k[..3].eq_ignore_ascii_case("key") && !k[3..].starts_with(|c: char| c.is_alphanumeric())
+                }) =>
+            {
+                let (key, next) = parse_key_list(&t, i + 1)?;
+                options.shard_key = key;
+                i = next;
+            }
             "shard" if is(at(i + 1), "duration") => {
                 shard_duration = Some(parse_duration(value(i + 2)?)?);
                 i += 3;
@@ -121,7 +150,7 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown database option '{other}'; expected RETENTION, SHARD DURATION, REPLICATION or SHARDS"
+                    "unknown database option '{other}'; expected RETENTION, SHARD DURATION, SHARD KEY, REPLICATION or SHARDS"
                 ))
             }
         }
@@ -134,6 +163,43 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
         options,
         if_not_exists,
     }))
+}
+
+/// `KEY (a, b, ...)` starting at token `i` (however the spaces fall);
+/// returns the names and the index after the list.
+fn parse_key_list(t: &[String], i: usize) -> Result<(Vec<String>, usize), String> {
+    let bad = || "SHARD KEY needs a list of tag names, e.g. SHARD KEY (hostname)".to_string();
+    let mut text = String::new();
+    let mut j = i;
+    while j < t.len() {
+        let token = if j == i { &t[j][3..] } else { &t[j][..] };
+        text.push_str(token);
+        text.push(' ');
+        j += 1;
+        if token.contains(')') {
+            break;
+        }
+    }
+    let inner = text
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(bad)?;
+    let names: Vec<String> = inner.split(',').map(|n| unquote(n.trim())).collect();
+    if names.iter().any(|n| n.is_empty() || n.contains(['(', ')'])) {
+        return Err(bad());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(format!("SHARD KEY names tag '{dup}' twice"));
+    }
+    if names
+        .iter()
+        .any(|n| n == strata_catalog::model::TIME_COLUMN)
+    {
+        return Err("SHARD KEY takes tags; time picks the shard group".into());
+    }
+    Ok((names, j))
 }
 
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -226,6 +292,35 @@ mod tests {
         assert_eq!(options.shard_group_duration_ns, HOUR_NS);
         assert_eq!(options.replication_factor, 2);
         assert_eq!(options.shards_per_group, Some(4));
+        for sql in [
+            "CREATE DATABASE k SHARD KEY (hostname, region) SHARDS 3",
+            "CREATE DATABASE k SHARD KEY(hostname,region) SHARDS 3",
+            "CREATE DATABASE k SHARD KEY ( hostname , \"region\" ) SHARDS 3",
+        ] {
+            let Some(OwnStatement::CreateDatabase { options, .. }) = parse(sql).unwrap() else {
+                panic!("{sql}")
+            };
+            assert_eq!(options.shard_key, vec!["hostname", "region"], "{sql}");
+            assert_eq!(options.shards_per_group, Some(3), "{sql}");
+        }
+        assert_eq!(
+            parse("ALTER DATABASE k SHARD KEY (host)").unwrap(),
+            Some(OwnStatement::AlterDatabase {
+                name: "k".into(),
+                shard_key: vec!["host".into()]
+            })
+        );
+        for (sql, says) in [
+            ("ALTER DATABASE k RETENTION 1d", "cannot be changed yet"),
+            ("ALTER DATABASE k SHARD KEY (a) x", "unexpected 'x'"),
+            ("CREATE DATABASE k SHARD KEY hostname", "list of tag names"),
+            ("CREATE DATABASE k SHARD KEY (a, a)", "twice"),
+            ("CREATE DATABASE k SHARD KEY (time)", "takes tags"),
+            ("CREATE DATABASE k SHARD KEY ()", "list of tag names"),
+        ] {
+            let e = parse(sql).unwrap_err();
+            assert!(e.contains(says), "{sql}: {e}");
+        }
     }
 
     #[test]

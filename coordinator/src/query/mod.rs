@@ -282,6 +282,16 @@ impl QueryEngine {
                     .context(CatalogSnafu)?;
                 Ok(vec![])
             }
+            OwnStatement::AlterDatabase { name, shard_key } => {
+                self.catalog
+                    .execute(Command::SetShardKey {
+                        database: name,
+                        shard_key,
+                    })
+                    .await
+                    .context(CatalogSnafu)?;
+                Ok(vec![])
+            }
             OwnStatement::DropDatabase { name, if_exists } => {
                 self.catalog
                     .execute(Command::DropDatabase { name, if_exists })
