@@ -389,7 +389,7 @@ mod tests {
         Arc::new(FilterExec::try_new(predicate, leaf).unwrap())
     }
 
-    async fn engine_with_rows(dir: &std::path::Path) -> Engine {
+    async fn engine_with_rows(dir: &std::path::Path) -> Arc<Engine> {
         let engine = Engine::open(EngineConfig::new(dir)).unwrap();
         for (shard, values) in [(1u64, vec![0.5, 2.0]), (2, vec![3.0, 4.0])] {
             let batch = RecordBatch::try_new(
