@@ -72,36 +72,52 @@ const MAX_WAITING_PLANS: usize = 1024;
 
 /// Statements planned by `GetFlightInfo`, each taken by the first `DoGet`
 /// of its ticket, so a statement is planned once. A ticket redeemed again,
-/// late, or on another coordinator is planned from its SQL.
+/// late, on another coordinator, or after the catalog changed (a new shard
+/// group, say) is planned from its SQL.
 #[derive(Default)]
 struct PlanCache {
-    waiting: HashMap<String, (Instant, String, Planned)>,
+    /// id -> (when, catalog version, query id, plan).
+    waiting: HashMap<String, (Instant, u64, String, Planned)>,
+    /// Ids in the order they came, for expiry.
     order: VecDeque<String>,
 }
 
 impl PlanCache {
-    fn put(&mut self, query_id: String, planned: Planned) -> String {
+    /// Drops expired plans, and the oldest while more than `room` wait.
+    fn sweep(&mut self, room: usize) {
         let now = Instant::now();
         while let Some(oldest) = self.order.front() {
-            let expired = self
+            let keep = self
                 .waiting
                 .get(oldest)
-                .is_none_or(|(at, ..)| now.duration_since(*at) > PLAN_TTL);
-            if !expired && self.order.len() < MAX_WAITING_PLANS {
+                .is_some_and(|(at, ..)| now.duration_since(*at) <= PLAN_TTL);
+            if keep && self.waiting.len() <= room {
                 break;
             }
             let oldest = self.order.pop_front().expect("an oldest plan");
             self.waiting.remove(&oldest);
         }
+    }
+
+    fn put(&mut self, version: u64, query_id: String, planned: Planned) -> String {
+        self.sweep(MAX_WAITING_PLANS - 1);
         let id = uuid::Uuid::new_v4().to_string();
-        self.waiting.insert(id.clone(), (now, query_id, planned));
+        self.waiting
+            .insert(id.clone(), (Instant::now(), version, query_id, planned));
         self.order.push_back(id.clone());
         id
     }
 
-    fn take(&mut self, id: &str) -> Option<(String, Planned)> {
-        let (at, query_id, planned) = self.waiting.remove(id)?;
-        (at.elapsed() <= PLAN_TTL).then_some((query_id, planned))
+    /// The plan waiting under `id`, when it was made with catalog
+    /// `version`.
+    fn take(&mut self, id: &str, version: u64) -> Option<(String, Planned)> {
+        let taken = self.waiting.remove(id);
+        if taken.is_some() {
+            self.order.retain(|o| o != id);
+        }
+        self.sweep(MAX_WAITING_PLANS);
+        let (at, planned_at, query_id, planned) = taken?;
+        (at.elapsed() <= PLAN_TTL && planned_at == version).then_some((query_id, planned))
     }
 }
 
@@ -223,13 +239,14 @@ impl StrataFlightSql {
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
         let query_id = uuid::Uuid::new_v4().to_string();
+        let version = self.engine.catalog().state().version;
         let planned = self
             .engine
             .plan(&handle.sql, handle.database.as_deref(), &query_id)
             .await
             .map_err(|e| e.into_status())?;
         let schema = wire_schema(&planned.schema());
-        let plan_id = self.plans.lock().put(query_id, planned);
+        let plan_id = self.plans.lock().put(version, query_id, planned);
         let handle = StatementHandle {
             plan_id: Some(plan_id),
             ..handle
@@ -241,10 +258,10 @@ impl StrataFlightSql {
     }
 
     async fn run(&self, handle: StatementHandle) -> Result<DoGetStream, Status> {
-        let waiting = handle
-            .plan_id
-            .as_deref()
-            .and_then(|id| self.plans.lock().take(id));
+        let waiting = handle.plan_id.as_deref().and_then(|id| {
+            let version = self.engine.catalog().state().version;
+            self.plans.lock().take(id, version)
+        });
         let (query_id, waiting) = match waiting {
             Some((query_id, planned)) => (query_id, Some(planned)),
             None => (uuid::Uuid::new_v4().to_string(), None),
@@ -535,25 +552,31 @@ mod tests {
     }
 
     #[test]
-    fn a_waiting_plan_is_taken_once() {
+    fn a_waiting_plan_is_taken_once_and_only_under_its_catalog() {
         let mut cache = PlanCache::default();
-        let id = cache.put("q1".into(), planned());
-        let (query_id, _) = cache.take(&id).expect("the plan waits");
+        let id = cache.put(7, "q1".into(), planned());
+        let (query_id, _) = cache.take(&id, 7).expect("the plan waits");
         assert_eq!(query_id, "q1");
-        assert!(cache.take(&id).is_none(), "taken by the first DoGet");
-        assert!(cache.take("unknown").is_none());
+        assert!(cache.take(&id, 7).is_none(), "taken by the first DoGet");
+        assert!(cache.take("unknown", 7).is_none());
+        let id = cache.put(7, "q2".into(), planned());
+        assert!(cache.take(&id, 8).is_none(), "the catalog changed");
+        assert!(cache.waiting.is_empty() && cache.order.is_empty());
     }
 
     #[test]
     fn the_oldest_plans_go_first_when_full() {
         let mut cache = PlanCache::default();
         let ids: Vec<String> = (0..MAX_WAITING_PLANS + 10)
-            .map(|i| cache.put(format!("q{i}"), planned()))
+            .map(|i| cache.put(1, format!("q{i}"), planned()))
             .collect();
         assert_eq!(cache.waiting.len(), MAX_WAITING_PLANS);
-        assert!(cache.take(&ids[0]).is_none());
-        assert!(cache.take(&ids[9]).is_none());
-        assert!(cache.take(&ids[10]).is_some());
-        assert!(cache.take(ids.last().unwrap()).is_some());
+        assert_eq!(cache.order.len(), MAX_WAITING_PLANS);
+        assert!(cache.take(&ids[0], 1).is_none());
+        assert!(cache.take(&ids[9], 1).is_none());
+        assert!(cache.take(&ids[10], 1).is_some());
+        assert!(cache.take(ids.last().unwrap(), 1).is_some());
+        // Taken plans leave no trace that would evict live ones.
+        assert_eq!(cache.order.len(), MAX_WAITING_PLANS - 2);
     }
 }

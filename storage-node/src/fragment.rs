@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -270,6 +272,7 @@ impl Fragment {
                 .map_err(|e| e.to_string())
         })
         .map_err(bad)?;
+        check_operators(&plan)?;
         Ok(Self {
             query_id: ticket.query_id,
             plan,
@@ -330,6 +333,60 @@ impl Fragment {
             }
         })?;
         Ok(bound.data)
+    }
+}
+
+/// Operators a fragment may hold: what the coordinator sends (the work
+/// above strata's own scans). datafusion-proto decodes many more — file
+/// scans and file sinks among them — which would let whoever reaches a
+/// node's port read or write its files.
+const FRAGMENT_OPERATORS: &[&str] = &[
+    "ScanLeafExec",
+    "FilterExec",
+    "ProjectionExec",
+    "AggregateExec",
+    "SortExec",
+    "SortPreservingMergeExec",
+    "LocalLimitExec",
+    "GlobalLimitExec",
+    "CoalescePartitionsExec",
+    "CoalesceBatchesExec",
+    "RepartitionExec",
+    "UnionExec",
+    "InterleaveExec",
+    "HashJoinExec",
+    "SortMergeJoinExec",
+    "NestedLoopJoinExec",
+    "CrossJoinExec",
+    "SymmetricHashJoinExec",
+    "BoundedWindowAggExec",
+    "WindowAggExec",
+    "UnnestExec",
+    "CooperativeExec",
+    "EmptyExec",
+    "PlaceholderRowExec",
+];
+
+/// Refuses a fragment holding an operator strata does not send, or a data
+/// source other than literal rows (`VALUES`).
+fn check_operators(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    let mut refused = None;
+    plan.apply(|p| {
+        let allowed = FRAGMENT_OPERATORS.contains(&p.name())
+            || p.downcast_ref::<DataSourceExec>()
+                .is_some_and(|d| d.data_source().is::<MemorySourceConfig>());
+        if allowed {
+            Ok(TreeNodeRecursion::Continue)
+        } else {
+            refused = Some(p.name().to_string());
+            Ok(TreeNodeRecursion::Stop)
+        }
+    })?;
+    match refused {
+        None => Ok(()),
+        Some(name) => Err(DataFusionError::Plan(format!(
+            "bad fragment ticket: a plan fragment may not hold {name}"
+        ))),
     }
 }
 
@@ -450,6 +507,33 @@ mod tests {
             .unwrap();
         assert!(e.to_string().contains("format version 2"), "{e}");
         assert!(e.to_string().contains("speaks 1"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_fragment_reading_files_is_refused() {
+        let ctx = SessionContext::new();
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("secret.csv");
+        std::fs::write(&csv, "a\n1\n").unwrap();
+        let plan = ctx
+            .read_csv(csv.to_str().unwrap(), Default::default())
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let node = DefaultPhysicalProtoConverter {}
+            .execution_plan_to_proto(&plan, &FragmentCodec)
+            .unwrap();
+        let ticket = FragmentTicket {
+            version: FRAGMENT_TICKET_VERSION,
+            query_id: "q".into(),
+            plan: node.encode_to_vec(),
+        };
+        let e = Fragment::decode(&ticket.encode_to_vec(), &ctx.task_ctx())
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("may not hold DataSourceExec"), "{e}");
     }
 
     #[test]

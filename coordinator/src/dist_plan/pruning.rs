@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
@@ -15,11 +16,19 @@ const MAX_KEY_COMBINATIONS: usize = 4096;
 
 /// The indices of `group`'s shards that can hold rows passing `filters`
 /// (a conjunction): those the allowed shard-key values hash to, or all of
-/// them when the group has no shard key or a key tag is not pinned to a
-/// finite set of values.
-pub fn shards_for_key(group: &ShardGroup, filters: &[Expr]) -> Vec<usize> {
+/// them when the group has no shard key, a key column is not a tag of the
+/// table (`is_tag`; rows are routed by their tags only), or a key tag is
+/// not pinned to a finite set of values.
+pub fn shards_for_key(
+    group: &ShardGroup,
+    filters: &[Expr],
+    is_tag: impl Fn(&str) -> bool,
+) -> Vec<usize> {
     let all: Vec<usize> = (0..group.shards.len()).collect();
-    if group.shard_key.is_empty() || group.shards.len() < 2 {
+    if group.shard_key.is_empty()
+        || group.shards.len() < 2
+        || !group.shard_key.iter().all(|k| is_tag(k))
+    {
         return all;
     }
     let mut sets = vec![];
@@ -86,12 +95,22 @@ fn split_and<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
     }
 }
 
+/// Casting to these keeps a string's value as it is.
+fn is_string_type(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => is_string_type(v),
+        _ => false,
+    }
+}
+
 fn is_tag(e: &Expr, tag: &str) -> bool {
     match e {
         Expr::Column(c) => c.name == tag,
-        // A dictionary tag read as a string keeps its values.
-        Expr::Cast(c) => is_tag(&c.expr, tag),
-        Expr::TryCast(c) => is_tag(&c.expr, tag),
+        // A dictionary tag read as a string keeps its values; any other
+        // cast (say, to a number and back) may not.
+        Expr::Cast(c) if is_string_type(c.field.data_type()) => is_tag(&c.expr, tag),
+        Expr::TryCast(c) if is_string_type(c.field.data_type()) => is_tag(&c.expr, tag),
         _ => false,
     }
 }
@@ -108,7 +127,7 @@ fn string_literal(e: &Expr) -> Option<String> {
     }
     match e {
         Expr::Literal(v, _) => of(v),
-        Expr::Cast(c) => string_literal(&c.expr),
+        Expr::Cast(c) if is_string_type(c.field.data_type()) => string_literal(&c.expr),
         _ => None,
     }
 }
@@ -266,13 +285,16 @@ mod tests {
     fn shard_key_values_pick_shards() {
         let g = group(&["host"], 8);
         let eq = vec![col("host").eq(lit("a")).and(col("time").gt(ts(1)))];
-        assert_eq!(shards_for_key(&g, &eq), vec![shard_of(&g, &["a"])]);
+        assert_eq!(
+            shards_for_key(&g, &eq, |_| true),
+            vec![shard_of(&g, &["a"])]
+        );
         let dict = lit(ScalarValue::Dictionary(
             Box::new(datafusion::arrow::datatypes::DataType::Int32),
             Box::new(ScalarValue::from("b")),
         ));
         assert_eq!(
-            shards_for_key(&g, &[col("host").eq(dict)]),
+            shards_for_key(&g, &[col("host").eq(dict)], |_| true),
             vec![shard_of(&g, &["b"])]
         );
         let or = vec![col("host").eq(lit("a")).or(col("host").eq(lit("b")))];
@@ -280,8 +302,8 @@ mod tests {
         let mut want = vec![shard_of(&g, &["a"]), shard_of(&g, &["b"])];
         want.sort();
         want.dedup();
-        assert_eq!(shards_for_key(&g, &or), want);
-        assert_eq!(shards_for_key(&g, &inl), want);
+        assert_eq!(shards_for_key(&g, &or, |_| true), want);
+        assert_eq!(shards_for_key(&g, &inl, |_| true), want);
         // Not pinned: every shard.
         for f in [
             vec![col("host").not_eq(lit("a"))],
@@ -289,18 +311,36 @@ mod tests {
             vec![col("host").in_list(vec![lit("a")], true)],
             vec![],
         ] {
-            assert_eq!(shards_for_key(&g, &f).len(), 8, "{f:?}");
+            assert_eq!(shards_for_key(&g, &f, |_| true).len(), 8, "{f:?}");
         }
         // Contradictions read nothing.
         let none = vec![col("host").eq(lit("a")), col("host").eq(lit("b"))];
-        assert!(shards_for_key(&g, &none).is_empty());
+        assert!(shards_for_key(&g, &none, |_| true).is_empty());
         // A two-tag key needs both.
         let g2 = group(&["host", "region"], 8);
-        assert_eq!(shards_for_key(&g2, &eq).len(), 8);
+        assert_eq!(shards_for_key(&g2, &eq, |_| true).len(), 8);
         let both = vec![col("host").eq(lit("a")), col("region").eq(lit("x"))];
-        assert_eq!(shards_for_key(&g2, &both), vec![shard_of(&g2, &["a", "x"])]);
+        assert_eq!(
+            shards_for_key(&g2, &both, |_| true),
+            vec![shard_of(&g2, &["a", "x"])]
+        );
+        // A key column that is a field of this table routes nothing.
+        assert_eq!(shards_for_key(&g, &eq, |_| false).len(), 8);
+        // A cast that may change the value pins nothing.
+        let through_int = Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(col("host")),
+            DataType::Int64,
+        ));
+        let round_trip = Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(through_int),
+            DataType::Utf8,
+        ));
+        assert_eq!(
+            shards_for_key(&g, &[round_trip.eq(lit("1"))], |_| true).len(),
+            8
+        );
         // Without a key, the series key routes: no pruning.
-        assert_eq!(shards_for_key(&group(&[], 8), &eq).len(), 8);
+        assert_eq!(shards_for_key(&group(&[], 8), &eq, |_| true).len(), 8);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::bytes::Serializeable;
+use strata_catalog::model::ColumnKind;
 use strata_catalog::CatalogClient;
 use strata_proto::storage::v1::{Projection, ScanTicket};
 use strata_storage::fragment::ScanLeafExec;
@@ -168,7 +169,14 @@ impl TableProvider for StrataTable {
             pruning.shards_total = db.shard_groups.iter().map(|g| g.shards.len()).sum();
             for group in db.shard_groups_overlapping(min, max) {
                 pruning.groups_kept += 1;
-                for i in shards_for_key(group, filters) {
+                let is_tag = |name: &str| {
+                    db.tables.get(&self.table).is_some_and(|t| {
+                        t.columns
+                            .iter()
+                            .any(|c| c.name == name && c.kind == ColumnKind::Tag)
+                    })
+                };
+                for i in shards_for_key(group, filters, is_tag) {
                     let shard = &group.shards[i];
                     pruning.shards_kept += 1;
                     tasks.push(Task {

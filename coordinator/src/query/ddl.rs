@@ -77,8 +77,7 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     }
     if is(at(0), "alter") && is(at(1), "database") {
         let name = unquote(at(2).ok_or("ALTER DATABASE needs a database name")?);
-        let keyword = at(4).filter(|k| k.len() >= 3 && k[..3].eq_ignore_ascii_case("key"));
-        if !is(at(3), "shard") || keyword.is_none() {
+        if !is(at(3), "shard") || !at(4).is_some_and(|k| is_key_keyword(k)) {
             return Err("ALTER DATABASE changes the SHARD KEY (...) of new shard groups;                         other options cannot be changed yet"
                 .into());
         }
@@ -118,9 +117,7 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
                 i += 2;
             }
             "shard"
-                if at(i + 1).is_some_and(|k| {
-                    k.len() >= 3 && k[..3].eq_ignore_ascii_case("key") && !k[3..].starts_with(|c: char| c.is_alphanumeric())
-                }) =>
+                if at(i + 1).is_some_and(|k| is_key_keyword(k)) =>
             {
                 let (key, next) = parse_key_list(&t, i + 1)?;
                 options.shard_key = key;
@@ -163,6 +160,14 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
         options,
         if_not_exists,
     }))
+}
+
+/// Whether a token is `KEY`, maybe with the list glued on (`KEY(a,b)`).
+fn is_key_keyword(token: &str) -> bool {
+    token
+        .get(..3)
+        .is_some_and(|p| p.eq_ignore_ascii_case("key"))
+        && !token[3..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
 }
 
 /// `KEY (a, b, ...)` starting at token `i` (however the spaces fall);
@@ -312,6 +317,12 @@ mod tests {
         );
         for (sql, says) in [
             ("ALTER DATABASE k RETENTION 1d", "cannot be changed yet"),
+            ("ALTER DATABASE k SHARD ñé (a)", "cannot be changed yet"),
+            ("CREATE DATABASE k SHARD k€", "unknown database option"),
+            (
+                "CREATE DATABASE k SHARD keys (a)",
+                "unknown database option",
+            ),
             ("ALTER DATABASE k SHARD KEY (a) x", "unexpected 'x'"),
             ("CREATE DATABASE k SHARD KEY hostname", "list of tag names"),
             ("CREATE DATABASE k SHARD KEY (a, a)", "twice"),
