@@ -52,7 +52,8 @@ fn column_type(t: &DataType) -> DefaultColumnType {
 
 /// Catalog ids in a plan (`shards=[12]`, `nodes=[1, 3]`) depend on the
 /// order in which the files' databases made their shard groups, as files
-/// run at once: each id becomes `#`, so the counts still show.
+/// run at once: each shard id becomes `#` (so the count still shows) and
+/// the node list `..`.
 fn mask_ids(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
@@ -65,11 +66,16 @@ fn mask_ids(line: &str) -> String {
         out.push_str(&rest[..i + n]);
         rest = &rest[i + n..];
         let end = rest.find(']').unwrap_or(rest.len());
-        let masked: Vec<&str> = rest[..end]
-            .split(", ")
-            .map(|id| if id.is_empty() { "" } else { "#" })
-            .collect();
-        out.push_str(&masked.join(", "));
+        if n == "nodes=[".len() {
+            // Which nodes, and so how many, follows placement.
+            out.push_str("..");
+        } else {
+            let masked: Vec<&str> = rest[..end]
+                .split(", ")
+                .map(|id| if id.is_empty() { "" } else { "#" })
+                .collect();
+            out.push_str(&masked.join(", "));
+        }
         rest = &rest[end..];
     }
     out.push_str(rest);

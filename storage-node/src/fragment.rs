@@ -336,46 +336,60 @@ impl Fragment {
     }
 }
 
-/// Operators a fragment may hold: what the coordinator sends (the work
-/// above strata's own scans). datafusion-proto decodes many more — file
-/// scans and file sinks among them — which would let whoever reaches a
-/// node's port read or write its files.
-const FRAGMENT_OPERATORS: &[&str] = &[
-    "ScanLeafExec",
-    "FilterExec",
-    "ProjectionExec",
-    "AggregateExec",
-    "SortExec",
-    "SortPreservingMergeExec",
-    "LocalLimitExec",
-    "GlobalLimitExec",
-    "CoalescePartitionsExec",
-    "CoalesceBatchesExec",
-    "RepartitionExec",
-    "UnionExec",
-    "InterleaveExec",
-    "HashJoinExec",
-    "SortMergeJoinExec",
-    "NestedLoopJoinExec",
-    "CrossJoinExec",
-    "SymmetricHashJoinExec",
-    "BoundedWindowAggExec",
-    "WindowAggExec",
-    "UnnestExec",
-    "CooperativeExec",
-    "EmptyExec",
-    "PlaceholderRowExec",
-];
+/// Whether a fragment may hold `p`: what the coordinator sends (the work
+/// above strata's own scans) and literal rows (`VALUES`). datafusion-proto
+/// decodes much more — file scans and file sinks among them — which would
+/// let whoever reaches a node's port read or write its files.
+fn allowed_operator(p: &dyn ExecutionPlan) -> bool {
+    use datafusion::physical_plan::aggregates::AggregateExec;
+    use datafusion::physical_plan::coop::CooperativeExec;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::filter::FilterExec;
+    use datafusion::physical_plan::joins::{
+        CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
+    };
+    use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
+    use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::sorts::sort::SortExec;
+    use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+    use datafusion::physical_plan::union::InterleaveExec;
+    use datafusion::physical_plan::unnest::UnnestExec;
+    use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+    p.is::<ScanLeafExec>()
+        || p.is::<FilterExec>()
+        || p.is::<ProjectionExec>()
+        || p.is::<AggregateExec>()
+        || p.is::<SortExec>()
+        || p.is::<SortPreservingMergeExec>()
+        || p.is::<LocalLimitExec>()
+        || p.is::<GlobalLimitExec>()
+        || p.is::<CoalescePartitionsExec>()
+        || p.is::<RepartitionExec>()
+        || p.is::<UnionExec>()
+        || p.is::<InterleaveExec>()
+        || p.is::<HashJoinExec>()
+        || p.is::<SortMergeJoinExec>()
+        || p.is::<NestedLoopJoinExec>()
+        || p.is::<CrossJoinExec>()
+        || p.is::<SymmetricHashJoinExec>()
+        || p.is::<BoundedWindowAggExec>()
+        || p.is::<WindowAggExec>()
+        || p.is::<UnnestExec>()
+        || p.is::<CooperativeExec>()
+        || p.is::<EmptyExec>()
+        || p.is::<PlaceholderRowExec>()
+        || p.downcast_ref::<DataSourceExec>()
+            .is_some_and(|d| d.data_source().is::<MemorySourceConfig>())
+}
 
 /// Refuses a fragment holding an operator strata does not send, or a data
 /// source other than literal rows (`VALUES`).
 fn check_operators(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     let mut refused = None;
     plan.apply(|p| {
-        let allowed = FRAGMENT_OPERATORS.contains(&p.name())
-            || p.downcast_ref::<DataSourceExec>()
-                .is_some_and(|d| d.data_source().is::<MemorySourceConfig>());
-        if allowed {
+        if allowed_operator(p.as_ref()) {
             Ok(TreeNodeRecursion::Continue)
         } else {
             refused = Some(p.name().to_string());
