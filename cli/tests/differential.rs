@@ -26,7 +26,7 @@ const STEPS: usize = 72; // twelve hours
 /// One cpu line; `rewrite` changes a field so duplicates must be merged.
 fn cpu_line(host: usize, step: usize, rewrite: bool) -> String {
     let mut fields = vec![];
-    if (host + step) % 11 != 0 {
+    if !(host + step).is_multiple_of(11) {
         fields.push(format!(
             "usage_user={}",
             ((host * 7 + step * 13) % 100) as f64 + 0.5
@@ -35,7 +35,7 @@ fn cpu_line(host: usize, step: usize, rewrite: bool) -> String {
     let system = ((host * 3 + step * 5) % 50) as f64 / 4.0 + if rewrite { 1000.0 } else { 0.0 };
     fields.push(format!("usage_system={system}"));
     fields.push(format!("reqs={}i", host * 100 + step));
-    fields.push(format!("ok={}", step % 2 == 0));
+    fields.push(format!("ok={}", step.is_multiple_of(2)));
     let status = ["ok", "warn", "crit"][(step + host) % 3];
     fields.push(format!("status=\"{status}\""));
     format!(
