@@ -47,11 +47,7 @@ fn cpu_line(host: usize, step: usize, rewrite: bool) -> String {
 }
 
 async fn load(c: &TestCluster, db: &str, options: &str) {
-    c.sql(None)
-        .await
-        .query(&format!("CREATE DATABASE {db} {options}"))
-        .await
-        .expect("create database");
+    c.create_database(db, options).await;
     let write = |body: String| async move {
         let (status, text) = c.write(db, "ns", &body).await;
         assert_eq!(status, 204, "{text}");

@@ -14,11 +14,7 @@ const PER_HOUR: i64 = 6;
 
 /// 24 one-hour groups of `HOSTS` hosts, `PER_HOUR` points each.
 async fn load(c: &TestCluster, db: &str, options: &str) {
-    c.sql(None)
-        .await
-        .query(&format!("CREATE DATABASE {db} {options}"))
-        .await
-        .expect("create database");
+    c.create_database(db, options).await;
     let mut body = String::new();
     for hour in 0..24 {
         for host in 0..HOSTS {

@@ -17,11 +17,7 @@ fn data() -> CpuData {
 }
 
 async fn load(c: &TestCluster, d: &CpuData) {
-    c.sql(None)
-        .await
-        .query("CREATE DATABASE tsbs SHARD DURATION 1h")
-        .await
-        .expect("create database");
+    c.create_database("tsbs", "SHARD DURATION 1h").await;
     for chunk in (0..d.steps).collect::<Vec<_>>().chunks(60) {
         let (status, body) = c
             .write("tsbs", "s", &d.lines(chunk[0]..chunk[chunk.len() - 1] + 1))

@@ -68,6 +68,15 @@ impl TestCluster {
             .expect("flight sql connects")
     }
 
+    /// `CREATE DATABASE <db> <options>`, which must succeed.
+    pub async fn create_database(&self, db: &str, options: &str) {
+        self.sql(None)
+            .await
+            .query(&format!("CREATE DATABASE {db} {options}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {db} {options}: {e}"));
+    }
+
     /// Runs `sql` in `db` and returns rows as `a|b|c` strings.
     pub async fn query(&self, db: &str, sql: &str) -> Vec<String> {
         let mut c = self.sql(Some(db)).await;
