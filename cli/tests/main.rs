@@ -7,6 +7,7 @@ mod distributed;
 mod durability;
 mod end_to_end;
 mod hostile;
+mod insert;
 mod line_protocol;
 mod repl;
 mod roles;

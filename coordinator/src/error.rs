@@ -76,6 +76,11 @@ pub enum Error {
 
     #[snafu(display("{message}"))]
     TableNotFound { message: String },
+
+    #[snafu(display(
+        "INSERT stopped after writing {written} row(s), which stay written: {source}"
+    ))]
+    InsertIncomplete { written: usize, source: Box<Error> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -84,6 +89,7 @@ impl Error {
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
+            Error::InsertIncomplete { source, .. } => source.http_status(),
             Error::Catalog { source } => match source {
                 strata_catalog::Error::Rejected { .. } => S::BAD_REQUEST,
                 _ => S::SERVICE_UNAVAILABLE,
@@ -109,7 +115,13 @@ impl Error {
 
     /// The one place a coordinator error becomes a gRPC status.
     pub fn into_status(self) -> tonic::Status {
-        let code = match &self {
+        tonic::Status::new(self.code(), self.to_string())
+    }
+
+    /// The gRPC code of this error.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Error::InsertIncomplete { source, .. } => source.code(),
             Error::Catalog { source } => match source {
                 strata_catalog::Error::Rejected { .. } => tonic::Code::InvalidArgument,
                 _ => tonic::Code::Unavailable,
@@ -127,8 +139,7 @@ impl Error {
             Error::Bind { .. } | Error::Arrow { .. } | Error::Runtime { .. } => {
                 tonic::Code::Internal
             }
-        };
-        tonic::Status::new(code, self.to_string())
+        }
     }
 }
 

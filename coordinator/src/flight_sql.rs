@@ -40,6 +40,7 @@ use tracing::Instrument;
 use strata_storage::flight::schema_to_ipc;
 
 use crate::query::catalog_provider::CATALOG_NAME;
+use crate::query::ddl::OwnStatement;
 use crate::query::{Planned, QueryEngine};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
@@ -289,12 +290,31 @@ impl StrataFlightSql {
         .await
     }
 
+    /// Runs a statement sent as an update: an INSERT answers the rows it
+    /// wrote; any other statement the rows of its result.
     async fn run_update(&self, sql: String, database: Option<String>) -> Result<i64, Status> {
-        let batches = self
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let planned = self
             .engine
-            .query(&sql, database.as_deref())
+            .plan(&sql, database.as_deref(), &query_id)
             .await
             .map_err(|e| e.into_status())?;
+        if let Planned::Own(OwnStatement::Insert(insert)) = planned {
+            let written = self
+                .engine
+                .insert(insert)
+                .await
+                .map_err(|e| e.into_status())?;
+            return Ok(written as i64);
+        }
+        let stream = self
+            .engine
+            .execute(planned)
+            .await
+            .map_err(|e| e.into_status())?;
+        let batches = datafusion::physical_plan::common::collect(stream)
+            .await
+            .map_err(|e| crate::error::Error::Query { source: e }.into_status())?;
         Ok(batches.iter().map(|b| b.num_rows() as i64).sum())
     }
 }

@@ -180,7 +180,42 @@ impl WriteRouter {
                 window_start: 0,
             });
         }
+        self.write_rows(database, rows, errors, uncounted, consistency, now_ns)
+            .await
+    }
 
+    /// Writes rows built elsewhere (SQL `INSERT`) through the same path as
+    /// line protocol: schema on write, retention, shard routing. Each line's
+    /// timestamp is in nanoseconds (none means `now_ns`); a refused line is
+    /// reported by its `line_number`.
+    pub async fn write_lines(
+        &self,
+        database: &str,
+        lines: Vec<ParsedLine<'_>>,
+        consistency: Consistency,
+        now_ns: i64,
+    ) -> Result<WriteOutcome> {
+        let rows = lines
+            .into_iter()
+            .map(|line| Row {
+                time_ns: line.timestamp.unwrap_or(now_ns),
+                line,
+                window_start: 0,
+            })
+            .collect();
+        self.write_rows(database, rows, vec![], 0, consistency, now_ns)
+            .await
+    }
+
+    async fn write_rows(
+        &self,
+        database: &str,
+        rows: Vec<Row<'_>>,
+        mut errors: Vec<LineError>,
+        uncounted: usize,
+        consistency: Consistency,
+        now_ns: i64,
+    ) -> Result<WriteOutcome> {
         // Group by table.
         let mut by_table: BTreeMap<String, Vec<Row>> = BTreeMap::new();
         for r in rows {

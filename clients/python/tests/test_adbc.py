@@ -138,3 +138,25 @@ def test_sql_errors_name_the_problem(strata, loaded):
         with pytest.raises(Exception, match="no_such_column"):
             cur.execute("SELECT no_such_column FROM cpu")
             cur.fetchall()
+
+
+def test_insert_as_a_query_and_as_an_update(strata, loaded):
+    with connect(strata) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO ins (time, host, v) VALUES "
+            "('2026-01-01T00:00:00Z', 'a', 1.5), ('2026-01-01T00:00:01Z', 'b', 2.5)"
+        )
+        assert cur.fetch_arrow_table().column("count").to_pylist() == [2]
+
+        # DoPut with CommandStatementUpdate answers the rows written.
+        cur.adbc_statement.set_sql_query(
+            "INSERT INTO ins (time, host, v) SELECT time, hostname, usage_user FROM cpu "
+            "WHERE hostname = 'host_3'"
+        )
+        written = cur.adbc_statement.execute_update()
+        expected = [r for r in loaded if r["hostname"] == "host_3"]
+        assert written == len(expected)
+
+    table = query(strata, "SELECT count(*) AS n, sum(v) AS s FROM ins")
+    assert table.column("n").to_pylist() == [2 + len(expected)]
+    assert table.column("s").to_pylist() == [4.0 + sum(r["usage_user"] for r in expected)]

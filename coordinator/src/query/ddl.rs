@@ -33,6 +33,8 @@ pub enum OwnStatement {
     ShowDatabases,
     /// Handled by [`super::delete`].
     Delete(super::delete::DeleteStatement),
+    /// Handled by [`super::insert`].
+    Insert(super::insert::InsertStatement),
 }
 
 fn tokens(sql: &str) -> Vec<String> {

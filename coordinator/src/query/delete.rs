@@ -75,7 +75,7 @@ pub fn parse(
     if !from.joins.is_empty() {
         return Err("DELETE cannot join tables".into());
     }
-    let (database, table) = table_name(name, default_database)?;
+    let (database, table) = table_name(name, default_database, "DELETE")?;
     let db = catalog
         .databases
         .get(&database)
@@ -227,7 +227,13 @@ fn unquote(s: &str) -> String {
     s.to_string()
 }
 
-fn table_name(name: &ObjectName, default: Option<&str>) -> Result<(String, String), String> {
+/// `[database.]table` as (database, table), the database defaulting to the
+/// session's; `verb` names the statement in the error.
+pub(super) fn table_name(
+    name: &ObjectName,
+    default: Option<&str>,
+    verb: &str,
+) -> Result<(String, String), String> {
     let parts: Vec<String> = name
         .0
         .iter()
@@ -241,7 +247,7 @@ fn table_name(name: &ObjectName, default: Option<&str>) -> Result<(String, Strin
         [table] => {
             let db = default.ok_or_else(|| {
                 format!(
-                    "DELETE needs a database: write database.{table} or choose one \
+                    "{verb} needs a database: write database.{table} or choose one \
                      (the `database` header, or `db` in the URL)"
                 )
             })?;

@@ -5,6 +5,7 @@
 pub mod catalog_provider;
 pub mod ddl;
 pub mod delete;
+pub mod insert;
 pub mod limits;
 
 use std::sync::Arc;
@@ -22,8 +23,12 @@ use crate::dist_plan::DistributePlan;
 use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
 use crate::executor::QueryExecutor;
 use crate::node_clients::NodeClients;
+use crate::write_router::{Consistency, WriteRouter};
 use catalog_provider::{StrataCatalog, CATALOG_NAME};
 use ddl::{format_duration, OwnStatement};
+
+/// Rows of an INSERT written per call to the write path.
+const INSERT_CHUNK_ROWS: usize = 10_000;
 
 /// Schema name used when a request names no database.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -34,6 +39,8 @@ pub struct QueryEngine {
     nodes: NodeClients,
     /// Where parsing, planning and execution run.
     executor: QueryExecutor,
+    /// Where `INSERT` rows go.
+    writer: WriteRouter,
 }
 
 /// A statement planned far enough to know its result schema.
@@ -56,6 +63,7 @@ impl Planned {
         match self {
             Planned::Sql(df) => Arc::new(df.schema().as_arrow().clone()),
             Planned::Own(OwnStatement::ShowDatabases) => show_databases_schema(),
+            Planned::Own(OwnStatement::Insert(_)) => insert::count_schema(),
             Planned::Own(_) => Arc::new(Schema::empty()),
         }
     }
@@ -64,6 +72,7 @@ impl Planned {
 impl QueryEngine {
     pub fn new(catalog: CatalogClient, nodes: NodeClients, executor: QueryExecutor) -> Self {
         Self {
+            writer: WriteRouter::new(catalog.clone(), nodes.clone()),
             catalog,
             nodes,
             executor,
@@ -131,16 +140,30 @@ impl QueryEngine {
                 .map_err(|reason| Error::BadStatement { reason })?;
             return Ok(Planned::Own(OwnStatement::Delete(d)));
         }
+        if insert::is_insert(sql) {
+            let i = insert::parse(sql, database, &self.catalog.state())
+                .map_err(|reason| Error::BadStatement { reason })?;
+            return Ok(Planned::Own(OwnStatement::Insert(i)));
+        }
+        let df = self.plan_query(sql, database, query_id).await?;
+        Ok(Planned::Sql(Box::new(df)))
+    }
+
+    /// Plans a query (no DDL, no DML) with DataFusion.
+    async fn plan_query(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        query_id: &str,
+    ) -> Result<DataFrame> {
         let ctx = self.session(database, query_id);
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(true);
-        let df = ctx
-            .sql_with_options(sql, options)
+        ctx.sql_with_options(sql, options)
             .await
-            .map_err(|e| self.not_found(explain_missing_database(e, database), database))?;
-        Ok(Planned::Sql(Box::new(df)))
+            .map_err(|e| self.not_found(explain_missing_database(e, database), database))
     }
 
     /// Runs a planned statement; SQL runs on the query threads.
@@ -169,6 +192,71 @@ impl QueryEngine {
         datafusion::physical_plan::common::collect(stream)
             .await
             .context(QuerySnafu)
+    }
+
+    /// Runs an INSERT on a query thread: its source is planned and run, and
+    /// its rows written as they stream. Returns the rows written.
+    pub async fn insert(&self, statement: insert::InsertStatement) -> Result<usize> {
+        let this = self.clone();
+        self.executor
+            .run(async move { this.insert_here(statement).await })
+            .await
+            .context(QuerySnafu)?
+    }
+
+    async fn insert_here(&self, s: insert::InsertStatement) -> Result<usize> {
+        use futures::StreamExt;
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let df = self
+            .plan_query(&s.source, s.session_database.as_deref(), &query_id)
+            .await?;
+        let columns = insert::table_columns(&self.catalog.state(), &s.database, &s.table);
+        let targets = insert::targets(&s, &columns, df.schema().as_arrow())
+            .map_err(|reason| Error::BadStatement { reason })?;
+        let now_ns = chrono::Utc::now()
+            .timestamp_nanos_opt()
+            .expect("the clock is within the nanosecond range");
+        let mut stream = df.execute_stream().await.context(QuerySnafu)?;
+        let mut written = 0;
+        let mut first_row = 1;
+        let stopped = |written: usize, e: Error| match written {
+            0 => e,
+            _ => Error::InsertIncomplete {
+                written,
+                source: Box::new(e),
+            },
+        };
+        while let Some(batch) = stream.next().await {
+            let batch = batch.context(QuerySnafu).map_err(|e| stopped(written, e))?;
+            let mut offset = 0;
+            while offset < batch.num_rows() {
+                let chunk = batch.slice(offset, INSERT_CHUNK_ROWS.min(batch.num_rows() - offset));
+                let lines =
+                    insert::to_lines(&s.table, &targets, &chunk, first_row).map_err(|reasons| {
+                        let reason = reasons.join("; ");
+                        stopped(written, Error::BadStatement { reason })
+                    })?;
+                let outcome = self
+                    .writer
+                    .write_lines(&s.database, lines, Consistency::All, now_ns)
+                    .await
+                    .map_err(|e| stopped(written, e))?;
+                written += outcome.lines_written;
+                if outcome.lines_rejected > 0 {
+                    let reason = outcome
+                        .errors
+                        .iter()
+                        .take(10)
+                        .map(|e| format!("row {}: {}", e.line_number, e.message))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    return Err(stopped(written, Error::BadStatement { reason }));
+                }
+                first_row += chunk.num_rows();
+                offset += chunk.num_rows();
+            }
+        }
+        Ok(written)
     }
 
     /// Sends a DELETE to every replica of every shard whose window overlaps
@@ -302,6 +390,12 @@ impl QueryEngine {
             OwnStatement::Delete(d) => {
                 self.delete(d).await?;
                 Ok(vec![])
+            }
+            OwnStatement::Insert(i) => {
+                let written = self.insert(i).await?;
+                let count = arrow::array::UInt64Array::from(vec![written as u64]);
+                Ok(vec![RecordBatch::try_new(schema, vec![Arc::new(count)])
+                    .context(crate::error::ArrowSnafu)?])
             }
             OwnStatement::ShowDatabases => {
                 let state = self.catalog.state();
