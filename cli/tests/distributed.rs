@@ -31,7 +31,8 @@ async fn load(c: &TestCluster, db: &str, options: &str) {
     assert_eq!(status, 204, "{text}");
 }
 
-/// The value of metric `name` on the first plan line naming `operator`.
+/// The value of metric `name` on the first plan line naming `operator`,
+/// as shown: exact below 1,000, else to the shown digits ("60.19 K").
 fn metric(plan: &[String], operator: &str, name: &str) -> u64 {
     let line = plan
         .iter()
@@ -41,12 +42,29 @@ fn metric(plan: &[String], operator: &str, name: &str) -> u64 {
     let at = line
         .find(&format!("{name}="))
         .unwrap_or_else(|| panic!("no {name} in {line}"));
-    line[at + name.len() + 1..]
+    let value = &line[at + name.len() + 1..];
+    let number: String = value
         .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let scale = match value[number.len()..]
+        .strip_prefix(' ')
+        .and_then(|r| r.chars().next())
+    {
+        Some('K') => 1e3,
+        Some('M') => 1e6,
+        Some('B') => 1e9,
+        _ => 1.0,
+    };
+    let n: f64 = number
         .parse()
-        .unwrap_or_else(|_| panic!("{name} is not a count in {line}"))
+        .unwrap_or_else(|_| panic!("{name} is not a count in {line}"));
+    (n * scale).round() as u64
+}
+
+/// Whether two shown counts agree to the digits shown (0.1%).
+fn about(a: u64, b: u64) -> bool {
+    a.abs_diff(b) as f64 <= a.max(b) as f64 * 1e-3
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -68,10 +86,42 @@ async fn nodes_ship_groups_not_rows_and_time_ordered_reads_stop_early() {
     assert!(shipped <= HOSTS as u64 * groups, "{shipped} rows shipped");
     assert!(shipped <= HOSTS as u64 * shards, "{shipped} rows shipped");
     assert!(shipped < rows_in, "{shipped} of {rows_in} rows shipped");
-    assert!(
-        metric(&plan, "ShardFragmentExec", "bytes_received") > 0,
+    let bytes = metric(&plan, "ShardFragmentExec", "bytes_received");
+    assert!(bytes > 0, "{plan:#?}");
+
+    // What the nodes report: the fragment's operators count on the nodes
+    // (the scan saw every row, the partial aggregate sent what arrived),
+    // and per node the rows, bytes and time add up to the fragment's.
+    assert_eq!(
+        metric(&plan, "ScanLeafExec", "output_rows"),
+        rows_in,
         "{plan:#?}"
     );
+    assert_eq!(
+        metric(&plan, "AggregateExec: mode=Partial", "output_rows"),
+        shipped,
+        "{plan:#?}"
+    );
+    let per_node = |name: &str| -> u64 {
+        (1..=3)
+            .map(|n| {
+                let key = format!("{name}@node{n}");
+                let present = plan.iter().any(|l| l.contains(&format!("{key}=")));
+                if present {
+                    metric(&plan, "ShardFragmentExec", &key)
+                } else {
+                    0
+                }
+            })
+            .sum()
+    };
+    assert_eq!(per_node("rows"), shipped, "{plan:#?}");
+    assert!(about(per_node("bytes"), bytes), "{plan:#?}");
+    let line = plan
+        .iter()
+        .find(|l| l.contains("ShardFragmentExec"))
+        .unwrap();
+    assert!(line.contains("elapsed@node"), "{line}");
 
     // time-ordered: the newest group alone holds the five newest rows.
     let plan = rows(

@@ -336,6 +336,7 @@ async fn a_storage_node_refuses_batches_that_contradict_the_catalog() {
         version: 99,
         query_id: "q".into(),
         plan: vec![],
+        report_metrics: true,
     };
     for (bytes, says) in [
         (ticket.encode_to_vec(), "bad fragment ticket"),

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::engine::{Engine, TableKey};
 use crate::error::{into_status, StorageError};
-use crate::fragment::{scan_ticket_bytes, Fragment};
+use crate::fragment::{metrics_message, operator_metrics, scan_ticket_bytes, Fragment};
 use crate::validate::{Invalid, TableCheck};
 use strata_catalog::CatalogClient;
 
@@ -291,8 +291,10 @@ impl FlightService for StorageFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        let started = std::time::Instant::now();
         let fragment = Fragment::decode(&request.into_inner().ticket, &self.ctx.task_ctx())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (sent, report_metrics) = (fragment.plan.clone(), fragment.report_metrics);
         let leaves = fragment.leaves();
         for leaf in &leaves {
             self.check_owned(&leaf.database, &leaf.shard_ids, None)
@@ -304,9 +306,11 @@ impl FlightService for StorageFlightService {
             tables = ?leaves.iter().map(|l| l.table.as_str()).collect::<Vec<_>>(),
             shards = ?leaves.iter().flat_map(|l| l.shard_ids.iter()).collect::<Vec<_>>()
         );
-        let batches = async {
+        let (plan, batches) = async {
             let plan = fragment.bind(&self.ctx, &self.engine).await?;
-            datafusion::physical_plan::execute_stream(plan, self.ctx.task_ctx())
+            let batches =
+                datafusion::physical_plan::execute_stream(plan.clone(), self.ctx.task_ctx())?;
+            Ok((plan, batches))
         }
         .instrument(span)
         .await
@@ -318,7 +322,20 @@ impl FlightService for StorageFlightService {
             .with_schema(schema)
             .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))))
             .map_err(Status::from);
-        Ok(Response::new(Box::pin(flight)))
+        if !report_metrics {
+            return Ok(Response::new(Box::pin(flight)));
+        }
+        // Measured once the last batch has gone, so every count is final.
+        let node_id = self.node_id;
+        let report = stream::once(async move {
+            let message =
+                metrics_message(node_id, started.elapsed(), operator_metrics(&sent, &plan));
+            Ok(FlightData {
+                app_metadata: message.into(),
+                ..Default::default()
+            })
+        });
+        Ok(Response::new(Box::pin(flight.chain(report))))
     }
 
     #[tracing::instrument(skip_all, fields(node = self.node_id))]

@@ -32,7 +32,7 @@ use datafusion_proto::physical_plan::{
 };
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use prost::Message;
-use strata_proto::storage::v1::{FragmentTicket, ScanTicket};
+use strata_proto::storage::v1::{FragmentMetrics, FragmentTicket, OperatorMetrics, ScanTicket};
 
 use crate::engine::Engine;
 use crate::scan::{ticket_plan, ticket_schema};
@@ -212,10 +212,16 @@ impl PhysicalExtensionCodec for FragmentCodec {
     }
 }
 
-/// The `DoGet` ticket bytes that ask a node to run `plan`. Fails when a
-/// node of the plan cannot be serialized, or when the encoded plan nests
-/// deeper than a node would decode.
-pub fn encode_fragment(plan: Arc<dyn ExecutionPlan>, query_id: &str) -> Result<Vec<u8>> {
+/// The `DoGet` ticket bytes that ask a node to run `plan`, and with
+/// `report_metrics` to end the stream with what it measured
+/// ([`operator_metrics`]). Fails when a node of the plan cannot be
+/// serialized, or when the encoded plan nests deeper than a node would
+/// decode.
+pub fn encode_fragment(
+    plan: Arc<dyn ExecutionPlan>,
+    query_id: &str,
+    report_metrics: bool,
+) -> Result<Vec<u8>> {
     let node = DefaultPhysicalProtoConverter {}.execution_plan_to_proto(&plan, &FragmentCodec)?;
     let plan = node.encode_to_vec();
     // What the node will do first: protobuf refuses to decode messages
@@ -227,6 +233,7 @@ pub fn encode_fragment(plan: Arc<dyn ExecutionPlan>, query_id: &str) -> Result<V
         version: FRAGMENT_TICKET_VERSION,
         query_id: query_id.to_string(),
         plan,
+        report_metrics,
     }
     .encode_to_vec())
 }
@@ -237,7 +244,7 @@ pub fn encode_fragment(plan: Arc<dyn ExecutionPlan>, query_id: &str) -> Result<V
 pub fn check_sendable(plan: Arc<dyn ExecutionPlan>) -> Result<()> {
     static CTX: std::sync::OnceLock<Arc<TaskContext>> = std::sync::OnceLock::new();
     let ctx = CTX.get_or_init(|| SessionContext::new().task_ctx());
-    let bytes = encode_fragment(plan, "")?;
+    let bytes = encode_fragment(plan, "", false)?;
     Fragment::decode(&bytes, ctx).map(|_| ())
 }
 
@@ -245,13 +252,19 @@ pub fn check_sendable(plan: Arc<dyn ExecutionPlan>) -> Result<()> {
 /// hands out.
 pub fn scan_ticket_bytes(ticket: ScanTicket) -> Result<Vec<u8>> {
     let query_id = ticket.query_id.clone();
-    encode_fragment(Arc::new(ScanLeafExec::from_ticket(ticket)?), &query_id)
+    encode_fragment(
+        Arc::new(ScanLeafExec::from_ticket(ticket)?),
+        &query_id,
+        false,
+    )
 }
 
 /// A decoded fragment ticket: its query id and plan (leaves unbound).
 pub struct Fragment {
     pub query_id: String,
     pub plan: Arc<dyn ExecutionPlan>,
+    /// Whether the sender wants [`FragmentMetrics`] after the last batch.
+    pub report_metrics: bool,
 }
 
 impl Fragment {
@@ -276,6 +289,7 @@ impl Fragment {
         Ok(Self {
             query_id: ticket.query_id,
             plan,
+            report_metrics: ticket.report_metrics,
         })
     }
 
@@ -334,6 +348,66 @@ impl Fragment {
         })?;
         Ok(bound.data)
     }
+}
+
+/// What a node measured running `sent` (the fragment as decoded) as
+/// `bound` (the same plan with its leaves bound): one entry per operator of
+/// `sent` in pre-order, a leaf summing the whole scan it was bound to.
+pub fn operator_metrics(
+    sent: &Arc<dyn ExecutionPlan>,
+    bound: &Arc<dyn ExecutionPlan>,
+) -> Vec<OperatorMetrics> {
+    fn rows(p: &Arc<dyn ExecutionPlan>) -> u64 {
+        match p.metrics().and_then(|m| m.output_rows()) {
+            Some(n) => n as u64,
+            // An operator that does not count (a union) outputs what its
+            // inputs did.
+            None => p.children().into_iter().map(rows).sum(),
+        }
+    }
+    fn compute(p: &Arc<dyn ExecutionPlan>) -> u64 {
+        p.metrics().and_then(|m| m.elapsed_compute()).unwrap_or(0) as u64
+    }
+    fn subtree_compute(p: &Arc<dyn ExecutionPlan>) -> u64 {
+        compute(p) + p.children().into_iter().map(subtree_compute).sum::<u64>()
+    }
+    fn walk(
+        sent: &Arc<dyn ExecutionPlan>,
+        bound: &Arc<dyn ExecutionPlan>,
+        out: &mut Vec<OperatorMetrics>,
+    ) {
+        let leaf = sent.is::<ScanLeafExec>();
+        out.push(OperatorMetrics {
+            name: sent.name().to_string(),
+            output_rows: rows(bound),
+            elapsed_compute_ns: match leaf {
+                true => subtree_compute(bound),
+                false => compute(bound),
+            },
+        });
+        if !leaf {
+            for (s, b) in sent.children().into_iter().zip(bound.children()) {
+                walk(s, b, out);
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(sent, bound, &mut out);
+    out
+}
+
+/// The message a node ends a fragment's stream with, as `app_metadata`.
+pub fn metrics_message(
+    node_id: u64,
+    elapsed: std::time::Duration,
+    operators: Vec<OperatorMetrics>,
+) -> Vec<u8> {
+    FragmentMetrics {
+        node_id,
+        elapsed_ns: elapsed.as_nanos().min(u64::MAX as u128) as u64,
+        operators,
+    }
+    .encode_to_vec()
 }
 
 /// Whether a fragment may hold `p`: what the coordinator sends (the work
@@ -484,13 +558,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine_with_rows(dir.path()).await;
         let ctx = SessionContext::new();
-        let bytes = encode_fragment(fragment(vec![1, 2]), "q").unwrap();
+        let bytes = encode_fragment(fragment(vec![1, 2]), "q", true).unwrap();
         let decoded = Fragment::decode(&bytes, &ctx.task_ctx()).unwrap();
         assert_eq!(decoded.query_id, "q");
         assert_eq!(decoded.leaves()[0].shard_ids, vec![1, 2]);
+        assert!(decoded.report_metrics);
+        let sent = decoded.plan.clone();
         let plan = decoded.bind(&ctx, &engine).await.unwrap();
         assert_eq!(plan.output_partitioning().partition_count(), 2);
-        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+        let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
             .await
             .unwrap();
         let mut values: Vec<f64> = batches
@@ -506,6 +582,15 @@ mod tests {
             .collect();
         values.sort_by(f64::total_cmp);
         assert_eq!(values, vec![2.0, 3.0, 4.0], "the filter ran on the node");
+
+        // Measured per operator of the fragment as sent: the filter's rows,
+        // and the leaf's whole scan of both shards.
+        let measured = operator_metrics(&sent, &plan);
+        let shape: Vec<(&str, u64)> = measured
+            .iter()
+            .map(|m| (m.name.as_str(), m.output_rows))
+            .collect();
+        assert_eq!(shape, [("FilterExec", 3), ("ScanLeafExec", 4)]);
     }
 
     #[test]
@@ -514,6 +599,7 @@ mod tests {
             version: 2,
             query_id: "q".into(),
             plan: vec![],
+            report_metrics: false,
         };
         let ctx = SessionContext::new();
         let e = Fragment::decode(&ticket.encode_to_vec(), &ctx.task_ctx())
@@ -543,6 +629,7 @@ mod tests {
             version: FRAGMENT_TICKET_VERSION,
             query_id: "q".into(),
             plan: node.encode_to_vec(),
+            report_metrics: false,
         };
         let e = Fragment::decode(&ticket.encode_to_vec(), &ctx.task_ctx())
             .err()
@@ -572,7 +659,7 @@ mod tests {
             rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let engine = engine_with_rows(dir.path()).await;
-                let mut bytes = encode_fragment(fragment(vec![1, 2]), "fuzz").unwrap();
+                let mut bytes = encode_fragment(fragment(vec![1, 2]), "fuzz", true).unwrap();
                 for (at, b) in &flips {
                     let n = bytes.len();
                     bytes[at % n] ^= b;

@@ -2,9 +2,11 @@
 //! pruned by the query's time range), how the physical plan is cut between
 //! the storage nodes and the coordinator ([`rule`]), and the plan nodes
 //! that run fragments on the nodes ([`shard_fragment`]) and read shard
-//! groups in time order ([`time_ordered`]).
+//! groups in time order ([`time_ordered`]), and what the nodes report
+//! having done ([`reported`]).
 
 pub mod pruning;
+pub mod reported;
 pub mod rule;
 pub mod shard_fragment;
 pub mod time_ordered;

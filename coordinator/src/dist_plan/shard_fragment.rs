@@ -29,8 +29,11 @@ use datafusion::physical_plan::{
     PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use strata_proto::storage::v1::FragmentMetrics;
 use strata_storage::fragment::{encode_fragment, ScanLeafExec};
 
+use super::reported::{self, Reports};
 use crate::node_clients::NodeClients;
 
 /// How a query was cut between the storage nodes and the coordinator
@@ -118,6 +121,9 @@ pub struct ShardFragmentExec {
     query_id: String,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// The fragment as shown, with what the nodes reported.
+    shown: Arc<dyn ExecutionPlan>,
+    reports: Arc<Reports>,
 }
 
 impl ShardFragmentExec {
@@ -166,7 +172,10 @@ impl ShardFragmentExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
+        let (shown, reports) = reported::mirror(&fragment);
         Self {
+            shown,
+            reports,
             fragment,
             placed: true,
             tasks,
@@ -236,6 +245,8 @@ impl ShardFragmentExec {
         );
         Self {
             metrics: self.metrics.clone(),
+            shown: self.shown.clone(),
+            reports: self.reports.clone(),
             ..this
         }
     }
@@ -257,7 +268,7 @@ impl ShardFragmentExec {
                     .data
             }
         };
-        encode_fragment(plan, &self.query_id)
+        encode_fragment(plan, &self.query_id, true)
     }
 
     /// The first replica of each task, in node order: where the plan runs
@@ -321,11 +332,11 @@ impl ExecutionPlan for ShardFragmentExec {
         &self.properties
     }
 
-    /// The fragment once placed, so that EXPLAIN shows it; it runs on the
-    /// nodes.
+    /// The fragment once placed, so that EXPLAIN shows it (as mirrored,
+    /// with the nodes' metrics); it runs on the nodes.
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         match self.placed {
-            true => vec![&self.fragment],
+            true => vec![&self.shown],
             false => vec![],
         }
     }
@@ -343,9 +354,10 @@ impl ExecutionPlan for ShardFragmentExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
             (None, _) if !self.placed => Ok(self),
-            (Some(fragment), true) if self.placed => {
-                Ok(Arc::new(self.with_fragment(fragment, self.strategy)))
-            }
+            (Some(shown), true) if self.placed && Arc::ptr_eq(&shown, &self.shown) => Ok(self),
+            (Some(fragment), true) if self.placed => Ok(Arc::new(
+                self.with_fragment(reported::unmirror(&fragment), self.strategy),
+            )),
             _ => Err(DataFusionError::Internal(
                 "ShardFragmentExec has one child, its fragment".into(),
             )),
@@ -365,7 +377,7 @@ impl ExecutionPlan for ShardFragmentExec {
                 futures::stream::empty(),
             )));
         };
-        let metrics = TaskMetrics::new(&self.metrics, partition);
+        let metrics = TaskMetrics::new(&self.metrics, partition, self.reports.clone());
         let ticket = self.ticket(&task)?;
         let nodes = self.nodes.clone();
         let out_schema = schema.clone();
@@ -377,7 +389,9 @@ impl ExecutionPlan for ShardFragmentExec {
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
+        let mut set = self.metrics.clone_inner();
+        self.reports.push_node_metrics(&mut set);
+        Some(set)
     }
 }
 
@@ -389,11 +403,14 @@ struct TaskMetrics {
     bytes_received: Count,
     time_to_first_batch: Time,
     elapsed: Time,
+    /// Where the node's own report goes.
+    reports: Arc<Reports>,
 }
 
 impl TaskMetrics {
-    fn new(set: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+    fn new(set: &ExecutionPlanMetricsSet, partition: usize, reports: Arc<Reports>) -> Self {
         Self {
+            reports,
             baseline: BaselineMetrics::new(set, partition),
             bytes_received: MetricBuilder::new(set).counter("bytes_received", partition),
             time_to_first_batch: MetricBuilder::new(set)
@@ -423,6 +440,8 @@ async fn open_replica(
             continue;
         };
         let received = metrics.bytes_received.clone();
+        let reports = metrics.reports.clone();
+        let mut bytes = 0u64;
         let attempt = async {
             let client = nodes.flight(addr).map_err(|s| s.message().to_string())?;
             let mut inner = client.into_inner();
@@ -433,9 +452,19 @@ async fn open_replica(
             let data = response
                 .into_inner()
                 .map_err(|s| FlightError::Tonic(Box::new(s)))
-                .map_ok(move |d| {
-                    received.add(d.data_header.len() + d.data_body.len());
-                    d
+                .try_filter_map(move |d| {
+                    // The node's report ends the stream: no header, no body.
+                    if d.data_header.is_empty() && !d.app_metadata.is_empty() {
+                        match FragmentMetrics::decode(d.app_metadata.as_ref()) {
+                            Ok(report) => reports.add(&report, bytes),
+                            Err(e) => tracing::debug!(error = %e, "unreadable fragment report"),
+                        }
+                        return futures::future::ready(Ok(None));
+                    }
+                    let n = d.data_header.len() + d.data_body.len();
+                    bytes += n as u64;
+                    received.add(n);
+                    futures::future::ready(Ok(Some(d)))
                 });
             let mut stream = FlightRecordBatchStream::new_from_flight_data(data);
             // Read the first batch here so that a replica failing up front
