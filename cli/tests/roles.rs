@@ -84,7 +84,7 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
     let got = rows(&sql.query("SELECT count(*), sum(v) FROM m").await.unwrap());
     assert_eq!(got, vec![format!("100|{}", (0..100).sum::<i64>())]);
     let got = rows(&sql.query("SHOW DATABASES").await.unwrap());
-    assert_eq!(got, vec!["roles|NULL|1w|1"]);
+    assert_eq!(got, vec!["roles|NULL|1w|1|NULL|NULL"]);
 
     // Both storage nodes hold shards of the table, listed as Flights named
     // [database, table, shard_id].

@@ -80,8 +80,11 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     if is(at(0), "alter") && is(at(1), "database") {
         let name = unquote(at(2).ok_or("ALTER DATABASE needs a database name")?);
         if !is(at(3), "shard") || !at(4).is_some_and(|k| is_key_keyword(k)) {
-            return Err("ALTER DATABASE changes the SHARD KEY (...) of new shard groups;                         other options cannot be changed yet"
-                .into());
+            return Err(
+                "ALTER DATABASE changes the SHARD KEY (...) of new shard groups; \
+                 other options cannot be changed yet"
+                    .into(),
+            );
         }
         let (shard_key, next) = parse_key_list(&t, 4)?;
         if next < t.len() {
@@ -103,9 +106,25 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     let mut retention = None;
     let mut shard_duration = None;
     let mut options = DatabaseOptions::default();
-    if is(at(i), "with") {
-        i += 1;
+    let mut t = t.clone();
+    // `WITH (...)`, however the spaces fall, becomes the words of the
+    // other shape.
+    let glued = t.get(i).is_some_and(|w| {
+        w.len() > 4 && w[..4].eq_ignore_ascii_case("with") && w[4..].starts_with('(')
+    });
+    if glued {
+        t[i] = t[i][4..].to_string();
+        t.insert(i, "with".into());
     }
+    if is(t.get(i), "with") {
+        i += 1;
+        if t.get(i).is_some_and(|w| w.starts_with('(')) {
+            let words = with_list_words(&t[i..].join(" "))?;
+            t.truncate(i);
+            t.extend(words);
+        }
+    }
+    let at = |i: usize| t.get(i);
     while i < t.len() {
         let word = t[i].to_ascii_lowercase();
         let value = |k: usize| {
@@ -209,6 +228,84 @@ fn parse_key_list(t: &[String], i: usize) -> Result<(Vec<String>, usize), String
     Ok((names, j))
 }
 
+/// `(name = value, ...)`, the shape GreptimeDB and InfluxDB 3 users write
+/// options in, as the words of strata's own shape (`retention = '30d'` is
+/// `RETENTION 30d`). Names: `retention` (or `ttl`), `shard_duration` (or
+/// `shard_group_duration`), `replication` (or `replication_factor`),
+/// `shards` (or `shards_per_group`), `shard_key` (`'a, b'` or `(a, b)`).
+fn with_list_words(text: &str) -> Result<Vec<String>, String> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens: Vec<Token> = Tokenizer::new(&GenericDialect {}, text)
+        .tokenize()
+        .map_err(|e| format!("WITH (...): {e}"))?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+        .collect();
+    let bad = |why: &str| format!("WITH (name = value, ...): {why}");
+    let mut it = tokens.into_iter().peekable();
+    if it.next() != Some(Token::LParen) {
+        return Err(bad("expected '('"));
+    }
+    let mut words = vec![];
+    loop {
+        let name = match it.next() {
+            Some(Token::Word(w)) => w.value.to_ascii_lowercase(),
+            Some(Token::RParen) if words.is_empty() => break,
+            _ => return Err(bad("expected an option name")),
+        };
+        if it.next() != Some(Token::Eq) {
+            return Err(bad(&format!("expected '=' after {name}")));
+        }
+        let value = match it.next() {
+            Some(Token::SingleQuotedString(v)) => v,
+            Some(Token::Number(v, _)) => v,
+            Some(Token::Word(w)) => w.value,
+            Some(Token::LParen) if name == "shard_key" => {
+                let mut list = vec![];
+                loop {
+                    match it.next() {
+                        Some(Token::Word(w)) => list.push(w.value),
+                        Some(Token::SingleQuotedString(v)) => list.push(v),
+                        Some(Token::Comma) => {}
+                        Some(Token::RParen) => break,
+                        _ => return Err(bad("shard_key takes a list of tag names")),
+                    }
+                }
+                list.join(",")
+            }
+            _ => return Err(bad(&format!("expected a value for {name}"))),
+        };
+        match name.as_str() {
+            "retention" | "ttl" => words.extend(["retention".into(), value]),
+            "shard_duration" | "shard_group_duration" => {
+                words.extend(["shard".into(), "duration".into(), value])
+            }
+            "replication" | "replication_factor" => words.extend(["replication".into(), value]),
+            "shards" | "shards_per_group" => words.extend(["shards".into(), value]),
+            "shard_key" => {
+                let names: Vec<&str> = value.split(',').map(str::trim).collect();
+                words.extend(["shard".into(), format!("key({})", names.join(","))]);
+            }
+            other => {
+                return Err(format!(
+                    "unknown database option '{other}'; expected retention (ttl), \
+                     shard_duration, replication, shards or shard_key"
+                ))
+            }
+        }
+        match it.next() {
+            Some(Token::Comma) => {}
+            Some(Token::RParen) => break,
+            _ => return Err(bad("expected ',' or ')'")),
+        }
+    }
+    if let Some(extra) = it.next() {
+        return Err(bad(&format!("unexpected '{extra}' after ')'")));
+    }
+    Ok(words)
+}
+
 pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("a database name needs 1 to 64 characters".into());
@@ -279,6 +376,51 @@ mod tests {
     use strata_catalog::model::{DAY_NS, HOUR_NS};
 
     use super::*;
+
+    #[test]
+    fn create_database_with_an_option_list() {
+        let s = parse(
+            "CREATE DATABASE m WITH (ttl = '30d', shard_duration = '1h', replication = 2, \
+             shards = 4, shard_key = 'hostname, region');",
+        )
+        .unwrap()
+        .unwrap();
+        let OwnStatement::CreateDatabase { name, options, .. } = s else {
+            panic!()
+        };
+        assert_eq!(name, "m");
+        assert_eq!(options.retention_ns, Some(30 * DAY_NS));
+        assert_eq!(options.shard_group_duration_ns, HOUR_NS);
+        assert_eq!(options.replication_factor, 2);
+        assert_eq!(options.shards_per_group, Some(4));
+        assert_eq!(options.shard_key, ["hostname", "region"]);
+        let Some(OwnStatement::CreateDatabase { options, .. }) =
+            parse("create database m with(shard_key=(host), retention='INF')").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(options.shard_key, ["host"]);
+        assert_eq!(options.retention_ns, None);
+        for (sql, says) in [
+            (
+                "CREATE DATABASE m WITH (colour = 'red')",
+                "unknown database option 'colour'",
+            ),
+            (
+                "CREATE DATABASE m WITH (ttl '1d')",
+                "expected '=' after ttl",
+            ),
+            ("CREATE DATABASE m WITH (ttl = '1d'", "expected ',' or ')'"),
+            (
+                "CREATE DATABASE m WITH (ttl = '1d') shards 2",
+                "unexpected 'shards'",
+            ),
+            ("CREATE DATABASE m WITH (ttl = 'soon')", "invalid duration"),
+        ] {
+            let e = parse(sql).unwrap_err();
+            assert!(e.contains(says), "{sql}: {e}");
+        }
+    }
 
     #[test]
     fn create_database_with_options() {

@@ -55,6 +55,10 @@ fn show_databases_schema() -> SchemaRef {
         Field::new("retention", DataType::Utf8, true),
         Field::new("shard_group_duration", DataType::Utf8, false),
         Field::new("replication_factor", DataType::UInt32, false),
+        // NULL: one shard per storage node when a group is created.
+        Field::new("shards", DataType::UInt32, true),
+        // NULL: rows are placed by series.
+        Field::new("shard_key", DataType::Utf8, true),
     ]))
 }
 
@@ -415,6 +419,13 @@ impl QueryEngine {
                     Arc::new(UInt32Array::from_iter_values(
                         dbs.iter().map(|d| d.options.replication_factor),
                     )),
+                    Arc::new(UInt32Array::from_iter(
+                        dbs.iter().map(|d| d.options.shards_per_group),
+                    )),
+                    Arc::new(StringArray::from_iter(dbs.iter().map(|d| {
+                        let key = &d.options.shard_key;
+                        (!key.is_empty()).then(|| key.join(", "))
+                    }))),
                 ];
                 Ok(vec![
                     RecordBatch::try_new(schema, columns).context(crate::error::ArrowSnafu)?
