@@ -15,7 +15,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent(path))
+}
+
+/// The directory holding `path`; a bare file name is in the current one.
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Makes a rename or a file creation in `dir` durable.
@@ -28,7 +36,7 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     let existed = path.exists();
     let f = OpenOptions::new().create(true).append(true).open(path)?;
     if !existed {
-        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        sync_dir(parent(path))?;
     }
     Ok(f)
 }
@@ -45,5 +53,12 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert!(!p.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        assert_eq!(parent(Path::new("addr.json")), Path::new("."));
+        assert_eq!(parent(Path::new("/tmp/addr.json")), Path::new("/tmp"));
+        sync_dir(parent(Path::new("addr.json"))).unwrap();
     }
 }

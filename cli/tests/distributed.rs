@@ -143,6 +143,21 @@ async fn nodes_ship_groups_not_rows_and_time_ordered_reads_stop_early() {
     );
     assert_eq!(newest, ["h0|2305.0", "h1|2306.0", "h2|2307.0"]);
 
+    // The newest row per host written with row_number(): each shard sends
+    // its own newest row per host, not its rows.
+    let plan = rows(
+        &client
+            .query(
+                "EXPLAIN ANALYZE SELECT host, time, v FROM (SELECT host, time, v, row_number() \
+                 OVER (PARTITION BY host ORDER BY time DESC) AS rn FROM cpu) WHERE rn = 1",
+            )
+            .await
+            .unwrap(),
+    );
+    let shipped = metric(&plan, "ShardFragmentExec", "output_rows");
+    assert!(shipped <= HOSTS as u64 * shards, "{shipped} rows shipped");
+    assert!(shipped < rows_in / 2, "{shipped} of {rows_in} rows shipped");
+
     // merge-sort: each shard sends its top three at most.
     let plan = rows(
         &client

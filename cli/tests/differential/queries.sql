@@ -99,6 +99,10 @@ SELECT DISTINCT ON (host) host, time, usage_user FROM cpu ORDER BY host, time DE
 SELECT c.host, c.time, c.usage_system FROM cpu c JOIN (SELECT host, max(time) AS t FROM cpu GROUP BY host) m ON c.host = m.host AND c.time = m.t ORDER BY c.host;
 SELECT host, last_value(usage_system ORDER BY time) FROM cpu GROUP BY host;
 SELECT host, time, usage_system FROM (SELECT host, time, usage_system, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn FROM cpu) WHERE rn = 1 ORDER BY host;
+SELECT host, time, rn FROM (SELECT host, time, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn FROM cpu) WHERE rn <= 3 ORDER BY host, rn;
+SELECT host, time, usage_user FROM (SELECT host, time, usage_user, row_number() OVER (PARTITION BY host ORDER BY time) AS rn FROM cpu) WHERE rn < 3 AND usage_user IS NOT NULL ORDER BY host, time;
+SELECT region, host, time FROM (SELECT region, host, time, row_number() OVER (PARTITION BY region ORDER BY time DESC, host) AS rn FROM cpu WHERE time < '2026-11-30T06:00:00Z') WHERE 2 >= rn ORDER BY region, time, host;
+SELECT host, time, rn FROM (SELECT host, time, row_number() OVER (PARTITION BY host ORDER BY usage_system DESC, time) AS rn FROM cpu) WHERE rn = 2 ORDER BY host;
 
 -- window functions
 SELECT host, time, usage_system, sum(usage_system) OVER (PARTITION BY host ORDER BY time ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) FROM cpu WHERE host IN ('h1', 'h8') ORDER BY host, time;

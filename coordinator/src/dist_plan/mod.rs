@@ -2,7 +2,8 @@
 //! pruned by the query's time range), how the physical plan is cut between
 //! the storage nodes and the coordinator ([`rule`]), and the plan nodes
 //! that run fragments on the nodes ([`shard_fragment`]) and read shard
-//! groups in time order ([`time_ordered`]), and what the nodes report
+//! groups in time order ([`time_ordered`]), the per-shard first rows of a
+//! `row_number()` filter ([`window_topk`]), and what the nodes report
 //! having done ([`reported`]).
 
 pub mod pruning;
@@ -10,6 +11,7 @@ pub mod reported;
 pub mod rule;
 pub mod shard_fragment;
 pub mod time_ordered;
+pub mod window_topk;
 
 pub use pruning::{shards_for_key, time_range};
 pub use rule::DistributePlan;

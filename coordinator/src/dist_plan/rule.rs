@@ -44,7 +44,7 @@ use datafusion::physical_plan::{
 use strata_storage::fragment::{check_sendable, ScanLeafExec};
 
 use super::shard_fragment::{Binding, Pruning, ShardFragmentExec, Strategy, Task};
-use super::time_ordered;
+use super::{time_ordered, window_topk};
 
 #[derive(Debug, Default)]
 pub struct DistributePlan;
@@ -84,6 +84,7 @@ impl PhysicalOptimizerRule for DistributePlan {
             return Ok(direct);
         }
         let plan = push_down(plan)?;
+        let plan = window_topk::rewrite(plan)?;
         time_ordered::rewrite(plan)
     }
 
