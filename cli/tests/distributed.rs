@@ -158,6 +158,30 @@ async fn nodes_ship_groups_not_rows_and_time_ordered_reads_stop_early() {
     assert!(shipped <= HOSTS as u64 * shards, "{shipped} rows shipped");
     assert!(shipped < rows_in / 2, "{shipped} of {rows_in} rows shipped");
 
+    // And as a self-join on max(time): the row side sends each shard's
+    // newest rows per host.
+    let plan = rows(
+        &client
+            .query(
+                "EXPLAIN ANALYZE SELECT c.host, c.v FROM cpu c JOIN (SELECT host, max(time) AS t \
+                 FROM cpu GROUP BY host) m ON c.host = m.host AND c.time = m.t",
+            )
+            .await
+            .unwrap(),
+    );
+    let row_side = plan
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| l.contains("ShardFragmentExec: strategy=fan-out,"))
+        .collect::<Vec<_>>();
+    assert_eq!(row_side.len(), 1, "{plan:#?}");
+    let shipped = metric(
+        &[row_side[0].to_string()],
+        "ShardFragmentExec",
+        "output_rows",
+    );
+    assert!(shipped <= HOSTS as u64 * shards, "{shipped} rows shipped");
+
     // merge-sort: each shard sends its top three at most.
     let plan = rows(
         &client

@@ -97,6 +97,10 @@ SELECT * FROM cpu WHERE time >= '2026-11-30T09:00:00Z' AND time < '2026-11-30T09
 -- lastpoint in its common forms
 SELECT DISTINCT ON (host) host, time, usage_user FROM cpu ORDER BY host, time DESC;
 SELECT c.host, c.time, c.usage_system FROM cpu c JOIN (SELECT host, max(time) AS t FROM cpu GROUP BY host) m ON c.host = m.host AND c.time = m.t ORDER BY c.host;
+SELECT c.host, c.time, c.usage_user, m.t FROM cpu c JOIN (SELECT host, min(time) AS t FROM cpu WHERE time >= '2026-11-30T02:00:00Z' GROUP BY host) m ON c.time = m.t AND c.host = m.host WHERE c.time >= '2026-11-30T02:00:00Z' ORDER BY c.host;
+SELECT c.host, c.region, c.usage_system FROM cpu c JOIN (SELECT host, region, max(time) AS t FROM cpu GROUP BY host, region) m ON c.host = m.host AND c.region = m.region AND c.time = m.t WHERE c.usage_system > 5 ORDER BY c.host;
+SELECT c.host, c.time FROM cpu c JOIN (SELECT max(time) AS t FROM cpu) m ON c.time = m.t ORDER BY c.host;
+SELECT c.host, c.time FROM cpu c JOIN (SELECT host, max(time) AS t FROM cpu WHERE usage_user > 50 GROUP BY host) m ON c.host = m.host AND c.time = m.t ORDER BY c.host;
 SELECT host, last_value(usage_system ORDER BY time) FROM cpu GROUP BY host;
 SELECT host, time, usage_system FROM (SELECT host, time, usage_system, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn FROM cpu) WHERE rn = 1 ORDER BY host;
 SELECT host, time, rn FROM (SELECT host, time, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn FROM cpu) WHERE rn <= 3 ORDER BY host, rn;

@@ -3,12 +3,14 @@
 //! the storage nodes and the coordinator ([`rule`]), and the plan nodes
 //! that run fragments on the nodes ([`shard_fragment`]) and read shard
 //! groups in time order ([`time_ordered`]), the per-shard first rows of a
-//! `row_number()` filter ([`window_topk`]), and what the nodes report
+//! `row_number()` filter ([`window_topk`]) or of a self-join on `max(time)`
+//! ([`self_join`]), and what the nodes report
 //! having done ([`reported`]).
 
 pub mod pruning;
 pub mod reported;
 pub mod rule;
+pub mod self_join;
 pub mod shard_fragment;
 pub mod time_ordered;
 pub mod window_topk;

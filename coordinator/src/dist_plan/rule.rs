@@ -44,7 +44,7 @@ use datafusion::physical_plan::{
 use strata_storage::fragment::{check_sendable, ScanLeafExec};
 
 use super::shard_fragment::{Binding, Pruning, ShardFragmentExec, Strategy, Task};
-use super::{time_ordered, window_topk};
+use super::{self_join, time_ordered, window_topk};
 
 #[derive(Debug, Default)]
 pub struct DistributePlan;
@@ -85,6 +85,7 @@ impl PhysicalOptimizerRule for DistributePlan {
         }
         let plan = push_down(plan)?;
         let plan = window_topk::rewrite(plan)?;
+        let plan = self_join::rewrite(plan)?;
         time_ordered::rewrite(plan)
     }
 

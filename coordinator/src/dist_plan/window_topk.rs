@@ -151,31 +151,7 @@ fn reduce_below(
         if f.binding() != Binding::PerTask || f.strategy() != Strategy::FanOut {
             return Ok(None);
         }
-        let fragment = f.fragment().clone();
-        let columns = fragment.schema().fields().len();
-        let sorted =
-            Arc::new(SortExec::new(order.clone(), fragment).with_preserve_partitioning(true));
-        let numbered = Arc::new(BoundedWindowAggExec::try_new(
-            vec![w.clone()],
-            sorted,
-            InputOrderMode::Sorted,
-            false,
-        )?);
-        let name = numbered.schema().field(columns).name().clone();
-        let kept: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
-            Arc::new(Column::new(&name, columns)),
-            Operator::LtEq,
-            Arc::new(Literal::new(ScalarValue::UInt64(Some(k)))),
-        ));
-        let reduced = FilterExecBuilder::new(kept, numbered)
-            .apply_projection(Some((0..columns).collect()))?
-            .build()?;
-        let reduced: Arc<dyn ExecutionPlan> = Arc::new(reduced);
-        if let Err(e) = check_sendable(reduced.clone()) {
-            tracing::debug!(error = %e, "row-number pre-reduction stays off the nodes");
-            return Ok(None);
-        }
-        return Ok(Some(Arc::new(f.with_fragment(reduced, Strategy::FanOut))));
+        return first_rows(f, order, w.clone(), k);
     }
     let order = match plan.downcast_ref::<SortExec>() {
         Some(sort) if order.is_none() => Some(sort.expr()),
@@ -192,4 +168,39 @@ fn reduce_below(
     Ok(Some(
         plan.clone().replace_children(vec![child], recompute())?,
     ))
+}
+
+/// `f` with each of its shards keeping only the rows `w` (a ranking
+/// window over `order`, which sorts by its partition keys first) numbers
+/// `<= k`; `None` when the fragment could not be sent so.
+pub(super) fn first_rows(
+    f: &ShardFragmentExec,
+    order: &LexOrdering,
+    w: Arc<dyn WindowExpr>,
+    k: u64,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let fragment = f.fragment().clone();
+    let columns = fragment.schema().fields().len();
+    let sorted = Arc::new(SortExec::new(order.clone(), fragment).with_preserve_partitioning(true));
+    let numbered = Arc::new(BoundedWindowAggExec::try_new(
+        vec![w],
+        sorted,
+        InputOrderMode::Sorted,
+        false,
+    )?);
+    let name = numbered.schema().field(columns).name().clone();
+    let kept: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+        Arc::new(Column::new(&name, columns)),
+        Operator::LtEq,
+        Arc::new(Literal::new(ScalarValue::UInt64(Some(k)))),
+    ));
+    let reduced = FilterExecBuilder::new(kept, numbered)
+        .apply_projection(Some((0..columns).collect()))?
+        .build()?;
+    let reduced: Arc<dyn ExecutionPlan> = Arc::new(reduced);
+    if let Err(e) = check_sendable(reduced.clone()) {
+        tracing::debug!(error = %e, "first-rows pre-reduction stays off the nodes");
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(f.with_fragment(reduced, Strategy::FanOut))))
 }
