@@ -88,6 +88,9 @@ pub fn parse(
         return Err("INSERT INTO needs a table name".into());
     };
     let (database, table) = super::delete::table_name(name, default_database, "INSERT")?;
+    if table.is_empty() {
+        return Err("INSERT needs a table name".into());
+    }
     if !catalog.databases.contains_key(&database) {
         return Err(format!("database '{database}' not found"));
     }
@@ -102,6 +105,9 @@ pub fn parse(
         let Some(ident) = part.as_ident() else {
             return Err(format!("column '{c}' must be a plain column name"));
         };
+        if ident.value.is_empty() {
+            return Err("a column name cannot be empty".into());
+        }
         if columns.contains(&ident.value) {
             return Err(format!("column '{}' is named twice", ident.value));
         }
@@ -428,6 +434,8 @@ mod tests {
             ),
             ("INSERT INTO cpu (a) VALUES (1)", "database"),
             ("INSERT INTO db.cpu (a, a) VALUES (1, 2)", "named twice"),
+            ("INSERT INTO db.cpu (\"\") VALUES (1)", "cannot be empty"),
+            ("INSERT INTO db.\"\" (a) VALUES (1)", "table name"),
             ("INSERT INTO db.cpu (a) VALUES (1) RETURNING a", "RETURNING"),
             ("INSERT INTO db.cpu (a) VALUES (1); SELECT 1", "one INSERT"),
             ("INSERT INTO db.cpu (a) VALUES (1", "INSERT:"),
