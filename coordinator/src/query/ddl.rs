@@ -110,7 +110,7 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     // `WITH (...)`, however the spaces fall, becomes the words of the
     // other shape.
     let glued = t.get(i).is_some_and(|w| {
-        w.len() > 4 && w[..4].eq_ignore_ascii_case("with") && w[4..].starts_with('(')
+        w.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("with")) && w[4..].starts_with('(')
     });
     if glued {
         t[i] = t[i][4..].to_string();
@@ -416,6 +416,7 @@ mod tests {
                 "unexpected 'shards'",
             ),
             ("CREATE DATABASE m WITH (ttl = 'soon')", "invalid duration"),
+            ("CREATE DATABASE m abcé(", "unknown database option"),
         ] {
             let e = parse(sql).unwrap_err();
             assert!(e.contains(says), "{sql}: {e}");
