@@ -212,6 +212,10 @@ async fn bad_inserts_name_the_problem_and_write_nothing() {
         ),
         ("INSERT INTO fresh VALUES (1, 2)", "does not exist yet"),
         (
+            "INSERT INTO cpu (host, usage) VALUES ('a', 1), ('a', 2)",
+            "needs the 'time' column",
+        ),
+        (
             "INSERT INTO cpu (time, host, usage) SELECT time, host, usage FROM missing",
             "missing",
         ),

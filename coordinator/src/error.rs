@@ -81,6 +81,13 @@ pub enum Error {
         "INSERT stopped after writing {written} row(s), which stay written: {source}"
     ))]
     InsertIncomplete { written: usize, source: Box<Error> },
+
+    #[snafu(display(
+        "INSERT failed while writing after {written} row(s) were written; rows of the batch \
+         being written may be stored on some shards (running the INSERT again is harmless: \
+         rows with the same time and tags replace each other): {source}"
+    ))]
+    InsertInterrupted { written: usize, source: Box<Error> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -89,7 +96,9 @@ impl Error {
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
-            Error::InsertIncomplete { source, .. } => source.http_status(),
+            Error::InsertIncomplete { source, .. } | Error::InsertInterrupted { source, .. } => {
+                source.http_status()
+            }
             Error::Catalog { source } => match source {
                 strata_catalog::Error::Rejected { .. } => S::BAD_REQUEST,
                 _ => S::SERVICE_UNAVAILABLE,
@@ -121,7 +130,9 @@ impl Error {
     /// The gRPC code of this error.
     pub fn code(&self) -> tonic::Code {
         match self {
-            Error::InsertIncomplete { source, .. } => source.code(),
+            Error::InsertIncomplete { source, .. } | Error::InsertInterrupted { source, .. } => {
+                source.code()
+            }
             Error::Catalog { source } => match source {
                 strata_catalog::Error::Rejected { .. } => tonic::Code::InvalidArgument,
                 _ => tonic::Code::Unavailable,

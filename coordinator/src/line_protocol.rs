@@ -168,7 +168,7 @@ const KEY_ESCAPES: &[u8] = b",= \\";
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// Refuses a name longer than [`MAX_NAME_BYTES`].
-fn check_name(what: &str, name: &str) -> Result<(), String> {
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     if name.len() > MAX_NAME_BYTES {
         return Err(format!(
             "{what} '{}' is {} bytes long; names are limited to {MAX_NAME_BYTES} bytes",

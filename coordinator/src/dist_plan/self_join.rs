@@ -126,7 +126,11 @@ fn reduce(
     let Some(extreme) = extreme else {
         return Ok(None);
     };
-    if keys.len() != groups.len() {
+    // Every group column joined, each once: a key joined twice must not
+    // stand in for a group column left out.
+    let joined: std::collections::BTreeSet<&String> = keys.iter().map(|(_, n)| n).collect();
+    let grouped: std::collections::BTreeSet<&String> = groups.iter().collect();
+    if joined != grouped || keys.len() != groups.len() {
         return Ok(None);
     }
     reduce_rows(rows, &agg_leaf, &keys, &extreme)

@@ -7,13 +7,17 @@
 //! loses nothing (an integer into a float field; never a float into an
 //! integer field). A new column takes its kind from its values: strings
 //! make a tag, numbers and booleans a field. `time` takes a timestamp, an
-//! RFC 3339 string or an integer of nanoseconds; without it a row is
-//! stamped with the time of the statement. A NULL tag or field is left
-//! out of its row, and every row needs one non-NULL field.
+//! RFC 3339 string or an integer of nanoseconds, and must be named (rows
+//! stamped with one statement time would collapse into one per series,
+//! and a retried statement would write them again; `now()` is there for
+//! the current time). A NULL tag or field is left out of its row, and
+//! every row needs one non-NULL field.
 //!
-//! The rows are checked before any is written. `INSERT ... SELECT` writes
-//! as its query streams, so when a later part fails the statement reports
-//! how many rows went in before.
+//! Rows are written in batches of 10,000 as the source streams, each
+//! checked whole before it is written; when a batch fails the statement
+//! says how many rows went in before, and when a write fails part-way
+//! that rows of the failing batch may be stored as well (writing it again
+//! is harmless: same time and tags replace).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use strata_catalog::model::{ColumnKind, FieldType, TIME_COLUMN};
 use strata_catalog::CatalogData;
 
-use crate::line_protocol::{FieldValue, ParsedLine};
+use crate::line_protocol::{check_name, FieldValue, ParsedLine};
 
 /// A parsed INSERT, before its kinds are resolved against the table.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +95,7 @@ pub fn parse(
     if table.is_empty() {
         return Err("INSERT needs a table name".into());
     }
+    check_name("table name", &table)?;
     if !catalog.databases.contains_key(&database) {
         return Err(format!("database '{database}' not found"));
     }
@@ -108,6 +113,7 @@ pub fn parse(
         if ident.value.is_empty() {
             return Err("a column name cannot be empty".into());
         }
+        check_name("column name", &ident.value)?;
         if columns.contains(&ident.value) {
             return Err(format!("column '{}' is named twice", ident.value));
         }
@@ -150,6 +156,12 @@ pub fn targets(
     } else {
         statement.columns.clone()
     };
+    if !names.iter().any(|n| n == TIME_COLUMN) {
+        return Err(format!(
+            "INSERT needs the '{TIME_COLUMN}' column: name it among the columns and give each \
+             row its time (now() for the current time)"
+        ));
+    }
     if names.len() != source.fields().len() {
         return Err(format!(
             "INSERT names {} column(s) but its {} give(s) {}",
@@ -486,14 +498,20 @@ mod tests {
                 ColumnKind::Field(FieldType::Boolean),
             ]
         );
-        let t = targets(&statement(&["host", "b", "n", "x", "ok"]), &[], &source).unwrap();
-        assert_eq!(t[0].kind, ColumnKind::Tag);
-        let e = targets(&statement(&["a", "b"]), &[], &source).unwrap_err();
+        let t = targets(&statement(&["time", "host", "n", "x", "ok"]), &[], &source).unwrap();
+        assert_eq!(t[0].kind, ColumnKind::Time);
+        assert_eq!(t[1].kind, ColumnKind::Tag);
+        let e = targets(&statement(&["time", "b"]), &[], &source).unwrap_err();
         assert!(e.contains("2 column(s)") && e.contains("give(s) 5"), "{e}");
+        let e = targets(&statement(&["host", "b", "n", "x", "ok"]), &[], &source).unwrap_err();
+        assert!(e.contains("needs the 'time' column"), "{e}");
         let e = targets(&statement(&[]), &[], &source).unwrap_err();
         assert!(e.contains("name the columns"), "{e}");
-        let nulls = Schema::new(vec![Field::new("c1", DataType::Null, true)]);
-        let e = targets(&statement(&["v"]), &[], &nulls).unwrap_err();
+        let nulls = Schema::new(vec![
+            Field::new("c1", DataType::Utf8, true),
+            Field::new("c2", DataType::Null, true),
+        ]);
+        let e = targets(&statement(&["time", "v"]), &[], &nulls).unwrap_err();
         assert!(e.contains("NULL"), "{e}");
     }
 

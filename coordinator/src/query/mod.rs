@@ -244,7 +244,10 @@ impl QueryEngine {
                     .writer
                     .write_lines(&s.database, lines, Consistency::All, now_ns)
                     .await
-                    .map_err(|e| stopped(written, e))?;
+                    .map_err(|e| Error::InsertInterrupted {
+                        written,
+                        source: Box::new(e),
+                    })?;
                 written += outcome.lines_written;
                 if outcome.lines_rejected > 0 {
                     let reason = outcome
