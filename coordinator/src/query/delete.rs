@@ -17,8 +17,6 @@ use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr as SqlExpr, FromTable, ObjectName, Statement, TableFactor, UnaryOperator,
     Value,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use strata_catalog::model::{ColumnKind, TIME_COLUMN};
 use strata_catalog::CatalogData;
 use strata_proto::storage::v1 as pb;
@@ -33,9 +31,7 @@ pub struct DeleteStatement {
 
 /// Whether `sql` is a DELETE (strata handles it, not DataFusion).
 pub fn is_delete(sql: &str) -> bool {
-    sql.trim_start()
-        .get(..6)
-        .is_some_and(|w| w.eq_ignore_ascii_case("delete"))
+    super::statement::starts_with(sql, "delete")
 }
 
 /// Parses a DELETE and checks it against the catalog: the table exists and
@@ -45,12 +41,7 @@ pub fn parse(
     default_database: Option<&str>,
     catalog: &CatalogData,
 ) -> Result<DeleteStatement, String> {
-    let mut statements =
-        Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| format!("DELETE: {e}"))?;
-    if statements.len() != 1 {
-        return Err("send one DELETE statement at a time".into());
-    }
-    let Statement::Delete(delete) = statements.remove(0) else {
+    let Statement::Delete(delete) = super::statement::parse_one(sql, "DELETE")? else {
         return Err("expected a DELETE statement".into());
     };
     if delete.using.is_some()

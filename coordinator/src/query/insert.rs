@@ -28,8 +28,6 @@ use arrow::datatypes::{
     DataType, Float64Type, Int64Type, Schema, TimeUnit, TimestampNanosecondType, UInt64Type,
 };
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement, TableObject};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use strata_catalog::model::{ColumnKind, FieldType, TIME_COLUMN};
 use strata_catalog::CatalogData;
 
@@ -52,9 +50,7 @@ pub struct InsertStatement {
 
 /// Whether `sql` is an INSERT (strata writes it, not DataFusion).
 pub fn is_insert(sql: &str) -> bool {
-    sql.trim_start()
-        .get(..6)
-        .is_some_and(|w| w.eq_ignore_ascii_case("insert"))
+    super::statement::starts_with(sql, "insert")
 }
 
 /// Parses an INSERT; the database must exist (the table need not).
@@ -63,12 +59,7 @@ pub fn parse(
     default_database: Option<&str>,
     catalog: &CatalogData,
 ) -> Result<InsertStatement, String> {
-    let mut statements =
-        Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| format!("INSERT: {e}"))?;
-    if statements.len() != 1 {
-        return Err("send one INSERT statement at a time".into());
-    }
-    let Statement::Insert(insert) = statements.remove(0) else {
+    let Statement::Insert(insert) = super::statement::parse_one(sql, "INSERT")? else {
         return Err("expected an INSERT statement".into());
     };
     if insert.overwrite

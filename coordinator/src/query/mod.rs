@@ -7,6 +7,7 @@ pub mod ddl;
 pub mod delete;
 pub mod insert;
 pub mod limits;
+pub mod statement;
 
 use std::sync::Arc;
 
