@@ -561,10 +561,17 @@ fn conflict_message(
     existing: ColumnKind,
     requested: ColumnKind,
 ) -> String {
+    let with_article = |kind: ColumnKind| {
+        let d = kind.describe();
+        match d.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            true => format!("an {d}"),
+            false => format!("a {d}"),
+        }
+    };
     format!(
-        "column '{column}' of table '{table}' is a {}, but this line writes it as a {}",
-        existing.describe(),
-        requested.describe()
+        "column '{column}' of table '{table}' is {}, but this line writes it as {}",
+        with_article(existing),
+        with_article(requested)
     )
 }
 

@@ -54,6 +54,14 @@ fn unquote(name: &str) -> String {
     n.to_string()
 }
 
+/// Shortest shard-group window: each window is a catalog entry with its
+/// shards, and writes wait on the catalog to create one.
+pub const MIN_SHARD_GROUP_DURATION_NS: i64 = 60_000_000_000;
+
+/// Most shards per group: each is a catalog entry, a set of files on its
+/// nodes and a task of every query reading the group.
+pub const MAX_SHARDS_PER_GROUP: u32 = 256;
+
 /// Parses `sql` as one of strata's own statements. `Ok(None)` means it is
 /// not one (DataFusion takes it); `Err` means it is one but malformed.
 pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
@@ -125,8 +133,17 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
         }
     }
     let at = |i: usize| t.get(i);
+    let mut seen = std::collections::BTreeSet::new();
     while i < t.len() {
         let word = t[i].to_ascii_lowercase();
+        let option = match word.as_str() {
+            "shard" if at(i + 1).is_some_and(|k| is_key_keyword(k)) => "SHARD KEY".to_string(),
+            "shard" => "SHARD DURATION".to_string(),
+            w => w.to_uppercase(),
+        };
+        if !seen.insert(option.clone()) {
+            return Err(format!("{option} is given twice"));
+        }
         let value = |k: usize| {
             t.get(k)
                 .ok_or_else(|| format!("{} needs a value", word.to_uppercase()))
@@ -145,7 +162,16 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
                 i = next;
             }
             "shard" if is(at(i + 1), "duration") => {
-                shard_duration = Some(parse_duration(value(i + 2)?)?);
+                let d = parse_duration(value(i + 2)?)?;
+                if d < MIN_SHARD_GROUP_DURATION_NS {
+                    return Err(format!(
+                        "SHARD DURATION {} is shorter than the shortest allowed, {}: every \
+                         window is a shard group in the catalog",
+                        format_duration(d),
+                        format_duration(MIN_SHARD_GROUP_DURATION_NS)
+                    ));
+                }
+                shard_duration = Some(d);
                 i += 3;
             }
             "replication" => {
@@ -161,8 +187,10 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
                     value(i + 1)?
                         .parse::<u32>()
                         .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or("SHARDS needs a whole number of at least 1")?,
+                        .filter(|n| (1..=MAX_SHARDS_PER_GROUP).contains(n))
+                        .ok_or_else(|| {
+                            format!("SHARDS needs a whole number from 1 to {MAX_SHARDS_PER_GROUP}")
+                        })?,
                 );
                 i += 2;
             }
@@ -417,6 +445,19 @@ mod tests {
             ),
             ("CREATE DATABASE m WITH (ttl = 'soon')", "invalid duration"),
             ("CREATE DATABASE m abcé(", "unknown database option"),
+            (
+                "CREATE DATABASE m WITH (ttl = '1d', retention = '2d')",
+                "RETENTION is given twice",
+            ),
+            (
+                "CREATE DATABASE m SHARDS 2 SHARDS 3",
+                "SHARDS is given twice",
+            ),
+            ("CREATE DATABASE m WITH (shards = 1000000)", "from 1 to 256"),
+            (
+                "CREATE DATABASE m SHARD DURATION 1ns",
+                "shorter than the shortest allowed, 1m",
+            ),
         ] {
             let e = parse(sql).unwrap_err();
             assert!(e.contains(says), "{sql}: {e}");

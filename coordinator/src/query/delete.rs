@@ -230,7 +230,7 @@ pub(super) fn table_name(
         .iter()
         .map(|p| {
             p.as_ident()
-                .map(|i| i.value.clone())
+                .map(super::statement::ident_name)
                 .ok_or_else(|| format!("'{name}' is not a table name"))
         })
         .collect::<Result<_, _>>()?;
@@ -275,8 +275,8 @@ fn conjuncts<'a>(e: &'a SqlExpr, out: &mut Vec<&'a SqlExpr>) -> Result<(), Strin
 
 fn column_name(e: &SqlExpr) -> Option<String> {
     match e {
-        SqlExpr::Identifier(i) => Some(i.value.clone()),
-        SqlExpr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.clone()),
+        SqlExpr::Identifier(i) => Some(super::statement::ident_name(i)),
+        SqlExpr::CompoundIdentifier(parts) => parts.last().map(super::statement::ident_name),
         SqlExpr::Nested(inner) => column_name(inner),
         _ => None,
     }

@@ -101,14 +101,15 @@ pub fn parse(
         let Some(ident) = part.as_ident() else {
             return Err(format!("column '{c}' must be a plain column name"));
         };
-        if ident.value.is_empty() {
+        let name = super::statement::ident_name(ident);
+        if name.is_empty() {
             return Err("a column name cannot be empty".into());
         }
-        check_name("column name", &ident.value)?;
-        if columns.contains(&ident.value) {
-            return Err(format!("column '{}' is named twice", ident.value));
+        check_name("column name", &name)?;
+        if columns.contains(&name) {
+            return Err(format!("column '{name}' is named twice"));
         }
-        columns.push(ident.value.clone());
+        columns.push(name);
     }
     Ok(InsertStatement {
         database,
@@ -416,6 +417,20 @@ mod tests {
             "{s:?}"
         );
         assert_eq!(s.columns, ["time", "host", "usage"]);
+        let s = parse("INSERT INTO DB.Cpu (TIME) VALUES (1)", None, &catalog()).unwrap();
+        assert_eq!((s.database.as_str(), s.table.as_str()), ("db", "cpu"));
+        let s = parse(
+            "INSERT INTO Cpu (TIME, Host, \"Usage\") VALUES (1, 'a', 2)",
+            Some("db"),
+            &catalog(),
+        )
+        .unwrap();
+        assert_eq!(s.table, "cpu");
+        assert_eq!(
+            s.columns,
+            ["time", "host", "Usage"],
+            "unquoted names are lowercased"
+        );
         assert!(s.is_values);
         assert!(s.source.starts_with("VALUES"), "{}", s.source);
         let s = parse(

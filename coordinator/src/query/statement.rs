@@ -1,7 +1,7 @@
 //! What strata's own SQL statements share: recognising one by its first
 //! word, and parsing exactly one statement of it.
 
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Ident, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -10,6 +10,15 @@ pub fn starts_with(sql: &str, word: &str) -> bool {
     sql.trim_start()
         .get(..word.len())
         .is_some_and(|w| w.eq_ignore_ascii_case(word))
+}
+
+/// The name an identifier stands for, as DataFusion reads it: unquoted
+/// names are lowercased, quoted ones kept as written.
+pub fn ident_name(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
 }
 
 /// The one statement `sql` holds; `verb` names it in errors.
