@@ -204,6 +204,17 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     options.retention_ns = retention.flatten();
     options.shard_group_duration_ns =
         shard_duration.unwrap_or_else(|| default_shard_group_duration(options.retention_ns));
+    // As InfluxDB: a shard group longer than the retention would keep data
+    // well past it (groups are dropped whole).
+    if let Some(r) = options.retention_ns {
+        if r < options.shard_group_duration_ns {
+            return Err(format!(
+                "RETENTION {} is shorter than SHARD DURATION {}; give a shorter shard duration",
+                format_duration(r),
+                format_duration(options.shard_group_duration_ns)
+            ));
+        }
+    }
     Ok(Some(OwnStatement::CreateDatabase {
         name,
         options,
@@ -285,9 +296,16 @@ fn with_list_words(text: &str) -> Result<Vec<String>, String> {
         if it.next() != Some(Token::Eq) {
             return Err(bad(&format!("expected '=' after {name}")));
         }
+        let counted = matches!(
+            name.as_str(),
+            "replication" | "replication_factor" | "shards" | "shards_per_group"
+        );
         let value = match it.next() {
-            Some(Token::SingleQuotedString(v)) => v,
             Some(Token::Number(v, _)) => v,
+            Some(Token::SingleQuotedString(_)) if counted => {
+                return Err(bad(&format!("{name} takes a number, not a string")))
+            }
+            Some(Token::SingleQuotedString(v)) => v,
             Some(Token::Word(w)) => w.value,
             Some(Token::LParen) if name == "shard_key" => {
                 let mut list = vec![];
@@ -454,6 +472,14 @@ mod tests {
                 "SHARDS is given twice",
             ),
             ("CREATE DATABASE m WITH (shards = 1000000)", "from 1 to 256"),
+            (
+                "CREATE DATABASE m WITH (shards = '3')",
+                "takes a number, not a string",
+            ),
+            (
+                "CREATE DATABASE m RETENTION 1h SHARD DURATION 1w",
+                "RETENTION 1h is shorter than SHARD DURATION 1w",
+            ),
             (
                 "CREATE DATABASE m SHARD DURATION 1ns",
                 "shorter than the shortest allowed, 1m",
