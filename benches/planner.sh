@@ -19,35 +19,8 @@ workers="${WORKERS:-1}"
 options="${DB_OPTIONS-SHARD KEY (hostname)}"
 compare="--compare"
 [ "${COMPARE:-1}" = 0 ] && compare=""
-if [ -n "${BIN:-}" ]; then
-  bin="$BIN"
-else
-  target="${CARGO_TARGET_DIR:-$PWD/target}"
-  cargo build --release -p strata --bin strata >&2
-  bin="$target/release/strata"
-fi
-
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start="2016-01-01T00:00:00Z"
-end="$(date -u -d "2016-01-01 00:00:00 UTC + $hours hours" +%Y-%m-%dT%H:%M:%SZ)"
-"$bin" bench generate --use-case cpu-only --scale "$scale" --seed 123 \
-  --timestamp-start "$start" --timestamp-end "$end" --output "$work/cpu.lp"
-
-"$bin" dev --data-dir "$work/data" --http-addr 127.0.0.1:0 --flight-addr 127.0.0.1:0 \
-  --addr-file "$work/addr.json" >"$work/dev.log" 2>&1 &
-pid=$!
-for _ in $(seq 600); do [ -s "$work/addr.json" ] && break; sleep 0.1; done
-[ -s "$work/addr.json" ] || { echo "strata dev did not start:"; cat "$work/dev.log"; exit 1; }
-addr() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$work/addr.json" "$1"; }
-http="$(addr http)"
-flight="$(addr flight)"
+. benches/dev_cluster.sh
+start_dev
 
 echo "== $scale hosts x $hours h; CREATE DATABASE benchmark $options"
 "$bin" sql --host "$flight" -c "CREATE DATABASE benchmark $options" >/dev/null

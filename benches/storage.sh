@@ -21,34 +21,8 @@ workers="${WORKERS:-4}"
 batch="${BATCH:-10000}"
 flush_rows="${FLUSH_ROWS:-1000000}"
 loads="${LOADS:-1}"
-target="${CARGO_TARGET_DIR:-$PWD/target}"
-
-if [ -n "${BIN:-}" ]; then
-  bin="$BIN"
-else
-  cargo build --release --quiet --bin strata
-  bin="$target/release/strata"
-fi
-
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start="2016-01-01T00:00:00Z"
-end="$(date -u -d "2016-01-01 00:00:00 UTC + $hours hours" +%Y-%m-%dT%H:%M:%SZ)"
-"$bin" bench generate --use-case cpu-only --scale "$scale" --seed 123 \
-  --timestamp-start "$start" --timestamp-end "$end" --output "$work/cpu.lp"
-
-"$bin" dev --data-dir "$work/data" --http-addr 127.0.0.1:0 --flight-addr 127.0.0.1:0 \
-  --flush-rows "$flush_rows" --addr-file "$work/addr.json" >"$work/dev.log" 2>&1 &
-pid=$!
-for _ in $(seq 600); do [ -s "$work/addr.json" ] && break; sleep 0.1; done
-[ -s "$work/addr.json" ] || { echo "strata dev did not start:"; cat "$work/dev.log"; exit 1; }
-http="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$work/addr.json")"
+. benches/dev_cluster.sh
+start_dev --flush-rows "$flush_rows"
 
 echo "== ingest: $scale hosts x $hours h, $workers writers, $batch-line batches, $loads load(s)"
 for _ in $(seq "$loads"); do
