@@ -143,6 +143,45 @@ async fn nodes_ship_groups_not_rows_and_time_ordered_reads_stop_early() {
     );
     assert_eq!(newest, ["h0|2305.0", "h1|2306.0", "h2|2307.0"]);
 
+    // time-ordered over an aggregate by a time bucket (TSBS
+    // groupby-orderby-limit): minute buckets never straddle two hourly
+    // groups, so the newest group alone answers, complete.
+    let gol = "SELECT date_trunc('minute', time) AS minute, max(v) FROM cpu \
+               WHERE time < '2026-11-30T23:30:00Z' GROUP BY minute ORDER BY minute DESC LIMIT 3";
+    let plan = rows(
+        &client
+            .query(&format!("EXPLAIN ANALYZE {gol}"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        metric(&plan, "TimeOrderedExec", "shard_groups_read"),
+        1,
+        "{plan:#?}"
+    );
+    assert_eq!(
+        rows(&client.query(gol).await.unwrap()),
+        [
+            "2026-11-30T23:20:00|2311.0",
+            "2026-11-30T23:10:00|2310.0",
+            "2026-11-30T23:00:00|2309.0"
+        ]
+    );
+    // Two-hour buckets straddle the hourly groups: every group is read.
+    let plan = rows(
+        &client
+            .query(
+                "EXPLAIN SELECT date_bin(INTERVAL '2 hours', time) AS t, max(v) FROM cpu \
+                 GROUP BY t ORDER BY t DESC LIMIT 3",
+            )
+            .await
+            .unwrap(),
+    );
+    assert!(
+        !plan.iter().any(|l| l.contains("TimeOrderedExec")),
+        "{plan:#?}"
+    );
+
     // The newest row per host written with row_number(): each shard sends
     // its own newest row per host, not its rows.
     let plan = rows(

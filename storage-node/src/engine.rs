@@ -27,6 +27,7 @@ use crate::dedup::dedup_sorted;
 use crate::delete::DeletePredicate;
 use crate::flush::{merged_schema, write_parquet, FlushError, Written};
 use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
+use crate::series::SeriesIndex;
 use crate::wal::{self, DeleteEntry, Recovery, SyncPolicy, Wal, WalEntry, WalError};
 
 #[derive(Debug, Snafu)]
@@ -112,6 +113,9 @@ struct MemTable {
     /// with one row per key, and the rest are writes since.
     batches: Vec<RecordBatch>,
     first_settled: bool,
+    /// The series index of `batches[0]` when it is settled; dropped by a
+    /// delete and built again by the next settle.
+    series: Option<Arc<SeriesIndex>>,
     /// Bumped by every change other than an append, so that a merge
     /// computed outside the lock is only swapped in over what it read.
     generation: u64,
@@ -121,6 +125,26 @@ impl MemTable {
     /// Needs no deduplication: nothing, or one settled batch.
     fn is_settled(&self) -> bool {
         self.batches.is_empty() || (self.batches.len() == 1 && self.first_settled)
+    }
+
+    /// Settled, with the series index of its one batch.
+    fn is_indexed(&self) -> bool {
+        self.batches.is_empty() || (self.is_settled() && self.series.is_some())
+    }
+
+    /// Its batches, each with its series index when it has one.
+    fn batches(&self) -> impl Iterator<Item = MemBatch> + '_ {
+        self.batches.iter().enumerate().map(|(i, b)| MemBatch {
+            batch: b.clone(),
+            series: match (i, self.first_settled) {
+                (0, true) => self.series.clone(),
+                _ => None,
+            },
+        })
+    }
+
+    fn series_bytes(&self) -> usize {
+        self.series.as_ref().map_or(0, |s| s.bytes())
     }
 }
 
@@ -160,10 +184,17 @@ pub struct Engine {
     flush_health: Mutex<FlushHealth>,
 }
 
+/// A memtable batch, with the series index of a settled one.
+#[derive(Debug, Clone)]
+pub struct MemBatch {
+    pub batch: RecordBatch,
+    pub series: Option<Arc<SeriesIndex>>,
+}
+
 /// What a scan reads: in-memory batches and Parquet files of one table.
 pub struct ScanSnapshot {
     /// Memtable batches, oldest first.
-    pub batches: Vec<RecordBatch>,
+    pub batches: Vec<MemBatch>,
     /// The memtable batches hold one row per key already (each is a
     /// settled memtable of its own shard), so a scan need not merge them.
     pub memtable_deduplicated: bool,
@@ -397,14 +428,14 @@ impl Engine {
         for frozen in &st.frozen {
             for (k, m) in &frozen.tables {
                 if wanted(k) {
-                    batches.extend(m.batches.iter().cloned());
+                    batches.extend(m.batches());
                     memtable_deduplicated &= m.is_settled();
                 }
             }
         }
         for (k, m) in &st.active {
             if wanted(k) {
-                batches.extend(m.batches.iter().cloned());
+                batches.extend(m.batches());
                 memtable_deduplicated &= m.is_settled();
             }
         }
@@ -437,36 +468,46 @@ impl Engine {
     }
 
     /// Replaces the batches of each wanted active memtable by their sorted,
-    /// deduplicated merge, so that scans stop redoing it: the first scan
-    /// after writes merges, later ones read the result. The merge runs
-    /// outside the state lock (writes go on) and is swapped in only if the
-    /// memtable has only grown meanwhile; the newer batches stay after it.
+    /// deduplicated merge and indexes its series, so that scans stop
+    /// redoing it: the first scan after writes merges, later ones read the
+    /// result and look series up in it. The merge runs outside the state
+    /// lock (writes go on) and is swapped in only if the memtable has only
+    /// grown meanwhile; the newer batches stay after it.
     fn settle_memtables(&self, wanted: &dyn Fn(&TableKey) -> bool) {
-        let work: Vec<(TableKey, u64, Vec<RecordBatch>)> = {
+        let work: Vec<(TableKey, u64, Vec<RecordBatch>, bool)> = {
             let st = self.state.lock();
             st.active
                 .iter()
-                .filter(|(k, m)| wanted(k) && !m.is_settled())
-                .map(|(k, m)| (k.clone(), m.generation, m.batches.clone()))
+                .filter(|(k, m)| wanted(k) && !m.is_indexed())
+                .map(|(k, m)| (k.clone(), m.generation, m.batches.clone(), m.is_settled()))
                 .collect()
         };
-        for (key, generation, batches) in work {
-            let schema = match merged_schema(&batches) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(table = %key.table, shard = key.shard_id, error = %e, "cannot settle a memtable");
+        for (key, generation, batches, settled) in work {
+            let merged = if settled {
+                // Settled, its index dropped by a delete: index it again.
+                Ok(batches[0].clone())
+            } else {
+                let schema = match merged_schema(&batches) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(table = %key.table, shard = key.shard_id, error = %e, "cannot settle a memtable");
+                        continue;
+                    }
+                };
+                // Sparse batches of a wide table would be widened to every
+                // column: leave them as they are, scans merge what they read.
+                let cells: usize = batches.iter().map(|b| b.num_rows() * b.num_columns()).sum();
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                if rows * schema.fields().len() > 2 * cells + 4096 {
                     continue;
                 }
+                dedup_sorted(&batches, &schema)
             };
-            // Sparse batches of a wide table would be widened to every
-            // column: leave them as they are, scans merge what they read.
-            let cells: usize = batches.iter().map(|b| b.num_rows() * b.num_columns()).sum();
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            if rows * schema.fields().len() > 2 * cells + 4096 {
-                continue;
-            }
-            let merged = dedup_sorted(&batches, &schema);
-            let merged = match merged {
+            let indexed = merged.and_then(|m| {
+                let series = SeriesIndex::build(&m)?;
+                Ok((m, series))
+            });
+            let (merged, series) = match indexed {
                 Ok(m) => m,
                 Err(e) => {
                     // Scans merge for themselves meanwhile.
@@ -482,12 +523,18 @@ impl Engine {
             if m.generation != generation || m.batches.len() < batches.len() {
                 continue;
             }
-            let old_bytes: usize = m.batches[..batches.len()].iter().map(batch_bytes).sum();
+            let old_bytes: usize = m.batches[..batches.len()]
+                .iter()
+                .map(batch_bytes)
+                .sum::<usize>()
+                + m.series_bytes();
             let old_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            st.active_bytes = (st.active_bytes + batch_bytes(&merged)).saturating_sub(old_bytes);
+            st.active_bytes =
+                (st.active_bytes + batch_bytes(&merged) + series.bytes()).saturating_sub(old_bytes);
             st.active_rows = (st.active_rows + merged.num_rows()).saturating_sub(old_rows);
             m.batches.splice(..batches.len(), [merged]);
             m.first_settled = true;
+            m.series = Some(Arc::new(series));
             m.generation += 1;
         }
     }
@@ -523,7 +570,7 @@ impl Engine {
         let mut schemas: Vec<arrow::datatypes::Schema> = snap
             .batches
             .iter()
-            .map(|b| b.schema().as_ref().clone())
+            .map(|b| b.batch.schema().as_ref().clone())
             .collect();
         for f in &snap.files {
             if let Ok(file) = std::fs::File::open(f.guard.path()) {
@@ -931,6 +978,10 @@ fn delete_from_memtables(st: &mut State, d: &DeleteEntry) -> Result<u64, EngineE
         if kept.len() != m.batches.len() {
             m.first_settled = false;
         }
+        if n > 0 {
+            st.active_bytes = st.active_bytes.saturating_sub(m.series_bytes());
+            m.series = None;
+        }
         m.batches = kept;
         m.generation += 1;
         removed += n;
@@ -947,6 +998,7 @@ fn delete_from_memtables(st: &mut State, d: &DeleteEntry) -> Result<u64, EngineE
                 if kept.len() != t.batches.len() {
                     t.first_settled = false;
                 }
+                t.series = None;
                 t.batches = kept;
             }
             *frozen = Arc::new(Frozen {
@@ -1162,7 +1214,7 @@ mod tests {
     }
 
     fn rows(snap: &ScanSnapshot) -> usize {
-        let mem: usize = snap.batches.iter().map(|b| b.num_rows()).sum();
+        let mem: usize = snap.batches.iter().map(|b| b.batch.num_rows()).sum();
         let files: usize = snap
             .files
             .iter()

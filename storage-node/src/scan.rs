@@ -45,6 +45,7 @@ use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::Serializeable;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use strata_catalog::model::TIME_COLUMN;
 use strata_proto::storage::v1::ScanTicket;
 
 use crate::dedup::{dedup_sorted, is_key_column, key_columns};
@@ -52,6 +53,8 @@ use crate::delete::{retain_all, DeletePredicate};
 use crate::engine::{Engine, FileSource, ScanSnapshot};
 use crate::flush::{adapt_batch, widen_time_range};
 use crate::merge::MergeDedup;
+use crate::predicate::{tag_values, time_range};
+use crate::series::{rows_in, SeriesFilter};
 
 /// One table's rows on this node, restricted to some shards.
 pub struct ShardTable {
@@ -138,17 +141,27 @@ impl TableProvider for ShardTable {
             .filter(|f| only_key_columns(f, &self.schema))
             .cloned()
             .collect();
-        let key_predicate = match conjunction(key_filters) {
+        let key_predicate = match conjunction(key_filters.clone()) {
             Some(e) => {
                 let df_schema = DFSchema::try_from(read_schema.as_ref().clone())?;
                 Some(state.create_physical_expr(e, &df_schema)?)
             }
             None => None,
         };
-        // The same key filters cut the memtable before it is merged.
+        // The same key filters cut the memtable before it is merged; a
+        // settled batch gives the rows of the series and time range they
+        // pin without the filter running over all of it.
+        let series = series_filter(&key_filters, &self.schema);
         let mut memtable = Vec::with_capacity(self.snapshot.batches.len());
         for b in &self.snapshot.batches {
-            let b = adapt_batch(b, &read_schema)?;
+            let b = match b.series.as_ref().and_then(|s| s.select(&b.batch, &series)) {
+                Some(ranges) => rows_in(&b.batch, &ranges)?,
+                None => b.batch.clone(),
+            };
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let b = adapt_batch(&b, &read_schema)?;
             let b = match &key_predicate {
                 Some(p) => {
                     let keep = p.evaluate(&b)?.into_array(b.num_rows())?;
@@ -206,6 +219,19 @@ impl TableProvider for ShardTable {
             limit,
         )))
     }
+}
+
+/// What `filters` (on key columns) pin of the series and time range, for
+/// a memtable lookup.
+fn series_filter(filters: &[Expr], schema: &SchemaRef) -> SeriesFilter {
+    let tags = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != TIME_COLUMN && is_key_column(f.name(), f.data_type()))
+        .filter_map(|f| Some((f.name().clone(), tag_values(filters, f.name())?)))
+        .collect();
+    let time = Some(time_range(filters)).filter(|r| *r != (i64::MIN, i64::MAX));
+    SeriesFilter { tags, time }
 }
 
 /// The primary-key order files are written in (tags by name, then time;

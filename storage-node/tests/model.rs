@@ -142,7 +142,42 @@ fn random_delete(rng: &mut Rng, model: &mut Model) -> DeletePredicate {
 
 /// A random predicate with the model's version of it.
 fn random_filter(rng: &mut Rng) -> (Option<Expr>, Keep) {
-    match rng.below(5) {
+    let ts = |v: i64| {
+        lit(datafusion::common::ScalarValue::TimestampNanosecond(
+            Some(v),
+            None,
+        ))
+    };
+    match rng.below(7) {
+        // Series lookups in settled memtables: tags pinned by IN or OR,
+        // with a time range.
+        5 => {
+            let (a, b) = (HOSTS[rng.below(4) as usize], HOSTS[rng.below(4) as usize]);
+            let lo = rng.below(50) as i64;
+            let hi = lo + rng.below(20) as i64;
+            (
+                Some(
+                    col("host")
+                        .in_list(vec![lit(a), lit(b)], false)
+                        .and(col("time").gt(ts(lo)))
+                        .and(col("time").lt_eq(ts(hi))),
+                ),
+                Box::new(move |k, _| (k.0 == a || k.0 == b) && lo < k.1 && k.1 <= hi),
+            )
+        }
+        6 => {
+            let (a, b) = (HOSTS[rng.below(4) as usize], HOSTS[rng.below(4) as usize]);
+            let t = rng.below(50) as i64;
+            (
+                Some(
+                    col("host")
+                        .eq(lit(a))
+                        .or(col("host").eq(lit(b)))
+                        .and(col("time").eq(ts(t))),
+                ),
+                Box::new(move |k, _| (k.0 == a || k.0 == b) && k.1 == t),
+            )
+        }
         0 => (None, Box::new(|_, _| true)),
         1 => {
             let h = HOSTS[rng.below(4) as usize];
@@ -151,12 +186,6 @@ fn random_filter(rng: &mut Rng) -> (Option<Expr>, Keep) {
         2 => {
             let lo = rng.below(50) as i64;
             let hi = lo + rng.below(20) as i64;
-            let ts = |v: i64| {
-                lit(datafusion::common::ScalarValue::TimestampNanosecond(
-                    Some(v),
-                    None,
-                ))
-            };
             (
                 Some(col("time").gt_eq(ts(lo)).and(col("time").lt(ts(hi)))),
                 Box::new(move |k, _| lo <= k.1 && k.1 < hi),

@@ -149,3 +149,18 @@ SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu WHERE time
 SELECT * FROM cpu WHERE usage_user > 90 AND time >= '2026-11-30T02:00:00Z' AND time < '2026-11-30T10:00:00Z';
 SELECT * FROM cpu WHERE usage_user > 90 AND host = 'h8';
 SELECT host, max(usage_user), max(usage_system), max(reqs) FROM cpu WHERE time >= '2026-11-30T00:00:00Z' AND time < '2026-11-30T08:00:00Z' GROUP BY host;
+
+-- time-ordered over an aggregate by a time bucket: groups read newest (or
+-- oldest) first; buckets that straddle groups (2 hours over 1-hour groups,
+-- an hour offset by 30 minutes) must not stop early
+SELECT date_bin(INTERVAL '30 minutes', time) AS t, count(*) FROM cpu GROUP BY t ORDER BY t DESC LIMIT 3;
+SELECT date_trunc('hour', time) AS h, max(usage_user) FROM cpu GROUP BY h ORDER BY h ASC LIMIT 2;
+SELECT date_trunc('hour', time) AS h, host, avg(usage_user) FROM cpu GROUP BY h, host ORDER BY h DESC, host LIMIT 13;
+SELECT date_bin(INTERVAL '1 hour', time) AS h, sum(reqs) FROM cpu GROUP BY h ORDER BY h DESC LIMIT 3 OFFSET 2;
+SELECT date_bin(INTERVAL '10 minutes', time) AS t, max(usage_user) AS mx FROM cpu GROUP BY t HAVING max(usage_user) > 95 ORDER BY t DESC LIMIT 4;
+SELECT date_bin(INTERVAL '2 hours', time) AS t, count(*) FROM cpu GROUP BY t ORDER BY t DESC LIMIT 2;
+SELECT date_bin(INTERVAL '1 hour', time, TIMESTAMP '2026-11-30T00:30:00Z') AS t, sum(reqs) FROM cpu GROUP BY t ORDER BY t DESC LIMIT 2;
+SELECT m, count(*) AS hosts FROM (SELECT date_trunc('minute', time) AS m, host, max(usage_user) AS mx FROM cpu GROUP BY m, host) GROUP BY m ORDER BY m DESC LIMIT 4;
+SELECT max(usage_system) AS mx, date_trunc('hour', time) AS h FROM cpu WHERE host <> 'h3' GROUP BY h ORDER BY h LIMIT 3;
+SELECT DISTINCT date_trunc('hour', time) AS h FROM cpu WHERE usage_user > 50 ORDER BY h DESC LIMIT 4;
+SELECT date_trunc('day', time) AS d, count(*) FROM cpu GROUP BY d ORDER BY d DESC LIMIT 1;
