@@ -23,15 +23,20 @@ pub fn is_key_column(name: &str, data_type: &DataType) -> bool {
     name == TIME_COLUMN || matches!(data_type, DataType::Dictionary(_, _))
 }
 
-/// Indices of the key columns of `schema`: tags in name order, then time.
-pub(crate) fn key_columns(schema: &SchemaRef) -> Vec<usize> {
-    let mut tags: Vec<usize> = schema
+/// Indices of the tag columns of `schema`, in schema order.
+pub(crate) fn tag_columns(schema: &SchemaRef) -> Vec<usize> {
+    schema
         .fields()
         .iter()
         .enumerate()
         .filter(|(_, f)| f.name() != TIME_COLUMN && is_key_column(f.name(), f.data_type()))
         .map(|(i, _)| i)
-        .collect();
+        .collect()
+}
+
+/// Indices of the key columns of `schema`: tags in name order, then time.
+pub(crate) fn key_columns(schema: &SchemaRef) -> Vec<usize> {
+    let mut tags = tag_columns(schema);
     tags.sort_by_key(|i| schema.field(*i).name().clone());
     tags.extend(schema.index_of(TIME_COLUMN).ok());
     tags

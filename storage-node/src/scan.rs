@@ -45,10 +45,9 @@ use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::Serializeable;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use strata_catalog::model::TIME_COLUMN;
 use strata_proto::storage::v1::ScanTicket;
 
-use crate::dedup::{dedup_sorted, is_key_column, key_columns};
+use crate::dedup::{dedup_sorted, is_key_column, key_columns, tag_columns};
 use crate::delete::{retain_all, DeletePredicate};
 use crate::engine::{Engine, FileSource, ScanSnapshot};
 use crate::flush::{adapt_batch, widen_time_range};
@@ -224,11 +223,10 @@ impl TableProvider for ShardTable {
 /// What `filters` (on key columns) pin of the series and time range, for
 /// a memtable lookup.
 fn series_filter(filters: &[Expr], schema: &SchemaRef) -> SeriesFilter {
-    let tags = schema
-        .fields()
-        .iter()
-        .filter(|f| f.name() != TIME_COLUMN && is_key_column(f.name(), f.data_type()))
-        .filter_map(|f| Some((f.name().clone(), tag_values(filters, f.name())?)))
+    let tags = tag_columns(schema)
+        .into_iter()
+        .map(|i| schema.field(i).name())
+        .filter_map(|name| Some((name.clone(), tag_values(filters, name)?)))
         .collect();
     let time = Some(time_range(filters)).filter(|r| *r != (i64::MIN, i64::MAX));
     SeriesFilter { tags, time }

@@ -19,7 +19,7 @@ use arrow::datatypes::{DataType, TimestampNanosecondType};
 use arrow::error::ArrowError;
 use strata_catalog::model::TIME_COLUMN;
 
-use crate::dedup::is_key_column;
+use crate::dedup::tag_columns;
 
 /// What a scan's filters pin: a finite set of values per tag (a row
 /// passes only with one of them) and an inclusive time range.
@@ -52,13 +52,7 @@ impl SeriesIndex {
     /// Indexes `batch`, which must be sorted by key with one row per key.
     pub fn build(batch: &RecordBatch) -> Result<Self, ArrowError> {
         let schema = batch.schema();
-        let tags: Vec<usize> = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.name() != TIME_COLUMN && is_key_column(f.name(), f.data_type()))
-            .map(|(i, _)| i)
-            .collect();
+        let tags = tag_columns(&schema);
         let time = schema.index_of(TIME_COLUMN).ok();
         if batch.num_rows() == 0 || u32::try_from(batch.num_rows()).is_err() {
             return Ok(Self {
