@@ -26,6 +26,7 @@ use crate::compaction::{self, CompactionError};
 use crate::dedup::dedup_sorted;
 use crate::delete::DeletePredicate;
 use crate::flush::{merged_schema, write_parquet, FlushError, Written};
+use crate::last_value::{CacheState, LastLookup, LastRows};
 use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
 use crate::series::SeriesIndex;
 use crate::wal::{self, DeleteEntry, Recovery, SyncPolicy, Wal, WalEntry, WalError};
@@ -81,6 +82,8 @@ pub struct EngineConfig {
     /// Writes are refused while memtables (active and being flushed) hold
     /// more than this, instead of growing without bound.
     pub memory_limit_bytes: usize,
+    /// The last-value caches of all shards hold at most this many bytes.
+    pub last_cache_limit_bytes: usize,
 }
 
 impl EngineConfig {
@@ -92,6 +95,7 @@ impl EngineConfig {
             flush_rows: 1_000_000,
             flush_age: Duration::from_secs(60),
             memory_limit_bytes: 1 << 30,
+            last_cache_limit_bytes: 64 << 20,
         }
     }
 }
@@ -163,6 +167,12 @@ struct State {
     manifest: Manifest,
     /// One guard per file the manifest lists, by file id.
     guards: HashMap<u64, Arc<FileGuard>>,
+    /// Last-value caches, per shard and table that a query asked for.
+    last: HashMap<TableKey, CacheState>,
+    /// What `last` holds, and what it may.
+    last_bytes: usize,
+    last_limit: usize,
+    next_last_build: u64,
 }
 
 pub struct Engine {
@@ -200,6 +210,33 @@ pub struct ScanSnapshot {
     pub memtable_deduplicated: bool,
     /// Parquet files, oldest first; each holds one row per primary key.
     pub files: Vec<FileSource>,
+}
+
+impl ScanSnapshot {
+    /// The schema of everything the snapshot holds (`None` when it holds
+    /// nothing, or its parts disagree on a column's type).
+    pub fn schema(&self) -> Option<SchemaRef> {
+        let mut schemas: Vec<arrow::datatypes::Schema> = self
+            .batches
+            .iter()
+            .map(|b| b.batch.schema().as_ref().clone())
+            .collect();
+        for f in &self.files {
+            if let Ok(file) = std::fs::File::open(f.guard.path()) {
+                if let Ok(b) =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                {
+                    schemas.push(b.schema().as_ref().clone());
+                }
+            }
+        }
+        if schemas.is_empty() {
+            return None;
+        }
+        arrow::datatypes::Schema::try_merge(schemas)
+            .ok()
+            .map(Arc::new)
+    }
 }
 
 /// Deletes a file that compaction replaced once the last reader that may
@@ -271,6 +308,10 @@ impl Engine {
                 .map(|f| (f.id, FileGuard::new(dir.join(&f.path))))
                 .collect(),
             manifest,
+            last: HashMap::new(),
+            last_bytes: 0,
+            last_limit: config.last_cache_limit_bytes,
+            next_last_build: 0,
         };
         let n = replayed.entries.len() + replayed.deletes.len();
         let mut deletes = replayed.deletes.into_iter().peekable();
@@ -539,6 +580,104 @@ impl Engine {
         }
     }
 
+    /// The newest row of each series of `table` in `shard_id`, from the
+    /// last-value cache when it holds them; otherwise whether the caller
+    /// is to build the cache ([`Engine::last_built`]) or just scan.
+    pub fn last_lookup(&self, table: &str, shard_id: u64, schema: &SchemaRef) -> LastLookup {
+        let key = TableKey {
+            shard_id,
+            table: table.to_string(),
+        };
+        let mut st = self.state.lock();
+        match st.last.get(&key) {
+            Some(CacheState::Built(rows)) => match rows.to_batch(schema) {
+                Ok(b) => LastLookup::Hit(b),
+                Err(e) => {
+                    tracing::warn!(table, shard = shard_id, error = %e, "cannot read a last-value cache");
+                    LastLookup::Scan
+                }
+            },
+            Some(CacheState::Building { .. }) => LastLookup::Scan,
+            None => {
+                st.next_last_build += 1;
+                let id = st.next_last_build;
+                st.last.insert(
+                    key,
+                    CacheState::Building {
+                        id,
+                        pending: vec![],
+                    },
+                );
+                LastLookup::Build(id)
+            }
+        }
+    }
+
+    /// Hands in the cache built for `table` in `shard_id` from a scan that
+    /// started after [`Engine::last_lookup`] returned `Build(id)`: the
+    /// writes since are applied to it and it is kept if it fits (and no
+    /// delete dropped it meanwhile). Returns its rows as a batch of
+    /// `schema`.
+    pub fn last_built(
+        &self,
+        table: &str,
+        shard_id: u64,
+        id: u64,
+        mut rows: LastRows,
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let key = TableKey {
+            shard_id,
+            table: table.to_string(),
+        };
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let ours =
+            matches!(st.last.get(&key), Some(CacheState::Building { id: i, .. }) if *i == id);
+        if !ours {
+            // A delete dropped it: the scan is still a true answer as of
+            // its snapshot.
+            return rows.to_batch(schema);
+        }
+        let Some(CacheState::Building { pending, .. }) = st.last.remove(&key) else {
+            unreachable!("checked above");
+        };
+        st.last_bytes = st
+            .last_bytes
+            .saturating_sub(pending.iter().map(|b| b.get_array_memory_size()).sum());
+        for b in &pending {
+            rows.apply(b)?;
+        }
+        let batch = rows.to_batch(schema)?;
+        if st.last_bytes + rows.bytes() <= st.last_limit {
+            st.last_bytes += rows.bytes();
+            st.last.insert(key, CacheState::Built(rows));
+        } else {
+            tracing::debug!(
+                table,
+                shard = shard_id,
+                bytes = rows.bytes(),
+                "a last-value cache does not fit"
+            );
+        }
+        Ok(batch)
+    }
+
+    /// Gives up the build of a cache that [`Engine::last_lookup`] handed
+    /// out as `Build(id)` (its scan failed or was dropped).
+    pub fn last_abandoned(&self, table: &str, shard_id: u64, id: u64) {
+        let key = TableKey {
+            shard_id,
+            table: table.to_string(),
+        };
+        let mut st = self.state.lock();
+        if matches!(st.last.get(&key), Some(CacheState::Building { id: i, .. }) if *i == id) {
+            if let Some(c) = st.last.remove(&key) {
+                st.last_bytes = st.last_bytes.saturating_sub(c.bytes());
+            }
+        }
+    }
+
     /// Every (shard, table) this node holds data for, with its database.
     pub fn tables(&self) -> Vec<(String, TableKey)> {
         let st = self.state.lock();
@@ -566,27 +705,7 @@ impl Engine {
     /// Schema of the data held for one table of one shard (the union of what
     /// was written), if any.
     pub fn table_schema(&self, key: &TableKey) -> Option<SchemaRef> {
-        let snap = self.snapshot(&key.table, &[key.shard_id]);
-        let mut schemas: Vec<arrow::datatypes::Schema> = snap
-            .batches
-            .iter()
-            .map(|b| b.batch.schema().as_ref().clone())
-            .collect();
-        for f in &snap.files {
-            if let Ok(file) = std::fs::File::open(f.guard.path()) {
-                if let Ok(b) =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                {
-                    schemas.push(b.schema().as_ref().clone());
-                }
-            }
-        }
-        if schemas.is_empty() {
-            return None;
-        }
-        arrow::datatypes::Schema::try_merge(schemas)
-            .ok()
-            .map(Arc::new)
+        self.snapshot(&key.table, &[key.shard_id]).schema()
     }
 
     /// Writes all memtables to Parquet and retires the WAL they came from.
@@ -926,11 +1045,41 @@ fn insert(st: &mut State, e: WalEntry) {
     st.active_rows += e.batch.num_rows();
     st.active_bytes += batch_bytes(&e.batch);
     st.oldest_active.get_or_insert_with(Instant::now);
+    update_last(st, &key, &e.batch);
     let m = st.active.entry(key).or_insert_with(|| MemTable {
         database: e.database,
         ..Default::default()
     });
     m.batches.push(e.batch);
+}
+
+/// Takes a written batch into its shard's last-value cache, if it has one.
+fn update_last(st: &mut State, key: &TableKey, batch: &RecordBatch) {
+    let Some(cache) = st.last.get_mut(key) else {
+        return;
+    };
+    let before = cache.bytes();
+    let outcome = match cache {
+        CacheState::Building { pending, .. } => {
+            pending.push(batch.clone());
+            Ok(())
+        }
+        CacheState::Built(rows) => rows.apply(batch),
+    };
+    let after = cache.bytes();
+    st.last_bytes = (st.last_bytes + after).saturating_sub(before);
+    let dropped = match outcome {
+        Err(e) => {
+            tracing::warn!(table = %key.table, shard = key.shard_id, error = %e, "dropping a last-value cache");
+            true
+        }
+        Ok(()) => st.last_bytes > st.last_limit,
+    };
+    if dropped {
+        if let Some(c) = st.last.remove(key) {
+            st.last_bytes = st.last_bytes.saturating_sub(c.bytes());
+        }
+    }
 }
 
 /// The bytes a batch's rows take. Batches decoded from Flight or the WAL
@@ -970,6 +1119,10 @@ fn delete_from_memtables(st: &mut State, d: &DeleteEntry) -> Result<u64, EngineE
         }
         Ok((kept, removed))
     };
+    // Its rows may be the newest of their series: built again on demand.
+    if let Some(cache) = st.last.remove(&key) {
+        st.last_bytes = st.last_bytes.saturating_sub(cache.bytes());
+    }
     let mut removed = 0;
     if let Some(m) = st.active.get_mut(&key) {
         let (kept, n) = filter(&m.batches)?;
@@ -1040,6 +1193,11 @@ fn write_frozen(
     };
     for (key, (database, batches)) in merged {
         let id = ids.next().expect("an id was reserved per table");
+        // A delete can empty a memtable: an empty file would have no
+        // columns at all, which scans cannot read.
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            continue;
+        }
         // A panic in one table's file is that table's failure.
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             write_file(dir, &key, database, &batches, id, id)

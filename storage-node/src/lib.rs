@@ -9,6 +9,7 @@ pub mod error;
 pub mod flight;
 pub mod flush;
 pub mod fragment;
+pub mod last_value;
 pub mod manifest;
 pub mod merge;
 pub mod predicate;

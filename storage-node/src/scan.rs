@@ -23,7 +23,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::utils::conjunction;
@@ -51,6 +51,7 @@ use crate::dedup::{dedup_sorted, is_key_column, key_columns, tag_columns};
 use crate::delete::{retain_all, DeletePredicate};
 use crate::engine::{Engine, FileSource, ScanSnapshot};
 use crate::flush::{adapt_batch, widen_time_range};
+use crate::last_value::{LastLookup, LastRows};
 use crate::merge::MergeDedup;
 use crate::predicate::{tag_values, time_range};
 use crate::series::{rows_in, SeriesFilter};
@@ -558,8 +559,16 @@ pub async fn ticket_plan(
     ticket: &ScanTicket,
 ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
     let schema = ticket_schema(ticket)?;
-    let snapshot = engine.snapshot(&ticket.table, &ticket.shard_ids);
-    let table = Arc::new(ShardTable { schema, snapshot });
+    let table: Arc<dyn TableProvider> = if ticket.latest_per_series {
+        let mut rows = vec![];
+        for shard in &ticket.shard_ids {
+            rows.push(latest_rows(ctx, engine, &ticket.table, *shard, &schema).await?);
+        }
+        Arc::new(MemTable::try_new(schema, vec![rows])?)
+    } else {
+        let snapshot = engine.snapshot(&ticket.table, &ticket.shard_ids);
+        Arc::new(ShardTable { schema, snapshot })
+    };
     let mut df = ctx.read_table(table)?;
     let task_ctx = ctx.task_ctx();
     for f in &ticket.filters {
@@ -577,6 +586,62 @@ pub async fn ticket_plan(
         df = df.limit(0, Some(limit as usize))?;
     }
     df.create_physical_plan().await
+}
+
+/// The newest row of each series of `table` in one shard, as a batch of
+/// `schema`: from the last-value cache, or from a deduplicated scan of
+/// the shard, which then becomes the cache.
+pub async fn latest_rows(
+    ctx: &SessionContext,
+    engine: &Engine,
+    table: &str,
+    shard_id: u64,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, DataFusionError> {
+    /// Gives the build up unless it was handed in.
+    struct Building<'a> {
+        engine: &'a Engine,
+        table: &'a str,
+        shard_id: u64,
+        id: Option<u64>,
+    }
+    impl Drop for Building<'_> {
+        fn drop(&mut self) {
+            if let Some(id) = self.id {
+                self.engine.last_abandoned(self.table, self.shard_id, id);
+            }
+        }
+    }
+    let mut building = Building {
+        engine,
+        table,
+        shard_id,
+        id: match engine.last_lookup(table, shard_id, schema) {
+            LastLookup::Hit(rows) => return Ok(rows),
+            LastLookup::Build(id) => Some(id),
+            LastLookup::Scan => None,
+        },
+    };
+    // Built over every column the shard holds, not only those the query's
+    // schema knows, so that later queries find them.
+    let snapshot = engine.snapshot(table, &[shard_id]);
+    let Some(full_schema) = snapshot.schema() else {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    };
+    let scan = Arc::new(ShardTable {
+        schema: full_schema,
+        snapshot,
+    });
+    let plan = ctx.read_table(scan)?.create_physical_plan().await?;
+    let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
+    let mut rows = LastRows::default();
+    while let Some(b) = stream.next().await {
+        rows.apply(&b?)?;
+    }
+    Ok(match building.id.take() {
+        Some(id) => engine.last_built(table, shard_id, id, rows, schema)?,
+        None => rows.to_batch(schema)?,
+    })
 }
 
 #[cfg(test)]
@@ -641,6 +706,7 @@ mod tests {
                 .collect(),
             limit: None,
             query_id: "test".into(),
+            latest_per_series: false,
         };
         let ctx = SessionContext::new();
         let stream = execute_ticket(&ctx, engine, &ticket).await.unwrap();
@@ -663,6 +729,77 @@ mod tests {
     /// The same points written again, across memtable and files, read back
     /// once with the newest value of each field; a filter on a field sees
     /// only the newest value.
+    /// A file whose columns are in another order than the table schema
+    /// (a flush keeps the order columns first appeared in).
+    #[tokio::test]
+    async fn files_with_columns_in_another_order_are_read_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        let rows = [
+            ("x", Some(1.0), Some(10.0), 5),
+            ("y", Some(2.0), Some(20.0), 6),
+        ];
+        let only_a = batch(&rows).project(&[0, 1, 3]).unwrap();
+        let only_b = batch(&rows).project(&[0, 2, 3]).unwrap();
+        engine.write("db", "cpu", 1, only_a).await.unwrap();
+        engine.write("db", "cpu", 1, only_b).await.unwrap();
+        engine.flush().await.unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&[("x", Some(3.0), Some(30.0), 5)]))
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        let got = scan(
+            &engine,
+            vec![col("b").lt_eq(lit(25.0))],
+            Some(vec!["b", "time"]),
+        )
+        .await;
+        assert_eq!(
+            got,
+            "+------+-------------------------------+\n\
+             | b    | time                          |\n\
+             +------+-------------------------------+\n\
+             | 20.0 | 1970-01-01T00:00:00.000000006 |\n\
+             +------+-------------------------------+"
+        );
+    }
+
+    /// A delete that empties a memtable leaves nothing for the flush to
+    /// write: no file without columns that scans could not read.
+    #[tokio::test]
+    async fn a_flush_after_a_delete_emptied_the_memtable_writes_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&[("x", Some(1.0), None, 5)]))
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&[("y", Some(2.0), None, 7)]))
+            .await
+            .unwrap();
+        let everything = DeletePredicate {
+            min_time: 6,
+            max_time: 8,
+            tags: vec![],
+        };
+        engine.delete("db", "cpu", 1, everything).await.unwrap();
+        engine.flush().await.unwrap();
+        assert_eq!(engine.snapshot("cpu", &[1]).files.len(), 1);
+        let got = scan(
+            &engine,
+            vec![col("a").lt_eq(lit(5.0))],
+            Some(vec!["a", "time"]),
+        )
+        .await;
+        assert!(
+            got.contains("| 1.0 | 1970-01-01T00:00:00.000000005 |"),
+            "{got}"
+        );
+    }
+
     #[tokio::test]
     async fn scans_merge_duplicates_across_files_and_memtable() {
         let dir = tempfile::tempdir().unwrap();
@@ -1076,6 +1213,7 @@ mod tests {
                         filters: vec![lit(1.0).lt(col("a")).to_bytes().unwrap().to_vec()],
                         limit: Some(3),
                         query_id: "fuzz".into(),
+                        latest_per_series: false,
                     };
                     let mut bytes = good.encode_to_vec();
                     for (at, b) in &flips {

@@ -213,6 +213,20 @@ fn fmt(v: Option<f64>) -> String {
 }
 
 async fn scan(engine: &Engine, filter: Option<Expr>, columns: &[&str]) -> Vec<String> {
+    read(engine, filter, columns, false).await
+}
+
+/// The newest row of each series, through the last-value cache.
+async fn latest(engine: &Engine, filter: Option<Expr>) -> Vec<String> {
+    read(engine, filter, &["host", "a", "b", "time"], true).await
+}
+
+async fn read(
+    engine: &Engine,
+    filter: Option<Expr>,
+    columns: &[&str],
+    latest_per_series: bool,
+) -> Vec<String> {
     let ticket = ScanTicket {
         database: "db".into(),
         table: "t".into(),
@@ -222,11 +236,13 @@ async fn scan(engine: &Engine, filter: Option<Expr>, columns: &[&str]) -> Vec<St
             columns: columns.iter().map(|c| c.to_string()).collect(),
         }),
         filters: filter
+            .clone()
             .iter()
             .map(|f| f.to_bytes().unwrap().to_vec())
             .collect(),
         limit: None,
         query_id: "model".into(),
+        latest_per_series,
     };
     let ctx = SessionContext::new();
     let stream = execute_ticket(&ctx, engine, &ticket).await.unwrap();
@@ -286,6 +302,45 @@ fn expected(
     rows
 }
 
+/// The model's newest point of each host that `keep` keeps.
+fn expected_latest(model: &Model, keep: &dyn Fn(&(String, i64), &Point) -> bool) -> Vec<String> {
+    let mut newest: BTreeMap<&String, (&(String, i64), &Point)> = BTreeMap::new();
+    for (k, p) in model {
+        newest.insert(&k.0, (k, p));
+    }
+    let latest: Model = newest
+        .into_values()
+        .filter(|(k, p)| keep(k, p))
+        .map(|(k, p)| (k.clone(), *p))
+        .collect();
+    expected(&latest, &|_, _| true, &["host", "a", "b", "time"])
+}
+
+/// Filters the last-value cache answers as a full scan would: on tags and
+/// lower bounds of time.
+fn random_latest_filter(rng: &mut Rng) -> (Option<Expr>, Keep) {
+    let ts = |v: i64| {
+        lit(datafusion::common::ScalarValue::TimestampNanosecond(
+            Some(v),
+            None,
+        ))
+    };
+    match rng.below(3) {
+        0 => (None, Box::new(|_, _| true)),
+        1 => {
+            let h = HOSTS[rng.below(4) as usize];
+            (Some(col("host").eq(lit(h))), Box::new(move |k, _| k.0 == h))
+        }
+        _ => {
+            let lo = rng.below(50) as i64;
+            (
+                Some(col("time").gt_eq(ts(lo))),
+                Box::new(move |k, _| lo <= k.1),
+            )
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scans_match_the_model_through_flushes_compactions_and_restarts() {
     for seed in 1..=12u64 {
@@ -323,6 +378,18 @@ async fn scans_match_the_model_through_flushes_compactions_and_restarts() {
                 assert_eq!(
                     got, want,
                     "seed {seed} step {step} filter {filter:?} columns {columns:?}"
+                );
+            }
+            // The newest row per series, from the cache (built by the
+            // first such read, then kept up by writes and dropped by
+            // deletes).
+            if rng.chance(60) {
+                let (filter, keep) = random_latest_filter(&mut rng);
+                let got = latest(&engine, filter.clone()).await;
+                let want = expected_latest(&model, keep.as_ref());
+                assert_eq!(
+                    got, want,
+                    "latest: seed {seed} step {step} filter {filter:?}"
                 );
             }
         }
