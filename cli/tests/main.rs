@@ -8,6 +8,7 @@ mod durability;
 mod end_to_end;
 mod hostile;
 mod insert;
+mod last_value;
 mod line_protocol;
 mod repl;
 mod roles;

@@ -85,6 +85,16 @@ impl ScanLeafExec {
         &self.ticket
     }
 
+    /// The same scan reading only the newest row of each series (from the
+    /// nodes' last-value caches).
+    pub fn latest_per_series(&self) -> Self {
+        let ticket = ScanTicket {
+            latest_per_series: true,
+            ..self.ticket.clone()
+        };
+        Self::new(ticket, self.schema())
+    }
+
     /// The same scan over other shards.
     pub fn with_shards(&self, shard_ids: Vec<u64>) -> Self {
         let ticket = ScanTicket {
@@ -119,6 +129,9 @@ impl DisplayAs for ScanLeafExec {
         }
         if let Some(l) = t.limit {
             write!(f, ", limit={l}")?;
+        }
+        if t.latest_per_series {
+            write!(f, ", latest_per_series (last-value cache)")?;
         }
         Ok(())
     }

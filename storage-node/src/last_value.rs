@@ -311,8 +311,11 @@ mod tests {
         Arc::new(Schema::new(f))
     }
 
+    /// host, a, b, time.
+    type Row<'a> = (Option<&'a str>, Option<f64>, Option<f64>, i64);
+
     /// Rows of one tag `host` and fields `a`, `b`.
-    fn batch(rows: &[(Option<&str>, Option<f64>, Option<f64>, i64)]) -> RecordBatch {
+    fn batch(rows: &[Row]) -> RecordBatch {
         let mut host = StringDictionaryBuilder::<Int32Type>::new();
         rows.iter().for_each(|r| host.append_option(r.0));
         RecordBatch::try_new(

@@ -108,6 +108,21 @@ SELECT host, time, usage_user FROM (SELECT host, time, usage_user, row_number() 
 SELECT region, host, time FROM (SELECT region, host, time, row_number() OVER (PARTITION BY region ORDER BY time DESC, host) AS rn FROM cpu WHERE time < '2026-11-30T06:00:00Z') WHERE 2 >= rn ORDER BY region, time, host;
 SELECT host, time, rn FROM (SELECT host, time, row_number() OVER (PARTITION BY host ORDER BY usage_system DESC, time) AS rn FROM cpu) WHERE rn = 2 ORDER BY host;
 
+-- lastpoint from the last-value cache (and forms it must not answer)
+SELECT DISTINCT ON (host) * FROM cpu ORDER BY host, time DESC;
+SELECT DISTINCT ON (region) region, host, time, usage_system FROM cpu WHERE time >= '2026-11-30T05:00:00Z' ORDER BY region, time DESC, host;
+SELECT host, last_value(usage_user ORDER BY time) AS u, last_value(status ORDER BY time) AS s, max(time) AS t FROM cpu GROUP BY host;
+SELECT max(time) FROM cpu;
+SELECT region, max(time) FROM cpu WHERE host IN ('h1', 'h3') OR time > '2026-11-30T10:00:00Z' GROUP BY region;
+SELECT host, time, usage_system FROM cpu WHERE host = 'h3' ORDER BY time DESC LIMIT 1;
+SELECT host, time, reqs FROM cpu WHERE region = 'r2' ORDER BY host DESC, time DESC LIMIT 1;
+SELECT host, first_value(reqs ORDER BY time DESC) FROM cpu WHERE region = 'r1' GROUP BY host;
+SELECT host, time FROM (SELECT host, time, rank() OVER (PARTITION BY host ORDER BY time DESC) AS r FROM cpu) WHERE r = 1 ORDER BY host;
+SELECT DISTINCT ON (host) host, time, usage_user FROM cpu WHERE time < '2026-11-30T06:00:00Z' ORDER BY host, time DESC;
+SELECT DISTINCT ON (host) host, time, usage_user FROM cpu WHERE usage_user IS NOT NULL ORDER BY host, time DESC;
+SELECT host, last_value(usage_user IGNORE NULLS ORDER BY time) FROM cpu GROUP BY host;
+SELECT host, max(time), min(time) FROM cpu GROUP BY host;
+
 -- window functions
 SELECT host, time, usage_system, sum(usage_system) OVER (PARTITION BY host ORDER BY time ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) FROM cpu WHERE host IN ('h1', 'h8') ORDER BY host, time;
 SELECT host, time, rank() OVER (PARTITION BY region ORDER BY usage_system DESC, host, time) AS r FROM cpu WHERE time < '2026-11-30T01:00:00Z' ORDER BY host, time;

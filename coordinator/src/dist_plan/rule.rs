@@ -43,6 +43,7 @@ use datafusion::physical_plan::{
 };
 use strata_storage::fragment::{check_sendable, ScanLeafExec};
 
+use super::last_value::{self, StrataOptions};
 use super::shard_fragment::{Binding, Pruning, ShardFragmentExec, Strategy, Task};
 use super::{self_join, time_ordered, window_topk};
 
@@ -53,8 +54,30 @@ impl PhysicalOptimizerRule for DistributePlan {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
+        config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = distribute(plan)?;
+        let cache = config
+            .extensions
+            .get::<StrataOptions>()
+            .is_none_or(|o| o.last_value_cache);
+        match cache {
+            true => last_value::rewrite(plan),
+            false => Ok(plan),
+        }
+    }
+
+    fn name(&self) -> &str {
+        "strata_distribute"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+fn distribute(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    {
         let fragments = fragments(&plan);
         if fragments.is_empty() {
             return Ok(plan);
@@ -87,14 +110,6 @@ impl PhysicalOptimizerRule for DistributePlan {
         let plan = window_topk::rewrite(plan)?;
         let plan = self_join::rewrite(plan)?;
         time_ordered::rewrite(plan)
-    }
-
-    fn name(&self) -> &str {
-        "strata_distribute"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
     }
 }
 

@@ -89,19 +89,28 @@ fn recompute() -> ReplaceChildrenOptions {
 }
 
 fn is_row_number(w: &Arc<dyn WindowExpr>) -> bool {
-    w.as_any()
+    ranking_window(w) == Some("row_number")
+}
+
+/// `row_number` or `rank`, when `w` is one of them.
+pub(super) fn ranking_window(w: &Arc<dyn WindowExpr>) -> Option<&'static str> {
+    let name = w
+        .as_any()
         .downcast_ref::<StandardWindowExpr>()
         .and_then(|s| {
             s.get_standard_func_expr()
                 .as_any()
                 .downcast_ref::<WindowUDFExpr>()
-        })
-        .is_some_and(|u| u.fun().name() == "row_number")
+        })?
+        .fun()
+        .name()
+        .to_string();
+    ["row_number", "rank"].into_iter().find(|n| *n == name)
 }
 
 /// The largest row number a conjunct of `predicate` lets through, when one
 /// compares the number (column `number`) with a constant.
-fn bound(predicate: &Arc<dyn PhysicalExpr>, number: usize) -> Option<u64> {
+pub(super) fn bound(predicate: &Arc<dyn PhysicalExpr>, number: usize) -> Option<u64> {
     let b = predicate.downcast_ref::<BinaryExpr>()?;
     if *b.op() == Operator::And {
         return match (bound(b.left(), number), bound(b.right(), number)) {

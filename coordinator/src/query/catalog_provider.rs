@@ -224,6 +224,7 @@ impl TableProvider for StrataTable {
             filters: filter_bytes,
             limit: limit.map(|l| l as u64),
             query_id: self.inner.query_id.clone(),
+            latest_per_series: false,
         };
         Ok(Arc::new(ShardFragmentExec::scan(
             ScanLeafExec::new(ticket, projected),

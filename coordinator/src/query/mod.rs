@@ -5,6 +5,7 @@
 pub mod catalog_provider;
 pub mod ddl;
 pub mod delete;
+pub mod hints;
 pub mod insert;
 pub mod limits;
 pub mod statement;
@@ -20,7 +21,7 @@ use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use snafu::ResultExt;
 use strata_catalog::{CatalogClient, Command};
 
-use crate::dist_plan::DistributePlan;
+use crate::dist_plan::{DistributePlan, StrataOptions};
 use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
 use crate::executor::QueryExecutor;
 use crate::node_clients::NodeClients;
@@ -98,7 +99,8 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, database.unwrap_or(DEFAULT_SCHEMA))
             .with_information_schema(true)
-            .with_target_partitions(4);
+            .with_target_partitions(4)
+            .with_option_extension(StrataOptions::default());
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -162,6 +164,20 @@ impl QueryEngine {
         query_id: &str,
     ) -> Result<DataFrame> {
         let ctx = self.session(database, query_id);
+        let hints = hints::settings(sql).map_err(|reason| Error::BadStatement { reason })?;
+        if !hints.is_empty() {
+            let state = ctx.state_ref();
+            let mut state = state.write();
+            for (key, value) in hints {
+                state
+                    .config_mut()
+                    .options_mut()
+                    .set(&key, &value)
+                    .map_err(|e| Error::BadStatement {
+                        reason: format!("hint `{key} = {value}`: {e}"),
+                    })?;
+            }
+        }
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
