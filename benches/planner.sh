@@ -7,6 +7,8 @@
 #   benches/planner.sh                          # 100 hosts x 24 h, SHARD KEY (hostname)
 #   SCALE=1000 benches/planner.sh               # 8.64M rows
 #   DB_OPTIONS="" benches/planner.sh            # series key as the shard key
+#   LASTPOINT_UNCACHED=0 benches/planner.sh     # skip lastpoint again with the
+#                                               # last-value cache off
 #   BIN=/tmp/strata-before COMPARE=0 benches/planner.sh
 #                                               # another build (one without
 #                                               # --compare), to compare
@@ -29,4 +31,10 @@ echo "== $scale hosts x $hours h; CREATE DATABASE benchmark $options"
 "$bin" bench run --host "$flight" --db benchmark --scale "$scale" --seed 123 \
   --timestamp-start "$start" --timestamp-end "$end" --queries "$queries" \
   --workers "$workers" --verify "$work/cpu.lp" $compare 2>/dev/null
+if [ "${LASTPOINT_UNCACHED:-1}" = 1 ]; then
+  echo "== lastpoint with the last-value cache off (/*+ strata.last_value_cache = false */)"
+  "$bin" bench run --host "$flight" --db benchmark --scale "$scale" --seed 123 \
+    --timestamp-start "$start" --timestamp-end "$end" --queries "$queries" \
+    --query-type lastpoint --hint "strata.last_value_cache = false" 2>/dev/null
+fi
 echo "peak RSS of strata dev: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"

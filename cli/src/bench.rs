@@ -194,6 +194,10 @@ pub struct RunArgs {
     /// Name of the engine in reports and charts.
     #[arg(long, default_value = "strata")]
     engine: String,
+    /// Settings for every query, sent as a leading `/*+ HINT */` comment
+    /// (e.g. "strata.last_value_cache = false").
+    #[arg(long)]
+    hint: Option<String>,
 }
 
 #[derive(Args)]
@@ -357,7 +361,12 @@ async fn run_queries(a: RunArgs) -> Result<(), String> {
     }
     let types = query_types(&a.query_type)?;
     let seed = a.data.seed();
-    let all = generate_queries(&a.data, seed, &types, a.queries)?;
+    let mut all = generate_queries(&a.data, seed, &types, a.queries)?;
+    if let Some(hint) = &a.hint {
+        for q in all.iter_mut().flat_map(|(_, qs)| qs.iter_mut()) {
+            q.sql = format!("/*+ {hint} */ {}", q.sql);
+        }
+    }
     // Open the reference first: a bad --verify file should fail before
     // the timed run, not after it.
     let reference = match &a.verify {

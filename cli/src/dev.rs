@@ -19,6 +19,8 @@ pub struct DevConfig {
     pub storage_nodes: u32,
     /// Flush a storage node's memtables at this many rows.
     pub flush_rows: Option<usize>,
+    /// Series a database may have on one storage node (0: no limit).
+    pub max_series_per_database: Option<usize>,
     /// The coordinator's memory budget for in-flight writes.
     pub write_memory_limit_bytes: usize,
 }
@@ -32,6 +34,7 @@ impl DevConfig {
             catalog_addr: "127.0.0.1:0".into(),
             storage_nodes: 3,
             flush_rows: None,
+            max_series_per_database: None,
             write_memory_limit_bytes: strata_coordinator::http::DEFAULT_WRITE_MEMORY_BYTES,
         }
     }
@@ -92,6 +95,9 @@ impl DevCluster {
             let mut engine = EngineConfig::new(config.data_dir.join(format!("storage-{id}")));
             if let Some(rows) = config.flush_rows {
                 engine.flush_rows = rows;
+            }
+            if let Some(n) = config.max_series_per_database {
+                engine.max_series_per_database = n;
             }
             let node = StorageNode::start(StorageConfig {
                 node_id: id,

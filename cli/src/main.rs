@@ -56,6 +56,10 @@ struct DevArgs {
     /// Flush a storage node's memtables to Parquet at this many rows.
     #[arg(long)]
     flush_rows: Option<usize>,
+    /// Refuse writes that would give a database more series than this on
+    /// one storage node (default 1,000,000; 0 for no limit).
+    #[arg(long)]
+    max_series_per_database: Option<usize>,
     /// Memory the coordinator's in-flight writes may hold, in MiB; past it
     /// writes are answered 503 with Retry-After.
     #[arg(long, default_value_t = DEFAULT_WRITE_MEMORY_MIB)]
@@ -116,6 +120,10 @@ struct StorageArgs {
     /// Flush memtables to Parquet at this many rows.
     #[arg(long)]
     flush_rows: Option<usize>,
+    /// Refuse writes that would give a database more series than this on
+    /// this node (default 1,000,000; 0 for no limit).
+    #[arg(long)]
+    max_series_per_database: Option<usize>,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -242,6 +250,7 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         flight_addr: a.flight_addr,
         storage_nodes: a.storage_nodes.max(1),
         flush_rows: a.flush_rows,
+        max_series_per_database: a.max_series_per_database,
         write_memory_limit_bytes: a.write_memory_limit_mib << 20,
         ..DevConfig::new(&a.data_dir)
     };
@@ -343,6 +352,13 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
         )
         .map_err(|e| e.0)?
         << 20;
+    engine.max_series_per_database = f
+        .pick(
+            a.max_series_per_database,
+            "max_series_per_database",
+            engine.max_series_per_database,
+        )
+        .map_err(|e| e.0)?;
     let config = StorageConfig {
         node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
         listen: f

@@ -177,3 +177,31 @@ async fn v1_query_endpoint_manages_databases() {
     assert_eq!(status, 400, "{resp}");
     assert!(resp.contains("'v' is a field"), "{resp}");
 }
+
+/// A write that would take a database over its series limit on a node is
+/// refused with 400 naming the database and the limit, as InfluxDB does;
+/// writes to the series it has keep working, and nothing refused is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_over_the_series_limit_are_refused_with_the_limit_named() {
+    let c = TestCluster::start_with(|config| config.max_series_per_database = Some(10)).await;
+    // One shard per group, so every series lands on one node.
+    c.create_database("capped", "WITH SHARDS 1").await;
+    let lines = |hosts: std::ops::Range<usize>, v: i64| -> String {
+        hosts
+            .map(|h| format!("cpu,host=h{h} v={v}i 1795996800000000000\n"))
+            .collect()
+    };
+    let (status, body) = c.write("capped", "ns", &lines(0..10, 1)).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = c.write("capped", "ns", &lines(8..13, 2)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("'capped'") && body.contains("limit of 10 series"),
+        "{body}"
+    );
+    let (status, body) = c.write("capped", "ns", &lines(0..10, 3)).await;
+    assert_eq!(status, 204, "{body}");
+    let answer = c.query("capped", "SELECT count(*), sum(v) FROM cpu").await;
+    assert_eq!(answer, vec!["10|30".to_string()]);
+}

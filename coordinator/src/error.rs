@@ -77,6 +77,9 @@ pub enum Error {
     #[snafu(display("{message}"))]
     TableNotFound { message: String },
 
+    #[snafu(display("partial write: rows of shard {shard_id} were refused: {failures}"))]
+    WriteRefused { shard_id: u64, failures: String },
+
     #[snafu(display(
         "INSERT stopped after writing {written} row(s), which stay written: {source}"
     ))]
@@ -108,6 +111,8 @@ impl Error {
             Error::UnsupportedEncoding { .. } => S::UNSUPPORTED_MEDIA_TYPE,
             Error::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
             Error::Consistency { .. } | Error::DeleteIncomplete { .. } => S::SERVICE_UNAVAILABLE,
+            // As InfluxDB answers a write over max-series-per-database.
+            Error::WriteRefused { .. } => S::BAD_REQUEST,
             Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {
                 S::BAD_REQUEST
             }
@@ -143,6 +148,7 @@ impl Error {
             }
             Error::Overloaded { .. } => tonic::Code::ResourceExhausted,
             Error::Consistency { .. } | Error::DeleteIncomplete { .. } => tonic::Code::Unavailable,
+            Error::WriteRefused { .. } => tonic::Code::FailedPrecondition,
             Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {
                 tonic::Code::InvalidArgument
             }

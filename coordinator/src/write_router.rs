@@ -18,6 +18,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{Field, Int32Type, Schema};
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow_flight::error::FlightError;
 use arrow_flight::FlightDescriptor;
 use futures::{StreamExt, TryStreamExt};
 use snafu::ResultExt;
@@ -488,11 +489,21 @@ impl WriteRouter {
             let version = state.version;
             async move {
                 let Some(addr) = addr else {
-                    return Err(format!("node {node_id} is not registered"));
+                    return Err((false, format!("node {node_id} is not registered")));
                 };
                 self.put(&addr, version, database, table, shard_id, batches)
                     .await
-                    .map_err(|e| format!("node {node_id} at {addr}: {e}"))
+                    .map_err(|e| {
+                        let refused = matches!(
+                            &e,
+                            FlightError::Tonic(s) if s.code() == tonic::Code::FailedPrecondition
+                        );
+                        let message = match &e {
+                            FlightError::Tonic(s) if refused => s.message().to_string(),
+                            e => e.to_string(),
+                        };
+                        (refused, format!("node {node_id} at {addr}: {message}"))
+                    })
             }
         });
         let results = futures::future::join_all(attempts).await;
@@ -500,7 +511,19 @@ impl WriteRouter {
         if acks >= required {
             return Ok(());
         }
-        let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+        // A node that refused the rows for good (a series limit): retrying
+        // cannot help, so it is the client's error, not an outage.
+        let refused = results.iter().any(|r| matches!(r, Err((true, _))));
+        let failures: Vec<String> = results
+            .into_iter()
+            .filter_map(|r| r.err().map(|(_, m)| m))
+            .collect();
+        if refused {
+            return Err(Error::WriteRefused {
+                shard_id,
+                failures: failures.join("; "),
+            });
+        }
         Err(Error::Consistency {
             shard_id,
             consistency: consistency.name().to_string(),
@@ -518,15 +541,13 @@ impl WriteRouter {
         table: &str,
         shard_id: u64,
         batches: Vec<RecordBatch>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), FlightError> {
         let mut client = self
             .nodes
             .flight(addr)
-            .map_err(|e| e.message().to_string())?;
+            .map_err(|e| FlightError::Tonic(Box::new(e)))?;
         // The node checks the batches against a catalog at least this new.
-        client
-            .add_header(CATALOG_VERSION_HEADER, &catalog_version.to_string())
-            .map_err(|e| e.to_string())?;
+        client.add_header(CATALOG_VERSION_HEADER, &catalog_version.to_string())?;
         let desc = FlightDescriptor::new_path(vec![
             database.to_string(),
             table.to_string(),
@@ -546,11 +567,8 @@ impl WriteRouter {
             })
             .collect();
         let data = futures::stream::iter(encoders).flatten();
-        let results = client
-            .do_put(data.boxed())
-            .await
-            .map_err(|e| e.to_string())?;
-        let _acks: Vec<_> = results.try_collect().await.map_err(|e| e.to_string())?;
+        let results = client.do_put(data.boxed()).await?;
+        let _acks: Vec<_> = results.try_collect().await?;
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ use crate::flush::{merged_schema, write_parquet, FlushError, Written};
 use crate::last_value::{CacheState, LastLookup, LastRows};
 use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
 use crate::series::SeriesIndex;
+use crate::series_limit::{file_series, series_of, SeriesRegistry};
 use crate::wal::{self, DeleteEntry, Recovery, SyncPolicy, Wal, WalEntry, WalError};
 
 #[derive(Debug, Snafu)]
@@ -46,6 +47,17 @@ pub enum EngineError {
     MemoryPressure {
         used_bytes: usize,
         limit_bytes: usize,
+    },
+    #[snafu(display(
+        "database '{database}' would exceed its limit of {limit} series on this node: it \
+         holds {held} and the write adds {new} new series (max-series-per-database); write to \
+         existing series, drop data or raise the limit"
+    ))]
+    SeriesLimit {
+        database: String,
+        limit: usize,
+        held: usize,
+        new: usize,
     },
     #[snafu(display("deleting from shard {shard_id} table '{table}': {source}"))]
     Delete {
@@ -84,6 +96,10 @@ pub struct EngineConfig {
     pub memory_limit_bytes: usize,
     /// The last-value caches of all shards hold at most this many bytes.
     pub last_cache_limit_bytes: usize,
+    /// A write that would give one database more series than this on this
+    /// node is refused (0: no limit). 1,000,000 by default, as InfluxDB's
+    /// `max-series-per-database`.
+    pub max_series_per_database: usize,
 }
 
 impl EngineConfig {
@@ -96,6 +112,7 @@ impl EngineConfig {
             flush_age: Duration::from_secs(60),
             memory_limit_bytes: 1 << 30,
             last_cache_limit_bytes: 64 << 20,
+            max_series_per_database: 1_000_000,
         }
     }
 }
@@ -190,6 +207,8 @@ pub struct Engine {
     /// Next Parquet file id; ids are never reused.
     next_file_id: AtomicU64,
     state: Mutex<State>,
+    /// The series of each database, for the series limit.
+    series: Mutex<SeriesRegistry>,
     flush_wanted: Arc<Notify>,
     flush_health: Mutex<FlushHealth>,
 }
@@ -326,9 +345,21 @@ impl Engine {
             tombstones_changed = true;
             Ok(())
         };
+        let mut series = SeriesRegistry::default();
+        for f in &state.manifest.files {
+            match file_series(&dir.join(&f.path), &f.table) {
+                Ok(s) => series.add(&f.database, s),
+                Err(e) => {
+                    tracing::warn!(file = %f.path, error = %e, "cannot count the series of a file")
+                }
+            }
+        }
         for e in replayed.entries {
             while let Some(d) = deletes.next_if(|d| d.seq < e.seq) {
                 apply(&mut state, d)?;
+            }
+            if let Ok(s) = series_of(&e.table, &e.batch) {
+                series.add(&e.database, s);
             }
             insert(&mut state, e);
         }
@@ -350,6 +381,7 @@ impl Engine {
             manifest_lock: tokio::sync::Mutex::new(()),
             next_file_id: AtomicU64::new(next_file_id),
             state: Mutex::new(state),
+            series: Mutex::new(series),
             flush_wanted: Arc::new(Notify::new()),
             flush_health: Mutex::new(FlushHealth::default()),
         }))
@@ -385,6 +417,7 @@ impl Engine {
             return Ok(());
         }
         self.check_memory()?;
+        self.admit_series(database, table, &batches)?;
         let _gate = self.write_gate.read().await;
         let entries: Vec<WalEntry> = batches
             .into_iter()
@@ -440,6 +473,39 @@ impl Engine {
         )
         .await?;
         Ok(removed)
+    }
+
+    /// Records the series a write brings, or refuses it (before anything is
+    /// logged) when they would take the database over its series limit.
+    fn admit_series(
+        &self,
+        database: &str,
+        table: &str,
+        batches: &[RecordBatch],
+    ) -> Result<(), EngineError> {
+        let mut series = std::collections::HashSet::new();
+        for b in batches {
+            // A batch whose tags cannot be read is refused by validation
+            // further on; it brings no series here.
+            if let Ok(s) = series_of(table, b) {
+                series.extend(s);
+            }
+        }
+        let limit = self.config.max_series_per_database;
+        self.series
+            .lock()
+            .admit(database, &series, limit)
+            .map_err(|over| EngineError::SeriesLimit {
+                database: database.to_string(),
+                limit,
+                held: over.held,
+                new: over.new,
+            })
+    }
+
+    /// Series this node holds for `database`.
+    pub fn series_count(&self, database: &str) -> usize {
+        self.series.lock().count(database)
     }
 
     /// Refuses a write, before anything is logged, while memtables are over
@@ -590,13 +656,17 @@ impl Engine {
         };
         let mut st = self.state.lock();
         match st.last.get(&key) {
-            Some(CacheState::Built(rows)) => match rows.to_batch(schema) {
-                Ok(b) => LastLookup::Hit(b),
-                Err(e) => {
-                    tracing::warn!(table, shard = shard_id, error = %e, "cannot read a last-value cache");
-                    LastLookup::Scan
+            Some(CacheState::Built(rows)) => {
+                let rows = rows.clone();
+                drop(st);
+                match rows.to_batch(schema) {
+                    Ok(b) => LastLookup::Hit(b),
+                    Err(e) => {
+                        tracing::warn!(table, shard = shard_id, error = %e, "cannot read a last-value cache");
+                        LastLookup::Scan
+                    }
                 }
-            },
+            }
             Some(CacheState::Building { .. }) => LastLookup::Scan,
             None => {
                 st.next_last_build += 1;
@@ -630,13 +700,14 @@ impl Engine {
             shard_id,
             table: table.to_string(),
         };
-        let mut st = self.state.lock();
-        let st = &mut *st;
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         let ours =
             matches!(st.last.get(&key), Some(CacheState::Building { id: i, .. }) if *i == id);
         if !ours {
             // A delete dropped it: the scan is still a true answer as of
             // its snapshot.
+            drop(guard);
             return rows.to_batch(schema);
         }
         let Some(CacheState::Building { pending, .. }) = st.last.remove(&key) else {
@@ -648,10 +719,10 @@ impl Engine {
         for b in &pending {
             rows.apply(b)?;
         }
-        let batch = rows.to_batch(schema)?;
+        let rows = Arc::new(rows);
         if st.last_bytes + rows.bytes() <= st.last_limit {
             st.last_bytes += rows.bytes();
-            st.last.insert(key, CacheState::Built(rows));
+            st.last.insert(key, CacheState::Built(rows.clone()));
         } else {
             tracing::debug!(
                 table,
@@ -660,7 +731,8 @@ impl Engine {
                 "a last-value cache does not fit"
             );
         }
-        Ok(batch)
+        drop(guard);
+        rows.to_batch(schema)
     }
 
     /// Gives up the build of a cache that [`Engine::last_lookup`] handed
@@ -1064,7 +1136,7 @@ fn update_last(st: &mut State, key: &TableKey, batch: &RecordBatch) {
             pending.push(batch.clone());
             Ok(())
         }
-        CacheState::Built(rows) => rows.apply(batch),
+        CacheState::Built(rows) => Arc::make_mut(rows).apply(batch),
     };
     let after = cache.bytes();
     st.last_bytes = (st.last_bytes + after).saturating_sub(before);

@@ -53,6 +53,9 @@ pub fn into_status(e: StorageError) -> tonic::Status {
             source: EngineError::MemoryPressure { .. },
         } => tonic::Code::ResourceExhausted,
         StorageError::Engine {
+            source: EngineError::SeriesLimit { .. },
+        } => tonic::Code::FailedPrecondition,
+        StorageError::Engine {
             source:
                 EngineError::Wal {
                     source: crate::wal::WalError::NameTooLong { .. },

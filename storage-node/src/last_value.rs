@@ -196,14 +196,14 @@ impl LastRows {
 }
 
 /// Builds the series key of each row of a batch from its tag columns.
-struct SeriesKeys {
+pub(crate) struct SeriesKeys {
     /// Per tag column (by name): the row's dictionary key, and per
     /// dictionary value its encoded `name=value` part.
     tags: Vec<(ArrayRef, Vec<Vec<u8>>)>,
 }
 
 impl SeriesKeys {
-    fn new(batch: &RecordBatch) -> Result<Self, ArrowError> {
+    pub(crate) fn new(batch: &RecordBatch) -> Result<Self, ArrowError> {
         let schema = batch.schema();
         let mut columns = tag_columns(&schema);
         columns.sort_by_key(|i| schema.field(*i).name().clone());
@@ -235,7 +235,7 @@ impl SeriesKeys {
     }
 
     /// The key of row `i` into `out`.
-    fn key(&self, i: usize, out: &mut Vec<u8>) {
+    pub(crate) fn key(&self, i: usize, out: &mut Vec<u8>) {
         out.clear();
         for (column, parts) in &self.tags {
             let d = column.as_dictionary::<Int32Type>();
@@ -250,11 +250,10 @@ impl SeriesKeys {
 #[derive(Debug)]
 pub(crate) enum CacheState {
     /// A query is building it from a scan; writes meanwhile wait here.
-    Building {
-        id: u64,
-        pending: Vec<RecordBatch>,
-    },
-    Built(LastRows),
+    Building { id: u64, pending: Vec<RecordBatch> },
+    /// Shared with the queries reading it, which turn it into a batch
+    /// outside the engine's lock; a write clones it only if one still is.
+    Built(Arc<LastRows>),
 }
 
 impl CacheState {

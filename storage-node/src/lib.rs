@@ -15,6 +15,7 @@ pub mod merge;
 pub mod predicate;
 pub mod scan;
 pub mod series;
+pub mod series_limit;
 pub mod server;
 pub mod validate;
 pub mod wal;

@@ -1,6 +1,8 @@
 //! Settings a statement gives itself: a comment that opens the statement,
-//! `/*+ key = value, ... */`, sets DataFusion and strata options (such as
-//! `strata.last_value_cache = false`) for that statement only.
+//! `/*+ key = value, ... */`, sets strata's options (`strata.*`, such as
+//! `strata.last_value_cache = false`) for that statement only. DataFusion's
+//! own options are not open to clients: some values (a batch size of 0,
+//! millions of partitions) would break a query or the process.
 
 /// The settings of `sql`'s leading hint comment, if it has one.
 pub fn settings(sql: &str) -> Result<Vec<(String, String)>, String> {
@@ -18,12 +20,18 @@ pub fn settings(sql: &str) -> Result<Vec<(String, String)>, String> {
             let (key, value) = s
                 .split_once('=')
                 .ok_or_else(|| format!("hint `{s}` is not `key = value`"))?;
+            let key = key.trim();
+            if !key.starts_with("strata.") {
+                return Err(format!(
+                    "hint `{s}`: only strata's options (`strata.*`) can be set in a hint"
+                ));
+            }
             let value = value.trim();
             let value = value
                 .strip_prefix('\'')
                 .and_then(|v| v.strip_suffix('\''))
                 .unwrap_or(value);
-            Ok((key.trim().to_string(), value.to_string()))
+            Ok((key.to_string(), value.to_string()))
         })
         .collect()
 }
@@ -37,13 +45,15 @@ mod tests {
         assert_eq!(settings("SELECT 1").unwrap(), vec![]);
         assert_eq!(settings("/* plain */ SELECT 1").unwrap(), vec![]);
         assert_eq!(
-            settings("  /*+ strata.last_value_cache = false, datafusion.execution.batch_size='100' */ SELECT 1")
+            settings("  /*+ strata.last_value_cache = false, strata.other='x y' */ SELECT 1")
                 .unwrap(),
             vec![
                 ("strata.last_value_cache".to_string(), "false".to_string()),
-                ("datafusion.execution.batch_size".to_string(), "100".to_string()),
+                ("strata.other".to_string(), "x y".to_string()),
             ]
         );
+        let refused = settings("/*+ datafusion.execution.batch_size = 0 */ SELECT 1");
+        assert!(refused.unwrap_err().contains("only strata's options"));
         assert!(settings("/*+ strata.last_value_cache SELECT 1").is_err());
         assert!(settings("/*+ nonsense */ SELECT 1").is_err());
         // Only a comment that opens the statement counts.
