@@ -23,7 +23,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::utils::conjunction;
@@ -49,7 +49,7 @@ use strata_proto::storage::v1::ScanTicket;
 
 use crate::dedup::{dedup_sorted, is_key_column, key_columns, tag_columns};
 use crate::delete::{retain_all, DeletePredicate};
-use crate::engine::{Engine, FileSource, ScanSnapshot};
+use crate::engine::{Engine, FileSource, MemBatch, ScanSnapshot};
 use crate::flush::{adapt_batch, widen_time_range};
 use crate::last_value::{LastLookup, LastRows};
 use crate::merge::MergeDedup;
@@ -559,16 +559,26 @@ pub async fn ticket_plan(
     ticket: &ScanTicket,
 ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
     let schema = ticket_schema(ticket)?;
-    let table: Arc<dyn TableProvider> = if ticket.latest_per_series {
-        let mut rows = vec![];
+    let snapshot = if ticket.latest_per_series {
+        // The newest rows read as a settled memtable would be, so the scan
+        // (and what it counts) is the same.
+        let mut batches = vec![];
         for shard in &ticket.shard_ids {
-            rows.push(latest_rows(ctx, engine, &ticket.table, *shard, &schema).await?);
+            let batch = latest_rows(ctx, engine, &ticket.table, *shard, &schema).await?;
+            batches.push(MemBatch {
+                batch,
+                series: None,
+            });
         }
-        Arc::new(MemTable::try_new(schema, vec![rows])?)
+        ScanSnapshot {
+            batches,
+            memtable_deduplicated: true,
+            files: vec![],
+        }
     } else {
-        let snapshot = engine.snapshot(&ticket.table, &ticket.shard_ids);
-        Arc::new(ShardTable { schema, snapshot })
+        engine.snapshot(&ticket.table, &ticket.shard_ids)
     };
+    let table = Arc::new(ShardTable { schema, snapshot });
     let mut df = ctx.read_table(table)?;
     let task_ctx = ctx.task_ctx();
     for f in &ticket.filters {
