@@ -28,7 +28,7 @@ use crate::delete::DeletePredicate;
 use crate::flush::{merged_schema, write_parquet, FlushError, Written};
 use crate::last_value::{CacheState, LastLookup, LastRows};
 use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
-use crate::series::SeriesIndex;
+use crate::series::{FileSeries, SeriesIndex};
 use crate::series_limit::{file_series, series_of, SeriesRegistry};
 use crate::wal::{self, DeleteEntry, Recovery, SyncPolicy, Wal, WalEntry, WalError};
 
@@ -264,6 +264,8 @@ impl ScanSnapshot {
 pub struct FileGuard {
     path: PathBuf,
     obsolete: AtomicBool,
+    /// The file's series index, read the first time a scan pins tags.
+    series: std::sync::OnceLock<Option<Arc<FileSeries>>>,
 }
 
 impl FileGuard {
@@ -275,7 +277,22 @@ impl FileGuard {
         Arc::new(Self {
             path,
             obsolete: AtomicBool::new(false),
+            series: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The file's series index (read from the file once; blocking), or
+    /// `None` when it has none or cannot be read.
+    pub fn series(&self) -> Option<Arc<FileSeries>> {
+        self.series
+            .get_or_init(|| match FileSeries::read(&self.path) {
+                Ok(s) => s.map(Arc::new),
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot index the series of a file");
+                    None
+                }
+            })
+            .clone()
     }
 }
 

@@ -9,6 +9,7 @@
 //! predicate, so row groups and pages are pruned. Every filter is evaluated
 //! again above the scan, so results are exact.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
@@ -20,14 +21,21 @@ use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, DFSchema, DataFusionError};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
+use datafusion::datasource::physical_plan::ParquetSource;
+use datafusion::datasource::physical_plan::{FileScanConfigBuilder, FileSource as DataFileSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{col, Expr, SortExpr, TableProviderFilterPushDown};
+use datafusion::object_store::ObjectMeta;
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_expr::{
     Distribution, EquivalenceProperties, LexOrdering, OrderingRequirements, PhysicalExpr,
@@ -45,6 +53,7 @@ use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::Serializeable;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use parquet::arrow::arrow_reader::RowSelection;
 use strata_proto::storage::v1::ScanTicket;
 
 use crate::dedup::{dedup_sorted, is_key_column, key_columns, tag_columns};
@@ -173,31 +182,59 @@ impl TableProvider for ShardTable {
                 memtable.push(b);
             }
         }
-        let mut ranges: Vec<(i64, i64)> = self
-            .snapshot
-            .files
-            .iter()
-            .map(|f| (f.min_time, f.max_time))
-            .collect();
+        // The files that hold a series the filters pin, and the rows of
+        // each that do (from the file's series index).
+        let mut kept: Vec<(FileSource, Option<Vec<Range<usize>>>)> = vec![];
+        for f in &self.snapshot.files {
+            let rows = match series.tags.is_empty() {
+                true => None,
+                false => {
+                    let guard = f.guard.clone();
+                    let index = tokio::task::spawn_blocking(move || guard.series())
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    index.and_then(|index| {
+                        let ranges = index.select(&series)?;
+                        let selected: usize = ranges.iter().map(|r| r.len()).sum();
+                        (selected < index.rows).then_some(ranges)
+                    })
+                }
+            };
+            match rows {
+                Some(r) if r.is_empty() => continue,
+                rows => kept.push((f.clone(), rows)),
+            }
+        }
+        let mut ranges: Vec<(i64, i64)> =
+            kept.iter().map(|(f, _)| (f.min_time, f.max_time)).collect();
         ranges.extend(widen_time_range(None, &memtable));
         // Sources that overlap in time are merged, which needs each file
         // read in its (key) order: declared to DataFusion so that it keeps
         // each file one ordered stream.
         let merge = any_overlap(ranges);
         let key_order = merge.then(|| key_order(&read_schema)).transpose()?;
-        let mut files = Vec::with_capacity(self.snapshot.files.len());
-        for f in &self.snapshot.files {
-            let url = ListingTableUrl::parse(f.guard.path().to_string_lossy())?;
-            let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
-            if let Some((logical, _)) = &key_order {
-                options = options.with_file_sort_order(vec![logical.clone()]);
-            }
-            let config = ListingTableConfig::new(url)
-                .with_listing_options(options)
-                .with_schema(self.schema.clone());
-            let table = ListingTable::try_new(config)?;
-            let file = table.scan(state, Some(&read), &[], None).await?;
+        let table_order = merge
+            .then(|| key_order_of(&self.schema))
+            .transpose()?
+            .map(|(_, physical)| physical);
+        let mut files = Vec::with_capacity(kept.len());
+        for (f, rows) in &kept {
+            let file = match rows {
+                Some(rows) => file_rows_scan(f, &self.schema, &read, rows, table_order.clone())?,
+                None => {
+                    let url = ListingTableUrl::parse(f.guard.path().to_string_lossy())?;
+                    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                        .with_file_extension(".parquet");
+                    if let Some((logical, _)) = &key_order {
+                        options = options.with_file_sort_order(vec![logical.clone()]);
+                    }
+                    let config = ListingTableConfig::new(url)
+                        .with_listing_options(options)
+                        .with_schema(self.schema.clone());
+                    let table = ListingTable::try_new(config)?;
+                    table.scan(state, Some(&read), &[], None).await?
+                }
+            };
             // A filter right above the file scan: DataFusion's physical
             // filter pushdown turns it into the Parquet predicate that
             // prunes row groups and pages.
@@ -206,6 +243,7 @@ impl TableProvider for ShardTable {
                 None => file,
             });
         }
+        let sources: Vec<FileSource> = kept.into_iter().map(|(f, _)| f).collect();
         Ok(Arc::new(ShardScanExec::new(
             read_schema,
             output,
@@ -215,10 +253,44 @@ impl TableProvider for ShardTable {
                 deduplicated: self.snapshot.memtable_deduplicated,
             },
             key_order.map(|(_, physical)| physical),
-            self.snapshot.files.clone(),
+            sources,
             limit,
         )))
     }
+}
+
+/// A scan of some rows of one Parquet file (`rows`, by file row number):
+/// the columns `read` of `schema`, in `order` when given (over `schema`).
+fn file_rows_scan(
+    f: &FileSource,
+    schema: &SchemaRef,
+    read: &[usize],
+    rows: &[Range<usize>],
+    order: Option<LexOrdering>,
+) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+    let path = f.guard.path();
+    let size = std::fs::metadata(path)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
+        .len();
+    let total = f.guard.series().map_or(0, |s| s.rows);
+    let selection = RowSelection::from_consecutive_ranges(rows.iter().cloned(), total);
+    let url = ListingTableUrl::parse(path.to_string_lossy())?;
+    let file = PartitionedFile::new_from_meta(ObjectMeta {
+        location: url.prefix().clone(),
+        last_modified: Default::default(),
+        size,
+        e_tag: None,
+        version: None,
+    })
+    .with_extension(ParquetRowSelection::new(selection));
+    let source: Arc<dyn DataFileSource> = Arc::new(ParquetSource::new(schema.clone()));
+    let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        .with_file(file)
+        .with_projection_indices(Some(read.to_vec()))?;
+    if let Some(order) = order {
+        config = config.with_output_ordering(vec![order]);
+    }
+    Ok(DataSourceExec::from_data_source(config.build()))
 }
 
 /// What `filters` (on key columns) pin of the series and time range, for
@@ -237,6 +309,12 @@ fn series_filter(filters: &[Expr], schema: &SchemaRef) -> SeriesFilter {
 /// ascending, NULLs first), as DataFusion sort expressions over `schema`:
 /// logical for the file scans, physical for [`ShardScanExec`]'s inputs.
 fn key_order(schema: &SchemaRef) -> Result<(Vec<SortExpr>, LexOrdering), DataFusionError> {
+    key_order_of(schema)
+}
+
+/// [`key_order`] of any schema (the table's, for a file scan's declared
+/// order before projection).
+fn key_order_of(schema: &SchemaRef) -> Result<(Vec<SortExpr>, LexOrdering), DataFusionError> {
     let keys = key_columns(schema);
     let logical = keys
         .iter()
@@ -775,6 +853,69 @@ mod tests {
         );
     }
 
+    /// A scan pinning tags reads a file only if it holds one of the series,
+    /// and then only that series' rows.
+    #[tokio::test]
+    async fn files_without_the_pinned_series_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        let rows: Vec<(String, Option<f64>, Option<f64>, i64)> = (0..1000)
+            .map(|i| (format!("h{}", i % 10), Some(i as f64), None, i as i64))
+            .collect();
+        let rows: Vec<(&str, Option<f64>, Option<f64>, i64)> =
+            rows.iter().map(|r| (r.0.as_str(), r.1, r.2, r.3)).collect();
+        engine.write("db", "cpu", 1, batch(&rows)).await.unwrap();
+        engine.flush().await.unwrap();
+        engine
+            .write("db", "cpu", 1, batch(&[("other", Some(1.0), None, 5000)]))
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        let plan = |filter: Expr| {
+            let engine = &engine;
+            async move {
+                let ticket = ScanTicket {
+                    database: "db".into(),
+                    table: "cpu".into(),
+                    shard_ids: vec![1],
+                    table_schema_ipc: schema_to_ipc(&schema()).unwrap(),
+                    filters: vec![filter.to_bytes().unwrap().to_vec()],
+                    ..Default::default()
+                };
+                let plan = ticket_plan(&SessionContext::new(), engine, &ticket)
+                    .await
+                    .unwrap();
+                let shown = datafusion::physical_plan::displayable(plan.as_ref())
+                    .indent(true)
+                    .to_string();
+                shown
+            }
+        };
+        let shown = plan(col("host").eq(lit("h3"))).await;
+        assert!(shown.contains("ShardScanExec: files=1,"), "{shown}");
+        let shown = plan(col("host").eq(lit("nowhere"))).await;
+        assert!(shown.contains("ShardScanExec: files=0,"), "{shown}");
+        let shown = plan(col("a").gt(lit(1.0))).await;
+        assert!(shown.contains("ShardScanExec: files=2,"), "{shown}");
+
+        let got = scan(&engine, vec![col("host").eq(lit("h3"))], Some(vec!["a"])).await;
+        let want: Vec<String> = (0..100)
+            .map(|i| format!("{:.1}", (i * 10 + 3) as f64))
+            .collect();
+        for w in &want {
+            assert!(got.contains(&format!("| {w} ")), "{w} missing in {got}");
+        }
+        assert_eq!(got.lines().count(), 100 + 4, "{got}");
+        let got = scan(
+            &engine,
+            vec![col("host").in_list(vec![lit("h1"), lit("other")], false)],
+            Some(vec!["host"]),
+        )
+        .await;
+        assert_eq!(got.lines().filter(|l| l.contains("| h1 ")).count(), 100);
+        assert_eq!(got.lines().filter(|l| l.contains("| other ")).count(), 1);
+    }
+
     /// A delete that empties a memtable leaves nothing for the flush to
     /// write: no file without columns that scans could not read.
     #[tokio::test]
@@ -1159,7 +1300,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
         engine
-            .write("db", "cpu", 1, batch(&[("x", Some(3.0), None, 5)]))
+            .write(
+                "db",
+                "cpu",
+                1,
+                batch(&[("x", Some(3.0), None, 5), ("z", Some(4.0), None, 5)]),
+            )
             .await
             .unwrap();
         engine.flush().await.unwrap();
@@ -1184,7 +1330,12 @@ mod tests {
                 text
             }
         };
-        let plan = plan_for(col("host").eq(lit("y"))).await;
+        // Read through the file's series index (a row selection), still
+        // pruned by the predicate.
+        let plan = plan_for(col("host").eq(lit("x"))).await;
+        assert!(plan.contains("pruning_predicate=host_null_count"), "{plan}");
+        // Read whole.
+        let plan = plan_for(col("host").not_eq(lit("y"))).await;
         assert!(plan.contains("pruning_predicate=host_null_count"), "{plan}");
         let plan = plan_for(col("a").eq(lit(1.0))).await;
         assert!(!plan.contains("pruning_predicate"), "{plan}");

@@ -162,6 +162,78 @@ impl SeriesIndex {
     }
 }
 
+/// Files with more series than this are not indexed: the index would take
+/// more memory than it saves reading.
+pub const MAX_FILE_SERIES: usize = 100_000;
+
+/// The series index of a Parquet file (sorted by key, one row per key, as
+/// every file is): the rows each series holds, by file row number, built
+/// from the file's tag columns alone. A scan pinning tags reads only those
+/// rows (a Parquet row selection) and skips a file that holds none.
+#[derive(Debug)]
+pub struct FileSeries {
+    index: SeriesIndex,
+    /// Rows in the file.
+    pub rows: usize,
+}
+
+impl FileSeries {
+    /// Reads the tag columns of the file at `path`; `None` when it has no
+    /// tag column or more than [`MAX_FILE_SERIES`] series.
+    pub fn read(path: &std::path::Path) -> Result<Option<Self>, String> {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use parquet::arrow::ProjectionMask;
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
+        let schema = builder.schema().clone();
+        let tags = tag_columns(&schema);
+        if tags.is_empty() {
+            return Ok(None);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), tags.iter().copied());
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(64 * 1024)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let batches = reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let Some(first) = batches.first() else {
+            return Ok(None);
+        };
+        let all = concat_batches(&first.schema(), &batches).map_err(|e| e.to_string())?;
+        let index = SeriesIndex::build(&all).map_err(|e| e.to_string())?;
+        if index.runs.len() > MAX_FILE_SERIES {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            index,
+            rows: all.num_rows(),
+        }))
+    }
+
+    /// The file rows of the series `filter`'s tags allow, in row order;
+    /// `None` when it pins no tag.
+    pub fn select(&self, filter: &SeriesFilter) -> Option<Vec<Range<usize>>> {
+        if filter.tags.is_empty() {
+            return None;
+        }
+        let tags_only = SeriesFilter {
+            tags: filter.tags.clone(),
+            time: None,
+        };
+        let no_rows =
+            RecordBatch::new_empty(std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+        self.index.select(&no_rows, &tags_only)
+    }
+
+    /// Memory the index holds, roughly.
+    pub fn bytes(&self) -> usize {
+        self.index.bytes()
+    }
+}
+
 /// The rows of `batch` in `ranges`, as one batch.
 pub fn rows_in(batch: &RecordBatch, ranges: &[Range<usize>]) -> Result<RecordBatch, ArrowError> {
     match ranges {
