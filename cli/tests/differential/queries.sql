@@ -122,6 +122,8 @@ SELECT DISTINCT ON (host) host, time, usage_user FROM cpu WHERE time < '2026-11-
 SELECT DISTINCT ON (host) host, time, usage_user FROM cpu WHERE usage_user IS NOT NULL ORDER BY host, time DESC;
 SELECT host, last_value(usage_user IGNORE NULLS ORDER BY time) FROM cpu GROUP BY host;
 SELECT host, max(time), min(time) FROM cpu GROUP BY host;
+SELECT DISTINCT ON (host) host, usage_user * 2 AS u FROM cpu ORDER BY host, u DESC NULLS LAST;
+SELECT DISTINCT ON (region, status) region, status, host, time FROM cpu WHERE time >= '2026-11-30T08:00:00Z' ORDER BY region, status, time DESC, host;
 
 -- window functions
 SELECT host, time, usage_system, sum(usage_system) OVER (PARTITION BY host ORDER BY time ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) FROM cpu WHERE host IN ('h1', 'h8') ORDER BY host, time;

@@ -5,6 +5,7 @@
 pub mod catalog_provider;
 pub mod ddl;
 pub mod delete;
+pub mod distinct_on;
 pub mod hints;
 pub mod insert;
 pub mod limits;
@@ -104,6 +105,7 @@ impl QueryEngine {
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
+            .with_analyzer_rule(Arc::new(distinct_on::DistinctOnAsWindow))
             .with_physical_optimizer_rule(Arc::new(DistributePlan))
             .build();
         let ctx = SessionContext::new_with_state(state);
