@@ -216,7 +216,7 @@ fn upward_closed(e: &Arc<dyn PhysicalExpr>, names: &Names, tags: &BTreeSet<Strin
 }
 
 /// [`upward_closed`] for a scan ticket's (logical) filters.
-fn upward_closed_logical(e: &Expr, tags: &BTreeSet<String>) -> bool {
+pub(crate) fn upward_closed_logical(e: &Expr, tags: &BTreeSet<String>) -> bool {
     if let Expr::BinaryExpr(b) = e {
         let is_time = |e: &Expr| matches!(e, Expr::Column(c) if c.name == TIME_COLUMN);
         let constant = |e: &Expr| e.column_refs().is_empty();
