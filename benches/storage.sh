@@ -9,6 +9,7 @@
 #   benches/storage.sh                 # 100 hosts, one day (864,000 rows)
 #   SCALE=100 HOURS=72 benches/storage.sh
 #   BIN=/path/to/strata benches/storage.sh   # a prebuilt binary (to compare builds)
+#   INFLUXDB=0 benches/storage.sh     # skip the InfluxDB 1.6 ingest beside it
 #   LOADS=2 FLUSH_ROWS=100000 benches/storage.sh
 #       # load the rows twice: the second load rewrites every point, so
 #       # Parquet files overlap in time and scans run the deduplicating merge
@@ -30,6 +31,41 @@ for _ in $(seq "$loads"); do
     --workers "$workers" --batch-size "$batch" 2>/dev/null
 done
 echo "peak RSS of strata dev: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
+
+# The same rows and loader against InfluxDB 1.6 (`influxd`, from Debian's
+# `influxdb` package) when it is on this machine, one after the other.
+if [ "${INFLUXDB:-1}" = 1 ]; then
+  if command -v influxd >/dev/null; then
+    mkdir -p "$work/influx"
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    cat >"$work/influx/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:0"
+[meta]
+  dir = "$work/influx/meta"
+[data]
+  dir = "$work/influx/data"
+  wal-dir = "$work/influx/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:$port"
+  log-enabled = false
+CONF
+    influxd -config "$work/influx/influxdb.conf" >"$work/influx/log" 2>&1 &
+    influx_pid=$!
+    for _ in $(seq 100); do curl -s "http://127.0.0.1:$port/ping" >/dev/null && break; sleep 0.1; done
+    curl -s -XPOST "http://127.0.0.1:$port/query" --data-urlencode "q=CREATE DATABASE benchmark" >/dev/null
+    echo "== the same load into InfluxDB $(influxd version 2>/dev/null | awk '{print $2}')"
+    for _ in $(seq "$loads"); do
+      "$bin" bench load --file "$work/cpu.lp" --url "http://127.0.0.1:$port" --db benchmark \
+        --workers "$workers" --batch-size "$batch" 2>/dev/null
+    done
+    echo "peak RSS of influxd: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$influx_pid/status")"
+    kill "$influx_pid"; wait "$influx_pid" 2>/dev/null || true
+  else
+    echo "(influxd is not on this machine: no InfluxDB 1.6 ingest beside it; apt-get install influxdb)"
+  fi
+fi
 
 # Times one SQL query over HTTP (best of 3) and prints rows/s over `rows`.
 scan() {
