@@ -24,7 +24,7 @@ pub fn is_key_column(name: &str, data_type: &DataType) -> bool {
 }
 
 /// Indices of the tag columns of `schema`, in schema order.
-pub(crate) fn tag_columns(schema: &SchemaRef) -> Vec<usize> {
+pub fn tag_columns(schema: &SchemaRef) -> Vec<usize> {
     schema
         .fields()
         .iter()

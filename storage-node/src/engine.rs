@@ -761,9 +761,7 @@ impl Engine {
         };
         let mut st = self.state.lock();
         if matches!(st.last.get(&key), Some(CacheState::Building { id: i, .. }) if *i == id) {
-            if let Some(c) = st.last.remove(&key) {
-                st.last_bytes = st.last_bytes.saturating_sub(c.bytes());
-            }
+            drop_last(&mut st, &key);
         }
     }
 
@@ -1165,9 +1163,14 @@ fn update_last(st: &mut State, key: &TableKey, batch: &RecordBatch) {
         Ok(()) => st.last_bytes > st.last_limit,
     };
     if dropped {
-        if let Some(c) = st.last.remove(key) {
-            st.last_bytes = st.last_bytes.saturating_sub(c.bytes());
-        }
+        drop_last(st, key);
+    }
+}
+
+/// Drops a shard's last-value cache, and its bytes from the count.
+fn drop_last(st: &mut State, key: &TableKey) {
+    if let Some(c) = st.last.remove(key) {
+        st.last_bytes = st.last_bytes.saturating_sub(c.bytes());
     }
 }
 
@@ -1209,9 +1212,7 @@ fn delete_from_memtables(st: &mut State, d: &DeleteEntry) -> Result<u64, EngineE
         Ok((kept, removed))
     };
     // Its rows may be the newest of their series: built again on demand.
-    if let Some(cache) = st.last.remove(&key) {
-        st.last_bytes = st.last_bytes.saturating_sub(cache.bytes());
-    }
+    drop_last(st, &key);
     let mut removed = 0;
     if let Some(m) = st.active.get_mut(&key) {
         let (kept, n) = filter(&m.batches)?;

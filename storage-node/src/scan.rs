@@ -184,7 +184,7 @@ impl TableProvider for ShardTable {
         }
         // The files that hold a series the filters pin, and the rows of
         // each that do (from the file's series index).
-        let mut kept: Vec<(FileSource, Option<Vec<Range<usize>>>)> = vec![];
+        let mut kept: Vec<(FileSource, Option<FileRows>)> = vec![];
         for f in &self.snapshot.files {
             let rows = match series.tags.is_empty() {
                 true => None,
@@ -196,12 +196,15 @@ impl TableProvider for ShardTable {
                     index.and_then(|index| {
                         let ranges = index.select(&series)?;
                         let selected: usize = ranges.iter().map(|r| r.len()).sum();
-                        (selected < index.rows).then_some(ranges)
+                        (selected < index.rows).then_some(FileRows {
+                            ranges,
+                            total: index.rows,
+                        })
                     })
                 }
             };
             match rows {
-                Some(r) if r.is_empty() => continue,
+                Some(r) if r.ranges.is_empty() => continue,
                 rows => kept.push((f.clone(), rows)),
             }
         }
@@ -212,11 +215,11 @@ impl TableProvider for ShardTable {
         // read in its (key) order: declared to DataFusion so that it keeps
         // each file one ordered stream.
         let merge = any_overlap(ranges);
-        let key_order = merge.then(|| key_order(&read_schema)).transpose()?;
         let table_order = merge
-            .then(|| key_order_of(&self.schema))
+            .then(|| key_order(&self.schema))
             .transpose()?
             .map(|(_, physical)| physical);
+        let key_order = merge.then(|| key_order(&read_schema)).transpose()?;
         let mut files = Vec::with_capacity(kept.len());
         for (f, rows) in &kept {
             let file = match rows {
@@ -259,21 +262,26 @@ impl TableProvider for ShardTable {
     }
 }
 
-/// A scan of some rows of one Parquet file (`rows`, by file row number):
-/// the columns `read` of `schema`, in `order` when given (over `schema`).
+/// Some rows of a Parquet file, by file row number, of the `total` it has.
+struct FileRows {
+    ranges: Vec<Range<usize>>,
+    total: usize,
+}
+
+/// A scan of some rows of one Parquet file: the columns `read` of
+/// `schema`, in `order` when given (over `schema`).
 fn file_rows_scan(
     f: &FileSource,
     schema: &SchemaRef,
     read: &[usize],
-    rows: &[Range<usize>],
+    rows: &FileRows,
     order: Option<LexOrdering>,
 ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
     let path = f.guard.path();
     let size = std::fs::metadata(path)
         .map_err(|e| DataFusionError::External(Box::new(e)))?
         .len();
-    let total = f.guard.series().map_or(0, |s| s.rows);
-    let selection = RowSelection::from_consecutive_ranges(rows.iter().cloned(), total);
+    let selection = RowSelection::from_consecutive_ranges(rows.ranges.iter().cloned(), rows.total);
     let url = ListingTableUrl::parse(path.to_string_lossy())?;
     let file = PartitionedFile::new_from_meta(ObjectMeta {
         location: url.prefix().clone(),
@@ -309,12 +317,6 @@ fn series_filter(filters: &[Expr], schema: &SchemaRef) -> SeriesFilter {
 /// ascending, NULLs first), as DataFusion sort expressions over `schema`:
 /// logical for the file scans, physical for [`ShardScanExec`]'s inputs.
 fn key_order(schema: &SchemaRef) -> Result<(Vec<SortExpr>, LexOrdering), DataFusionError> {
-    key_order_of(schema)
-}
-
-/// [`key_order`] of any schema (the table's, for a file scan's declared
-/// order before projection).
-fn key_order_of(schema: &SchemaRef) -> Result<(Vec<SortExpr>, LexOrdering), DataFusionError> {
     let keys = key_columns(schema);
     let logical = keys
         .iter()

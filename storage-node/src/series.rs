@@ -181,24 +181,9 @@ impl FileSeries {
     /// Reads the tag columns of the file at `path`; `None` when it has no
     /// tag column or more than [`MAX_FILE_SERIES`] series.
     pub fn read(path: &std::path::Path) -> Result<Option<Self>, String> {
-        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-        use parquet::arrow::ProjectionMask;
-        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
-        let schema = builder.schema().clone();
-        let tags = tag_columns(&schema);
-        if tags.is_empty() {
+        let Some(batches) = read_tag_columns(path)? else {
             return Ok(None);
-        }
-        let mask = ProjectionMask::roots(builder.parquet_schema(), tags.iter().copied());
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(64 * 1024)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let batches = reader
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+        };
         let Some(first) = batches.first() else {
             return Ok(None);
         };
@@ -232,6 +217,29 @@ impl FileSeries {
     pub fn bytes(&self) -> usize {
         self.index.bytes()
     }
+}
+
+/// The tag columns of the Parquet file at `path`, in file order; `None`
+/// when it has no tag column.
+pub(crate) fn read_tag_columns(path: &std::path::Path) -> Result<Option<Vec<RecordBatch>>, String> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
+    let tags = tag_columns(builder.schema());
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), tags);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok(Some(batches))
 }
 
 /// The rows of `batch` in `ranges`, as one batch.

@@ -53,24 +53,12 @@ pub fn series_hash(table: &str, key: &[u8]) -> u64 {
 /// The distinct series hashes of the tag columns of a Parquet file of
 /// `table`.
 pub fn file_series(path: &std::path::Path, table: &str) -> Result<HashSet<u64>, String> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use parquet::arrow::ProjectionMask;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
-    let schema = builder.schema().clone();
-    let tags = crate::dedup::tag_columns(&schema);
-    if tags.is_empty() {
+    let Some(batches) = crate::series::read_tag_columns(path)? else {
         return Ok(HashSet::from([series_hash(table, &[])]));
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), tags);
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| e.to_string())?;
+    };
     let mut out = HashSet::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| e.to_string())?;
-        out.extend(series_of(table, &batch).map_err(|e| e.to_string())?);
+    for batch in &batches {
+        out.extend(series_of(table, batch).map_err(|e| e.to_string())?);
     }
     Ok(out)
 }
@@ -129,14 +117,6 @@ impl SeriesRegistry {
         }
         held.extend(series);
         Ok(())
-    }
-
-    /// Bytes the registry holds, roughly.
-    pub fn bytes(&self) -> usize {
-        self.databases
-            .values()
-            .map(|s| s.capacity() * (std::mem::size_of::<u64>() + 8))
-            .sum()
     }
 }
 

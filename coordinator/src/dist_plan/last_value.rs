@@ -33,6 +33,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, Operator};
@@ -51,7 +52,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::bytes::Serializeable;
 use strata_catalog::model::TIME_COLUMN;
 use strata_proto::storage::v1::ScanTicket;
-use strata_storage::dedup::is_key_column;
+use strata_storage::dedup::tag_columns;
 use strata_storage::fragment::ScanLeafExec;
 use strata_storage::scan::ticket_schema;
 
@@ -169,13 +170,15 @@ fn trace(plan: &Arc<dyn ExecutionPlan>) -> Option<(ScanTicket, Names)> {
 /// The tag columns of the table a ticket scans.
 fn ticket_tags(ticket: &ScanTicket) -> Option<BTreeSet<String>> {
     let schema = ticket_schema(ticket).ok()?;
-    let tags = schema
-        .fields()
-        .iter()
-        .filter(|f| f.name() != TIME_COLUMN && is_key_column(f.name(), f.data_type()))
-        .map(|f| f.name().clone())
-        .collect();
-    Some(tags)
+    Some(tag_names(&schema))
+}
+
+/// The names of the tag columns of `schema`.
+pub(crate) fn tag_names(schema: &SchemaRef) -> BTreeSet<String> {
+    tag_columns(schema)
+        .into_iter()
+        .map(|i| schema.field(i).name().clone())
+        .collect()
 }
 
 fn column(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {

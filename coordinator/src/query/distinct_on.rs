@@ -31,9 +31,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::AnalyzerRule;
 use strata_catalog::model::TIME_COLUMN;
-use strata_storage::dedup::is_key_column;
 
-use crate::dist_plan::last_value::upward_closed_logical;
+use crate::dist_plan::last_value::{tag_names, upward_closed_logical};
 use crate::dist_plan::StrataOptions;
 
 #[derive(Debug, Default)]
@@ -105,13 +104,7 @@ fn cache_answers(on: &DistinctOn) -> bool {
 fn scan_tags(plan: &LogicalPlan) -> Option<BTreeSet<String>> {
     match plan {
         LogicalPlan::TableScan(scan) => {
-            let schema = scan.source.schema();
-            let tags: BTreeSet<String> = schema
-                .fields()
-                .iter()
-                .filter(|f| f.name() != TIME_COLUMN && is_key_column(f.name(), f.data_type()))
-                .map(|f| f.name().clone())
-                .collect();
+            let tags = tag_names(&scan.source.schema());
             let ok = scan.fetch.is_none()
                 && scan.filters.iter().all(|f| upward_closed_logical(f, &tags));
             ok.then_some(tags)
