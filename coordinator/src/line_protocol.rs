@@ -7,6 +7,8 @@
 //! with its number and the good lines are kept.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue<'a> {
@@ -17,15 +19,118 @@ pub enum FieldValue<'a> {
     Boolean(bool),
 }
 
+/// A line's series: its measurement and tags as written. Lines of a body
+/// that repeat the same series text share one (parsed once, hashed once).
+#[derive(Debug, PartialEq)]
+pub struct SeriesKey<'a> {
+    pub measurement: Cow<'a, str>,
+    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// [`series_hash`] of the measurement and tags.
+    pub hash: u64,
+}
+
+impl<'a> SeriesKey<'a> {
+    pub fn new(measurement: Cow<'a, str>, tags: Vec<(Cow<'a, str>, Cow<'a, str>)>) -> Self {
+        let hash = series_hash(&measurement, &tags);
+        Self {
+            measurement,
+            tags,
+            hash,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedLine<'a> {
     /// 1-based line number in the request body.
     pub line_number: usize,
-    pub measurement: Cow<'a, str>,
-    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub series: Arc<SeriesKey<'a>>,
     pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
     /// As written, in the request's precision.
     pub timestamp: Option<i64>,
+    /// Lines of one body with the same `Some` shape name the same tags and
+    /// fields in the same order, with the same field types; `None` (and
+    /// different shapes) tell nothing.
+    pub shape: Option<u32>,
+}
+
+impl<'a> ParsedLine<'a> {
+    /// A line built outside the parser (SQL `INSERT`).
+    pub fn new(
+        line_number: usize,
+        measurement: Cow<'a, str>,
+        tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+        fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+        timestamp: Option<i64>,
+    ) -> Self {
+        Self {
+            line_number,
+            series: Arc::new(SeriesKey::new(measurement, tags)),
+            fields,
+            timestamp,
+            shape: None,
+        }
+    }
+
+    pub fn measurement(&self) -> &str {
+        &self.series.measurement
+    }
+
+    pub fn tags(&self) -> &[(Cow<'a, str>, Cow<'a, str>)] {
+        &self.series.tags
+    }
+
+    /// Whether two lines name the same tags and fields in the same order
+    /// with the same field types.
+    pub fn same_shape(&self, other: &ParsedLine) -> bool {
+        if let (Some(a), Some(b)) = (self.shape, other.shape) {
+            if a == b {
+                return true;
+            }
+        }
+        let (a, b) = (self.tags(), other.tags());
+        a.len() == b.len()
+            && self.fields.len() == other.fields.len()
+            && a.iter().zip(b).all(|(x, y)| x.0 == y.0)
+            && self.fields.iter().zip(&other.fields).all(|(x, y)| {
+                x.0 == y.0 && std::mem::discriminant(&x.1) == std::mem::discriminant(&y.1)
+            })
+    }
+}
+
+/// Stable hash of a series key (measurement + tag set sorted by key, a key
+/// written twice keeping its later value), FNV-1a, so that every
+/// coordinator routes a series to the same shard.
+pub fn series_hash(measurement: &str, tags: &[(Cow<'_, str>, Cow<'_, str>)]) -> u64 {
+    let mut tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+    // Writers usually send tags sorted already. A stable sort keeps write
+    // order among equal keys, so the later value is the one kept.
+    if !tags.is_sorted_by(|a, b| a.0 < b.0) {
+        tags.sort_by(|a, b| a.0.cmp(b.0));
+        let mut kept: Vec<(&str, &str)> = Vec::with_capacity(tags.len());
+        for t in tags {
+            match kept.last_mut() {
+                Some(last) if last.0 == t.0 => *last = t,
+                _ => kept.push(t),
+            }
+        }
+        tags = kept;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(measurement.as_bytes());
+    for (k, v) in tags {
+        eat(b",");
+        eat(k.as_bytes());
+        eat(b"=");
+        eat(v.as_bytes());
+    }
+    h
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,20 +161,15 @@ pub fn parse_lines_keeping(
     let mut ok: Vec<ParsedLine> = vec![];
     let mut errors = vec![];
     let mut rejected = 0;
-    // Lines of a body mostly have the same number of tags and fields:
-    // sizing each line's vectors like the last one's saves regrowing them.
-    let mut sizes = (0, 0);
+    let mut seen = Seen::default();
     for (i, raw) in body.split('\n').enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let trimmed = line.trim_start();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        match parse_line(trimmed, i + 1, sizes) {
-            Ok(p) => {
-                sizes = (p.tags.len(), p.fields.len());
-                ok.push(p)
-            }
+        match parse_line(trimmed, i + 1, &mut seen) {
+            Ok(p) => ok.push(p),
             Err(message) => {
                 rejected += 1;
                 if errors.len() < max_errors {
@@ -82,6 +182,85 @@ pub fn parse_lines_keeping(
         }
     }
     (ok, errors, rejected)
+}
+
+/// The most recent tag-key lists and shapes a line is compared with, and
+/// the most of each a body keeps; lines past them get no shape.
+const SHAPES_SEARCHED: usize = 8;
+const MAX_SHAPES: usize = 4_096;
+
+/// What parsing a body remembers from line to line. Bodies mostly repeat
+/// a few thousand series in a handful of shapes: a repeated series text is
+/// parsed and hashed once, and a line shaped like an earlier one skips the
+/// checks that depend only on its shape.
+#[derive(Default)]
+struct Seen<'a> {
+    /// Each series text with its key and the id of its tag-key list
+    /// (`u32::MAX`: none).
+    series: HashMap<&'a str, (Arc<SeriesKey<'a>>, u32), foldhash::fast::RandomState>,
+    tag_keys: Vec<Vec<Cow<'a, str>>>,
+    /// Shapes: the tag-key list id, then the field keys and types.
+    shapes: Vec<(
+        u32,
+        Vec<(Cow<'a, str>, std::mem::Discriminant<FieldValue<'a>>)>,
+    )>,
+}
+
+impl<'a> Seen<'a> {
+    /// The key of `text`, parsing it on first sight.
+    fn series(&mut self, text: &'a str) -> Result<(Arc<SeriesKey<'a>>, u32), String> {
+        if let Some((key, tag_keys)) = self.series.get(text) {
+            return Ok((key.clone(), *tag_keys));
+        }
+        let key = Arc::new(parse_series(text)?);
+        let keys = key.tags.iter().map(|(k, _)| k);
+        let found = (self.tag_keys.len().saturating_sub(SHAPES_SEARCHED)..self.tag_keys.len())
+            .rev()
+            .find(|i| self.tag_keys[*i].iter().eq(keys.clone()));
+        let id = match found {
+            Some(i) => i as u32,
+            None if self.tag_keys.len() < MAX_SHAPES => {
+                self.tag_keys.push(keys.cloned().collect());
+                (self.tag_keys.len() - 1) as u32
+            }
+            None => u32::MAX,
+        };
+        self.series.insert(text, (key.clone(), id));
+        Ok((key, id))
+    }
+
+    /// The shape of a line with these tag keys and fields, if one was
+    /// seen; otherwise checks the fields and records their shape.
+    fn shape(
+        &mut self,
+        tag_keys: u32,
+        fields: &[(Cow<'a, str>, FieldValue<'a>)],
+    ) -> Result<Option<u32>, String> {
+        let same = |(tk, shape): &(u32, Vec<(Cow<str>, _)>)| {
+            *tk == tag_keys
+                && shape.len() == fields.len()
+                && shape
+                    .iter()
+                    .zip(fields)
+                    .all(|(s, f)| s.0 == f.0 && s.1 == std::mem::discriminant(&f.1))
+        };
+        if tag_keys != u32::MAX {
+            let recent = self.shapes.len().saturating_sub(SHAPES_SEARCHED)..self.shapes.len();
+            if let Some(i) = recent.rev().find(|i| same(&self.shapes[*i])) {
+                return Ok(Some(i as u32));
+            }
+        }
+        check_repeated_fields(fields)?;
+        if tag_keys == u32::MAX || self.shapes.len() >= MAX_SHAPES {
+            return Ok(None);
+        }
+        let shape = fields
+            .iter()
+            .map(|(k, v)| (k.clone(), std::mem::discriminant(v)))
+            .collect();
+        self.shapes.push((tag_keys, shape));
+        Ok(Some((self.shapes.len() - 1) as u32))
+    }
 }
 
 /// Splits the first `key=value` pair off a comma-separated list in one
@@ -210,27 +389,15 @@ fn check_repeated_fields(fields: &[(Cow<'_, str>, FieldValue<'_>)]) -> Result<()
 }
 const MEASUREMENT_ESCAPES: &[u8] = b", \\";
 
-/// Parses one line; `sizes` is how many tags and fields to make room for.
-fn parse_line(
-    line: &str,
-    line_number: usize,
-    sizes: (usize, usize),
-) -> Result<ParsedLine<'_>, String> {
-    // measurement and tags end at the first unescaped space
-    let (series, stop, rest) = split_unescaped(line, b" ", false);
-    if stop.is_none() {
-        return Err(format!(
-            "missing fields: expected 'measurement[,tags] field=value [timestamp]', got '{}'",
-            truncate(line)
-        ));
-    }
+/// Parses a measurement and its tags (the text before the first space).
+fn parse_series(series: &str) -> Result<SeriesKey<'_>, String> {
     let (measurement, _, mut tag_str) = split_unescaped(series, b",", false);
     if measurement.is_empty() {
         return Err("missing measurement name".into());
     }
     let measurement = unescape(measurement, MEASUREMENT_ESCAPES);
     check_name("measurement", &measurement)?;
-    let mut tags = Vec::with_capacity(sizes.0);
+    let mut tags = vec![];
     while !tag_str.is_empty() {
         let (pair, k, v, more) = split_pair(tag_str, false)
             .map_err(|pair| format!("invalid tag '{}': expected key=value", truncate(pair)))?;
@@ -248,13 +415,32 @@ fn parse_line(
         check_name("tag key", &key)?;
         tags.push((key, unescape(v, KEY_ESCAPES)));
     }
+    Ok(SeriesKey::new(measurement, tags))
+}
+
+/// Parses one line, with what the body's earlier lines left in `seen`.
+fn parse_line<'a>(
+    line: &'a str,
+    line_number: usize,
+    seen: &mut Seen<'a>,
+) -> Result<ParsedLine<'a>, String> {
+    // measurement and tags end at the first unescaped space
+    let (series, stop, rest) = split_unescaped(line, b" ", false);
+    if stop.is_none() {
+        return Err(format!(
+            "missing fields: expected 'measurement[,tags] field=value [timestamp]', got '{}'",
+            truncate(line)
+        ));
+    }
+    let (series, tag_keys) = seen.series(series)?;
 
     let rest = rest.trim_start_matches(' ');
     let (field_str, stop, ts_str) = split_unescaped(rest, b" ", true);
     if field_str.is_empty() {
         return Err("missing fields: a line needs at least one field".into());
     }
-    let mut fields = Vec::with_capacity(sizes.1);
+    // Lines of a body mostly have as many fields as the last shape seen.
+    let mut fields = Vec::with_capacity(seen.shapes.last().map_or(4, |s| s.1.len()));
     let mut fs = field_str;
     while !fs.is_empty() {
         let invalid = |pair| format!("invalid field '{}': expected key=value", truncate(pair));
@@ -268,7 +454,7 @@ fn parse_line(
         let value = parse_field_value(v).map_err(|e| format!("field '{}': {e}", truncate(&key)))?;
         fields.push((key, value));
     }
-    check_repeated_fields(&fields)?;
+    let shape = seen.shape(tag_keys, &fields)?;
 
     let timestamp = match stop {
         None => None,
@@ -285,10 +471,10 @@ fn parse_line(
     };
     Ok(ParsedLine {
         line_number,
-        measurement,
-        tags,
+        series,
         fields,
         timestamp,
+        shape,
     })
 }
 
@@ -362,9 +548,9 @@ mod tests {
         let p = one(
             r#"cpu,host=a,region=us f=1.5,i=-3i,u=7u,s="hi there",b=true,e=1e3 1700000000000000000"#,
         );
-        assert_eq!(p.measurement, "cpu");
-        assert_eq!(p.tags.len(), 2);
-        assert_eq!(p.tags[1], ("region".into(), "us".into()));
+        assert_eq!(p.measurement(), "cpu");
+        assert_eq!(p.tags().len(), 2);
+        assert_eq!(p.tags()[1], ("region".into(), "us".into()));
         assert_eq!(
             p.fields,
             vec![
@@ -382,8 +568,8 @@ mod tests {
     #[test]
     fn handles_escapes() {
         let p = one(r#"my\ meas\,ure,ta\ g=v\=1\,x field\=k="say \"hi\" \\o/" 5"#);
-        assert_eq!(p.measurement, "my meas,ure");
-        assert_eq!(p.tags[0], ("ta g".into(), "v=1,x".into()));
+        assert_eq!(p.measurement(), "my meas,ure");
+        assert_eq!(p.tags()[0], ("ta g".into(), "v=1,x".into()));
         assert_eq!(p.fields[0].0, "field=k");
         assert_eq!(p.fields[0].1, FieldValue::String(r#"say "hi" \o/"#.into()));
         assert_eq!(p.timestamp, Some(5));
@@ -429,8 +615,8 @@ mod tests {
     #[test]
     fn pair_edge_cases() {
         let p = one(r#"m,a=b=c,é\ü=ö v=1,s="x=1,y" 1"#);
-        assert_eq!(p.tags[0], ("a".into(), "b=c".into()));
-        assert_eq!(p.tags[1], (r"é\ü".into(), "ö".into()));
+        assert_eq!(p.tags()[0], ("a".into(), "b=c".into()));
+        assert_eq!(p.tags()[1], (r"é\ü".into(), "ö".into()));
         assert_eq!(p.fields[1].1, FieldValue::String("x=1,y".into()));
         for (bad, says) in [
             ("m,=a v=1", "invalid tag '=a'"),
@@ -542,7 +728,7 @@ mod tests {
                 }).count();
                 prop_assert_eq!(ok.len() + errs.len(), lines);
                 for l in &ok {
-                    prop_assert!(l.measurement.len() <= MAX_NAME_BYTES);
+                    prop_assert!(l.measurement().len() <= MAX_NAME_BYTES);
                     prop_assert!(!l.fields.is_empty());
                 }
             }

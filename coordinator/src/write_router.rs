@@ -9,6 +9,7 @@
 //!    `DoPut` to every owner, waiting for as many acknowledgements as the
 //!    consistency level asks for.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -218,15 +219,15 @@ impl WriteRouter {
         now_ns: i64,
     ) -> Result<WriteOutcome> {
         // Group by table.
-        let mut by_table: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+        let mut by_table: BTreeMap<Cow<str>, Vec<Row>> = BTreeMap::new();
         for r in rows {
             by_table
-                .entry(r.line.measurement.to_string())
+                .entry(r.line.series.measurement.clone())
                 .or_default()
                 .push(r);
         }
 
-        let mut accepted: Vec<(String, Vec<Row>)> = vec![];
+        let mut accepted: Vec<(Cow<str>, Vec<Row>)> = vec![];
         for (table, rows) in by_table {
             let rows = self
                 .ensure_columns(database, &table, rows, &mut errors)
@@ -286,7 +287,7 @@ impl WriteRouter {
             let mut by_shard: HashMap<u64, (Vec<u64>, Vec<&Row>)> = HashMap::new();
             for r in rows {
                 let group = &groups[&r.window_start];
-                let shard = group.shard_for_hash(shard_hash(group, table, &r.line));
+                let shard = group.shard_for_hash(shard_hash(group, &r.line));
                 by_shard
                     .entry(shard.id)
                     .or_insert_with(|| (shard.owners.clone(), vec![]))
@@ -296,7 +297,7 @@ impl WriteRouter {
             let catalog_table = state
                 .databases
                 .get(database)
-                .and_then(|d| d.tables.get(table));
+                .and_then(|d| d.tables.get(table.as_ref()));
             for (shard_id, (owners, rows)) in by_shard {
                 let batches = build_batches(
                     catalog_table.map(|t| t.columns.as_slice()).unwrap_or(&[]),
@@ -348,7 +349,7 @@ impl WriteRouter {
         for r in rows {
             // Kinds only grow, so a line shaped like the last accepted one
             // (same names, same field types) is accepted too.
-            if ok_rows.last().is_some_and(|p| same_shape(&p.line, &r.line)) {
+            if ok_rows.last().is_some_and(|p| p.line.same_shape(&r.line)) {
                 ok_rows.push(r);
                 continue;
             }
@@ -365,7 +366,7 @@ impl WriteRouter {
             // take the table past its bound.
             let known = |r: &Row| {
                 r.line
-                    .tags
+                    .tags()
                     .iter()
                     .all(|(k, _)| existing.contains_key(k.as_ref()))
                     && r.line
@@ -413,7 +414,7 @@ impl WriteRouter {
         }
         // Another writer added a column with another type in the meantime.
         let clash = |c: &ColumnConflict, line: &ParsedLine| {
-            line.tags.iter().any(|(k, _)| k == &c.column)
+            line.tags().iter().any(|(k, _)| k == &c.column)
                 || line.fields.iter().any(|(k, _)| k == &c.column)
         };
         Ok(ok_rows
@@ -435,7 +436,7 @@ impl WriteRouter {
     async fn shard_groups(
         &self,
         db: &Database,
-        accepted: &[(String, Vec<Row<'_>>)],
+        accepted: &[(Cow<'_, str>, Vec<Row<'_>>)],
     ) -> Result<HashMap<i64, ShardGroup>> {
         let mut groups: HashMap<i64, ShardGroup> = HashMap::new();
         for (_, rows) in accepted {
@@ -612,7 +613,7 @@ fn check_line(
     new_columns: &mut Vec<Column>,
 ) -> std::result::Result<(), String> {
     let wanted = line
-        .tags
+        .tags()
         .iter()
         .map(|(k, _)| (k.as_ref(), ColumnKind::Tag))
         .chain(
@@ -646,58 +647,19 @@ fn check_line(
 
 /// The hash that picks a row's shard in `group`: of its shard-key tag
 /// values when the group has a shard key, of its series key otherwise.
-pub fn shard_hash(group: &ShardGroup, table: &str, line: &ParsedLine) -> u64 {
+pub fn shard_hash(group: &ShardGroup, line: &ParsedLine) -> u64 {
     if group.shard_key.is_empty() {
-        return series_hash(table, line);
+        return line.series.hash;
     }
     let value = |key: &str| {
         // A tag written twice keeps its later value.
-        line.tags
+        line.tags()
             .iter()
             .rev()
             .find(|(k, _)| k == key)
             .map_or("", |(_, v)| v.as_ref())
     };
     strata_catalog::model::shard_key_hash(group.shard_key.iter().map(|k| value(k)))
-}
-
-/// Stable hash of the series key (table + sorted tag set), FNV-1a, so that
-/// every coordinator routes a series to the same shard.
-pub fn series_hash(table: &str, line: &ParsedLine) -> u64 {
-    let mut tags: Vec<(&str, &str)> = line
-        .tags
-        .iter()
-        .map(|(k, v)| (k.as_ref(), v.as_ref()))
-        .collect();
-    // Writers usually send tags sorted already. A key written twice keeps
-    // its later value, as the row does (a stable sort keeps write order
-    // among equal keys).
-    if !tags.is_sorted_by(|a, b| a.0 < b.0) {
-        tags.sort_by(|a, b| a.0.cmp(b.0));
-        let mut kept: Vec<(&str, &str)> = Vec::with_capacity(tags.len());
-        for t in tags {
-            match kept.last_mut() {
-                Some(last) if last.0 == t.0 => *last = t,
-                _ => kept.push(t),
-            }
-        }
-        tags = kept;
-    }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(table.as_bytes());
-    for (k, v) in tags {
-        eat(b",");
-        eat(k.as_bytes());
-        eat(b"=");
-        eat(v.as_bytes());
-    }
-    h
 }
 
 /// Where each row's values sit: for row `r`, `entries[spans[r].0..spans[r].1]`
@@ -727,12 +689,12 @@ impl Positions {
         let mut slot = vec![u32::MAX; table_columns.len()];
         for (r, row) in rows.iter().enumerate() {
             let line = &row.line;
-            if r > 0 && same_keys(&rows[r - 1].line, line) {
+            if r > 0 && rows[r - 1].line.same_shape(line) {
                 spans.push(spans[r - 1]);
                 continue;
             }
             let start = entries.len();
-            let tags = line.tags.iter().map(|(k, _)| (k.as_ref(), true));
+            let tags = line.tags().iter().map(|(k, _)| (k.as_ref(), true));
             let fields = line.fields.iter().map(|(k, _)| (k.as_ref(), false));
             let keys = tags.enumerate().chain(fields.enumerate());
             for (i, key) in keys {
@@ -795,23 +757,6 @@ fn chunk_rows(positions: &Positions, rows: usize, width: usize) -> Vec<std::ops:
         chunks.push(start..rows);
     }
     chunks
-}
-
-/// Whether two lines have the same keys and the same field types.
-fn same_shape(a: &ParsedLine, b: &ParsedLine) -> bool {
-    same_keys(a, b)
-        && a.fields
-            .iter()
-            .zip(&b.fields)
-            .all(|(x, y)| std::mem::discriminant(&x.1) == std::mem::discriminant(&y.1))
-}
-
-/// Whether two lines name the same tags and fields in the same order.
-fn same_keys(a: &ParsedLine, b: &ParsedLine) -> bool {
-    a.tags.len() == b.tags.len()
-        && a.fields.len() == b.fields.len()
-        && a.tags.iter().zip(&b.tags).all(|(x, y)| x.0 == y.0)
-        && a.fields.iter().zip(&b.fields).all(|(x, y)| x.0 == y.0)
 }
 
 /// Builds the batches of some rows of a table, in row order: each holds
@@ -914,7 +859,7 @@ impl ColumnBuilder {
     fn append(&mut self, line: &ParsedLine, position: Option<usize>) {
         let field = |p: usize| &line.fields[p].1;
         match (self, position) {
-            (Self::Tag(b), Some(p)) => b.append_value(line.tags[p].1.as_ref()),
+            (Self::Tag(b), Some(p)) => b.append_value(line.tags()[p].1.as_ref()),
             (Self::Tag(b), None) => b.append_null(),
             (Self::Float(b), p) => b.append_option(match p.map(field) {
                 Some(FieldValue::Float(v)) => Some(*v),
@@ -961,8 +906,18 @@ mod tests {
         let (a, _) = parse_lines("cpu,host=a,region=x v=1 1");
         let (b, _) = parse_lines("cpu,region=x,host=a v=2 2");
         let (c, _) = parse_lines("cpu,region=x,host=b v=2 2");
-        assert_eq!(series_hash("cpu", &a[0]), series_hash("cpu", &b[0]));
-        assert_ne!(series_hash("cpu", &a[0]), series_hash("cpu", &c[0]));
+        assert_eq!(a[0].series.hash, b[0].series.hash);
+        assert_ne!(a[0].series.hash, c[0].series.hash);
+        // Routing depends on it staying FNV-1a of the series key text with
+        // its tags sorted, whatever the order they were written in.
+        let fnv = |text: &str| {
+            text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        };
+        assert_eq!(b[0].series.hash, fnv("cpu,host=a,region=x"));
+        let (d, _) = parse_lines("cpu,b=2,a=1,b=3 v=1 1");
+        assert_eq!(d[0].series.hash, fnv("cpu,a=1,b=3"));
     }
 
     #[test]

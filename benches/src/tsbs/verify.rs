@@ -172,7 +172,7 @@ impl TableBuilder {
         )];
         let mut columns = Vec::new();
         let mut index = HashMap::new();
-        for (k, _) in &first.tags {
+        for (k, _) in first.tags() {
             index.insert(k.to_string(), columns.len());
             columns.push(ColumnBuilder::Tag(StringBuilder::new()));
             fields.push(Field::new(k.as_ref(), DataType::Utf8, true));
@@ -184,7 +184,7 @@ impl TableBuilder {
             fields.push(Field::new(k.as_ref(), data_type, true));
         }
         TableBuilder {
-            measurement: first.measurement.to_string(),
+            measurement: first.measurement().to_string(),
             schema: Arc::new(Schema::new(fields)),
             index,
             time: TimestampNanosecondBuilder::new(),
@@ -193,17 +193,18 @@ impl TableBuilder {
     }
 
     fn append(&mut self, line: &ParsedLine<'_>) -> Result<(), String> {
-        if line.measurement != self.measurement {
+        if line.measurement() != self.measurement {
             return Err(format!(
                 "table '{}' differs from the file's first table '{}'; --verify takes one table",
-                line.measurement, self.measurement
+                line.measurement(),
+                self.measurement
             ));
         }
         let Some(ts) = line.timestamp else {
             return Err("no timestamp".to_string());
         };
         let mut set = vec![false; self.columns.len()];
-        for (k, v) in &line.tags {
+        for (k, v) in line.tags() {
             let i = *self
                 .index
                 .get(k.as_ref())

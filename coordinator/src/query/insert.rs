@@ -296,13 +296,7 @@ pub fn to_lines(
     let mut lines = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         let line_number = first_row + row;
-        let mut line = ParsedLine {
-            line_number,
-            measurement: Cow::Owned(table.to_string()),
-            tags: vec![],
-            fields: vec![],
-            timestamp: None,
-        };
+        let (mut tags, mut fields, mut timestamp) = (vec![], vec![], None);
         for (target, values) in targets.iter().zip(&columns) {
             if values.is_null(row) {
                 if target.kind == ColumnKind::Time {
@@ -313,13 +307,12 @@ pub fn to_lines(
             let name = Cow::Owned(target.name.clone());
             match target.kind {
                 ColumnKind::Time => {
-                    line.timestamp =
-                        Some(values.as_primitive::<TimestampNanosecondType>().value(row))
+                    timestamp = Some(values.as_primitive::<TimestampNanosecondType>().value(row))
                 }
                 ColumnKind::Tag => {
                     let v = values.as_string::<i32>().value(row);
                     if !v.is_empty() {
-                        line.tags.push((name, Cow::Owned(v.to_string())));
+                        tags.push((name, Cow::Owned(v.to_string())));
                     }
                 }
                 ColumnKind::Field(f) => {
@@ -338,11 +331,11 @@ pub fn to_lines(
                         )),
                         FieldType::Boolean => FieldValue::Boolean(values.as_boolean().value(row)),
                     };
-                    line.fields.push((name, v));
+                    fields.push((name, v));
                 }
             }
         }
-        if line.fields.is_empty() {
+        if fields.is_empty() {
             errors.push(format!(
                 "row {line_number} has no field value: every row needs one non-NULL field"
             ));
@@ -350,7 +343,14 @@ pub fn to_lines(
         if errors.len() >= MAX_ROW_ERRORS {
             break;
         }
-        lines.push(line);
+        let measurement = Cow::Owned(table.to_string());
+        lines.push(ParsedLine::new(
+            line_number,
+            measurement,
+            tags,
+            fields,
+            timestamp,
+        ));
     }
     if errors.is_empty() {
         Ok(lines)
@@ -557,9 +557,9 @@ mod tests {
         let lines = to_lines("cpu", &targets, &batch, 1).unwrap();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].timestamp, Some(1_000_000_000));
-        assert_eq!(lines[0].tags, [("host".into(), "a".into())]);
+        assert_eq!(lines[0].tags(), [("host".into(), "a".into())]);
         assert_eq!(lines[0].fields, [("usage".into(), FieldValue::Float(3.0))]);
-        assert!(lines[1].tags.is_empty(), "a NULL tag is left out");
+        assert!(lines[1].tags().is_empty(), "a NULL tag is left out");
         assert_eq!(lines[1].fields, [("ok".into(), FieldValue::Boolean(true))]);
         assert_eq!(lines[1].line_number, 2);
     }
