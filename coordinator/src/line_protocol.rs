@@ -191,19 +191,29 @@ const MAX_SHAPES: usize = 4_096;
 
 /// What parsing a body remembers from line to line. Bodies mostly repeat
 /// a few thousand series in a handful of shapes: a repeated series text is
-/// parsed and hashed once, and a line shaped like an earlier one skips the
-/// checks that depend only on its shape.
+/// parsed and hashed once, a line shaped like an earlier one skips the
+/// checks that depend only on its shape, and one shaped like the line
+/// before it has its fields read without searching for their keys.
 #[derive(Default)]
 struct Seen<'a> {
     /// Each series text with its key and the id of its tag-key list
     /// (`u32::MAX`: none).
     series: HashMap<&'a str, (Arc<SeriesKey<'a>>, u32), foldhash::fast::RandomState>,
     tag_keys: Vec<Vec<Cow<'a, str>>>,
-    /// Shapes: the tag-key list id, then the field keys and types.
-    shapes: Vec<(
-        u32,
-        Vec<(Cow<'a, str>, std::mem::Discriminant<FieldValue<'a>>)>,
-    )>,
+    shapes: Vec<Shape<'a>>,
+    /// The shape of the last line parsed, if it has one.
+    last_shape: Option<usize>,
+}
+
+type FieldKind<'a> = std::mem::Discriminant<FieldValue<'a>>;
+
+/// The tag-key list id, field keys and field types of some lines.
+struct Shape<'a> {
+    tag_keys: u32,
+    fields: Vec<(Cow<'a, str>, FieldKind<'a>)>,
+    /// Whether every field key is written as it reads (no escapes) and
+    /// has no quote.
+    plain: bool,
 }
 
 impl<'a> Seen<'a> {
@@ -236,17 +246,20 @@ impl<'a> Seen<'a> {
         tag_keys: u32,
         fields: &[(Cow<'a, str>, FieldValue<'a>)],
     ) -> Result<Option<u32>, String> {
-        let same = |(tk, shape): &(u32, Vec<(Cow<str>, _)>)| {
-            *tk == tag_keys
-                && shape.len() == fields.len()
+        let same = |shape: &Shape<'a>| {
+            shape.tag_keys == tag_keys
+                && shape.fields.len() == fields.len()
                 && shape
+                    .fields
                     .iter()
                     .zip(fields)
                     .all(|(s, f)| s.0 == f.0 && s.1 == std::mem::discriminant(&f.1))
         };
+        self.last_shape = None;
         if tag_keys != u32::MAX {
             let recent = self.shapes.len().saturating_sub(SHAPES_SEARCHED)..self.shapes.len();
             if let Some(i) = recent.rev().find(|i| same(&self.shapes[*i])) {
+                self.last_shape = Some(i);
                 return Ok(Some(i as u32));
             }
         }
@@ -254,12 +267,66 @@ impl<'a> Seen<'a> {
         if tag_keys == u32::MAX || self.shapes.len() >= MAX_SHAPES {
             return Ok(None);
         }
-        let shape = fields
+        // A quote in a key changes where the full parser ends the fields.
+        let plain = fields
+            .iter()
+            .all(|(k, _)| !k.bytes().any(|b| b == b'"' || KEY_ESCAPES.contains(&b)));
+        let fields = fields
             .iter()
             .map(|(k, v)| (k.clone(), std::mem::discriminant(v)))
             .collect();
-        self.shapes.push((tag_keys, shape));
+        self.shapes.push(Shape {
+            tag_keys,
+            fields,
+            plain,
+        });
+        self.last_shape = Some(self.shapes.len() - 1);
         Ok(Some((self.shapes.len() - 1) as u32))
+    }
+
+    /// Reads the fields of a line (`text` runs from its first field to the
+    /// end of the line) expecting the last line's shape: each key in turn,
+    /// then a value up to the next comma, the last one up to a space or
+    /// the end. Returns the fields and what follows them (`None` at the
+    /// end of the line), or `None` at the first surprise, leaving the line
+    /// to the full parser (which also reports any error).
+    #[allow(clippy::type_complexity)]
+    fn fields_like_last(
+        &self,
+        tag_keys: u32,
+        text: &'a str,
+    ) -> Option<(Vec<(Cow<'a, str>, FieldValue<'a>)>, Option<&'a str>)> {
+        let shape = &self.shapes[self.last_shape?];
+        if shape.tag_keys != tag_keys || !shape.plain {
+            return None;
+        }
+        let bytes = text.as_bytes();
+        let mut fields = Vec::with_capacity(shape.fields.len());
+        let mut at = 0;
+        for (i, (key, kind)) in shape.fields.iter().enumerate() {
+            let end = at + key.len();
+            if bytes.get(end) != Some(&b'=') || &bytes[at..end] != key.as_bytes() {
+                return None;
+            }
+            let from = end + 1;
+            let stop = bytes[from..]
+                .iter()
+                .position(|b| matches!(b, b',' | b' ' | b'"' | b'\\'))
+                .map_or(bytes.len(), |p| from + p);
+            let last = i + 1 == shape.fields.len();
+            match bytes.get(stop) {
+                Some(b',') if !last => {}
+                None | Some(b' ') if last => {}
+                _ => return None,
+            }
+            let value = parse_field_value(&text[from..stop]).ok()?;
+            if std::mem::discriminant(&value) != *kind {
+                return None;
+            }
+            fields.push((Cow::Borrowed(&text[at..end]), value));
+            at = stop + 1;
+        }
+        Some((fields, text.get(at..)))
     }
 }
 
@@ -418,6 +485,33 @@ fn parse_series(series: &str) -> Result<SeriesKey<'_>, String> {
     Ok(SeriesKey::new(measurement, tags))
 }
 
+/// Parses the fields of a line (`rest` runs from its first field to the
+/// end of the line): the fields, the stop after them, and what follows.
+#[allow(clippy::type_complexity)]
+fn parse_fields(
+    rest: &str,
+) -> Result<(Vec<(Cow<'_, str>, FieldValue<'_>)>, Option<u8>, &str), String> {
+    let (field_str, stop, ts_str) = split_unescaped(rest, b" ", true);
+    if field_str.is_empty() {
+        return Err("missing fields: a line needs at least one field".into());
+    }
+    let mut fields = Vec::new();
+    let mut fs = field_str;
+    while !fs.is_empty() {
+        let invalid = |pair| format!("invalid field '{}': expected key=value", truncate(pair));
+        let (pair, k, v, more) = split_pair(fs, true).map_err(invalid)?;
+        fs = more;
+        if k.is_empty() {
+            return Err(invalid(pair));
+        }
+        let key = unescape(k, KEY_ESCAPES);
+        check_name("field key", &key)?;
+        let value = parse_field_value(v).map_err(|e| format!("field '{}': {e}", truncate(&key)))?;
+        fields.push((key, value));
+    }
+    Ok((fields, stop, ts_str))
+}
+
 /// Parses one line, with what the body's earlier lines left in `seen`.
 fn parse_line<'a>(
     line: &'a str,
@@ -435,26 +529,17 @@ fn parse_line<'a>(
     let (series, tag_keys) = seen.series(series)?;
 
     let rest = rest.trim_start_matches(' ');
-    let (field_str, stop, ts_str) = split_unescaped(rest, b" ", true);
-    if field_str.is_empty() {
-        return Err("missing fields: a line needs at least one field".into());
-    }
-    // Lines of a body mostly have as many fields as the last shape seen.
-    let mut fields = Vec::with_capacity(seen.shapes.last().map_or(4, |s| s.1.len()));
-    let mut fs = field_str;
-    while !fs.is_empty() {
-        let invalid = |pair| format!("invalid field '{}': expected key=value", truncate(pair));
-        let (pair, k, v, more) = split_pair(fs, true).map_err(invalid)?;
-        fs = more;
-        if k.is_empty() {
-            return Err(invalid(pair));
+    let (fields, shape, stop, ts_str) = match seen.fields_like_last(tag_keys, rest) {
+        Some((fields, after)) => {
+            let shape = seen.last_shape.map(|s| s as u32);
+            (fields, shape, after.map(|_| b' '), after.unwrap_or(""))
         }
-        let key = unescape(k, KEY_ESCAPES);
-        check_name("field key", &key)?;
-        let value = parse_field_value(v).map_err(|e| format!("field '{}': {e}", truncate(&key)))?;
-        fields.push((key, value));
-    }
-    let shape = seen.shape(tag_keys, &fields)?;
+        None => {
+            let (fields, stop, ts_str) = parse_fields(rest)?;
+            let shape = seen.shape(tag_keys, &fields)?;
+            (fields, shape, stop, ts_str)
+        }
+    };
 
     let timestamp = match stop {
         None => None,
@@ -713,8 +798,78 @@ mod tests {
             ]
         }
 
+        /// Lines alike enough that many repeat their predecessor's shape,
+        /// with the escapes, quotes, bad values and spacing that the
+        /// shortcut for such lines must leave to the full parser.
+        fn similar_line() -> impl Strategy<Value = String> {
+            let series = prop::sample::select(vec!["m", "m,t=a", "m,t=b", "n,t=a", "m,t=a\\ b"]);
+            let key = prop::sample::select(vec!["a", "b", "c\\ d", "x\"y", "é", "a"]);
+            let value = prop::sample::select(vec![
+                "1",
+                "2",
+                "2i",
+                "3u",
+                "t",
+                "\"s,x y\"",
+                "1\\,2",
+                "",
+                "1.5e3",
+                "-7i",
+                "nan",
+                "1 ",
+            ]);
+            let field = (key, value).prop_map(|(k, v)| format!("{k}={v}"));
+            let fields = prop::collection::vec(field, 1..4);
+            let tail = prop::sample::select(vec!["", " 5", "  6", " ", ",", " x", " 7 "]);
+            (series, fields, tail).prop_map(|(s, f, t)| format!("{s} {}{t}", f.join(",")))
+        }
+
+        /// Each line of a body as the parser sees it alone: its series,
+        /// fields and time, or its error.
+        #[allow(clippy::type_complexity)]
+        fn alone(
+            line: &str,
+        ) -> Option<Result<(String, Vec<(String, String)>, String, Option<i64>), String>> {
+            let (ok, errs) = parse_lines(line);
+            if let Some(e) = errs.first() {
+                return Some(Err(e.message.clone()));
+            }
+            ok.first().map(|l| Ok(summary(l)))
+        }
+
+        fn summary(l: &ParsedLine) -> (String, Vec<(String, String)>, String, Option<i64>) {
+            let tags = l
+                .tags()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (
+                l.measurement().to_string(),
+                tags,
+                format!("{:?}", l.fields),
+                l.timestamp,
+            )
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// A line parses the same in a body, after lines that may share
+            /// its series and shape, as it does on its own.
+            #[test]
+            fn lines_parse_in_a_body_as_they_do_alone(lines in proptest::collection::vec(similar_line(), 1..12)) {
+                let body = lines.join("\n");
+                let (ok, errs) = parse_lines(&body);
+                let mut got: Vec<(usize, Result<_, String>)> = ok.iter().map(|l| (l.line_number, Ok(summary(l)))).collect();
+                got.extend(errs.iter().map(|e| (e.line_number, Err(e.message.clone()))));
+                got.sort_by_key(|(n, _)| *n);
+                let want: Vec<(usize, Result<_, String>)> = lines
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| alone(l).map(|r| (i + 1, r)))
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
 
             /// Any body parses without a panic; every line is either kept
             /// or reported once, and kept lines respect the name limit.

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    StringDictionaryBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Builder, Int64Builder,
+    RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
 use arrow::datatypes::{Field, Int32Type, Schema};
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
@@ -28,7 +28,7 @@ use strata_catalog::model::{Column, ColumnKind, Database, FieldType, ShardGroup,
 use strata_catalog::{CatalogClient, CatalogData, Command};
 
 use crate::error::{CatalogSnafu, Error, Result};
-use crate::line_protocol::{parse_lines_keeping, FieldValue, LineError, ParsedLine};
+use crate::line_protocol::{parse_lines_keeping, FieldValue, LineError, ParsedLine, SeriesKey};
 use crate::node_clients::NodeClients;
 use strata_proto::CATALOG_VERSION_HEADER;
 
@@ -284,7 +284,8 @@ impl WriteRouter {
         let state = self.catalog.state();
         let mut sends = vec![];
         for (table, rows) in &accepted {
-            let mut by_shard: HashMap<u64, (Vec<u64>, Vec<&Row>)> = HashMap::new();
+            let mut by_shard: HashMap<u64, (Vec<u64>, Vec<&Row>), foldhash::fast::RandomState> =
+                HashMap::default();
             for r in rows {
                 let group = &groups[&r.window_start];
                 let shard = group.shard_for_hash(shard_hash(group, &r.line));
@@ -782,21 +783,28 @@ fn build_batches(
             builder_of[*c] = b;
         }
         let n = chunk.len();
-        let mut builders: Vec<ColumnBuilder> = used
+        let mut builders: Vec<ColumnBuilder<'_>> = used
             .iter()
             .map(|c| ColumnBuilder::new(table_columns[*c].kind, n))
             .collect();
         let mut time = TimestampNanosecondBuilder::with_capacity(n);
         // The position of each builder's value in the current row.
         let mut at: Vec<Option<usize>> = vec![None; used.len()];
+        // Each series of the chunk by number, so that tag columns look a
+        // series' values up once, not once per row.
+        let mut series: HashMap<*const SeriesKey, usize, foldhash::fast::RandomState> =
+            HashMap::default();
         for r in chunk {
+            let key = Arc::as_ptr(&rows[r].line.series);
+            let next = series.len();
+            let slot = *series.entry(key).or_insert(next);
             let entries = positions.of(r);
             for (c, p) in entries {
                 at[builder_of[*c as usize]] = Some(*p as usize);
             }
             let line = &rows[r].line;
             for (b, p) in builders.iter_mut().zip(&at) {
-                b.append(line, *p);
+                b.append(line, *p, slot);
             }
             for (c, _) in entries {
                 at[builder_of[*c as usize]] = None;
@@ -815,7 +823,10 @@ fn build_batches(
             strata_catalog::model::time_data_type(),
             false,
         ));
-        let mut arrays: Vec<ArrayRef> = builders.into_iter().map(ColumnBuilder::finish).collect();
+        let mut arrays: Vec<ArrayRef> = builders
+            .into_iter()
+            .map(ColumnBuilder::finish)
+            .collect::<Result<_, _>>()?;
         arrays.push(Arc::new(time.finish()));
         out.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?);
     }
@@ -823,8 +834,8 @@ fn build_batches(
 }
 
 /// An Arrow builder for one tag or field column.
-enum ColumnBuilder {
-    Tag(StringDictionaryBuilder<Int32Type>),
+enum ColumnBuilder<'a> {
+    Tag(TagBuilder<'a>),
     Float(Float64Builder),
     Integer(Int64Builder),
     UInteger(UInt64Builder),
@@ -832,10 +843,25 @@ enum ColumnBuilder {
     String(StringBuilder),
 }
 
-impl ColumnBuilder {
+/// A tag column: dictionary keys per row, each distinct value once. A
+/// series' key is found once and reused for its other rows.
+struct TagBuilder<'a> {
+    keys: Int32Builder,
+    values: StringBuilder,
+    key_of_value: HashMap<&'a str, i32, foldhash::fast::RandomState>,
+    /// By series number: its key, or -1 until its first row.
+    key_of_series: Vec<i32>,
+}
+
+impl<'a> ColumnBuilder<'a> {
     fn new(kind: ColumnKind, rows: usize) -> Self {
         match kind {
-            ColumnKind::Tag => Self::Tag(StringDictionaryBuilder::with_capacity(rows, 64, 1024)),
+            ColumnKind::Tag => Self::Tag(TagBuilder {
+                keys: Int32Builder::with_capacity(rows),
+                values: StringBuilder::new(),
+                key_of_value: HashMap::default(),
+                key_of_series: vec![],
+            }),
             ColumnKind::Time => unreachable!("the time column is built on its own"),
             ColumnKind::Field(FieldType::Float) => Self::Float(Float64Builder::with_capacity(rows)),
             ColumnKind::Field(FieldType::Integer) => {
@@ -854,13 +880,29 @@ impl ColumnBuilder {
     }
 
     /// Appends the value at `position` of the line's tags (for a tag
-    /// column) or fields, or NULL. A value of another type than the column
-    /// is NULL too (the column check refused such lines already).
-    fn append(&mut self, line: &ParsedLine, position: Option<usize>) {
+    /// column) or fields, or NULL; `series` numbers the line's series
+    /// within the batch. A value of another type than the column is NULL
+    /// too (the column check refused such lines already).
+    fn append(&mut self, line: &'a ParsedLine, position: Option<usize>, series: usize) {
         let field = |p: usize| &line.fields[p].1;
         match (self, position) {
-            (Self::Tag(b), Some(p)) => b.append_value(line.tags()[p].1.as_ref()),
-            (Self::Tag(b), None) => b.append_null(),
+            (Self::Tag(b), Some(p)) => {
+                if b.key_of_series.len() <= series {
+                    b.key_of_series.resize(series + 1, -1);
+                }
+                let mut key = b.key_of_series[series];
+                if key < 0 {
+                    let value = line.tags()[p].1.as_ref();
+                    let next = b.key_of_value.len() as i32;
+                    key = *b.key_of_value.entry(value).or_insert_with(|| {
+                        b.values.append_value(value);
+                        next
+                    });
+                    b.key_of_series[series] = key;
+                }
+                b.keys.append_value(key)
+            }
+            (Self::Tag(b), None) => b.keys.append_null(),
             (Self::Float(b), p) => b.append_option(match p.map(field) {
                 Some(FieldValue::Float(v)) => Some(*v),
                 _ => None,
@@ -884,15 +926,18 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish(self) -> ArrayRef {
-        match self {
-            Self::Tag(mut b) => Arc::new(b.finish()),
+    fn finish(self) -> Result<ArrayRef, arrow::error::ArrowError> {
+        Ok(match self {
+            Self::Tag(mut b) => Arc::new(DictionaryArray::<Int32Type>::try_new(
+                b.keys.finish(),
+                Arc::new(b.values.finish()),
+            )?),
             Self::Float(mut b) => Arc::new(b.finish()),
             Self::Integer(mut b) => Arc::new(b.finish()),
             Self::UInteger(mut b) => Arc::new(b.finish()),
             Self::Boolean(mut b) => Arc::new(b.finish()),
             Self::String(mut b) => Arc::new(b.finish()),
-        }
+        })
     }
 }
 
