@@ -188,6 +188,9 @@ pub fn parse_lines_keeping(
 /// the most of each a body keeps; lines past them get no shape.
 const SHAPES_SEARCHED: usize = 8;
 const MAX_SHAPES: usize = 4_096;
+/// Lines with more tags or fields than this get no shape: a shape copies
+/// its keys, and a body of wide lines in many shapes would hold them all.
+const MAX_SHAPE_WIDTH: usize = 64;
 
 /// What parsing a body remembers from line to line. Bodies mostly repeat
 /// a few thousand series in a handful of shapes: a repeated series text is
@@ -229,7 +232,7 @@ impl<'a> Seen<'a> {
             .find(|i| self.tag_keys[*i].iter().eq(keys.clone()));
         let id = match found {
             Some(i) => i as u32,
-            None if self.tag_keys.len() < MAX_SHAPES => {
+            None if self.tag_keys.len() < MAX_SHAPES && key.tags.len() <= MAX_SHAPE_WIDTH => {
                 self.tag_keys.push(keys.cloned().collect());
                 (self.tag_keys.len() - 1) as u32
             }
@@ -264,7 +267,8 @@ impl<'a> Seen<'a> {
             }
         }
         check_repeated_fields(fields)?;
-        if tag_keys == u32::MAX || self.shapes.len() >= MAX_SHAPES {
+        if tag_keys == u32::MAX || self.shapes.len() >= MAX_SHAPES || fields.len() > MAX_SHAPE_WIDTH
+        {
             return Ok(None);
         }
         // A quote in a key changes where the full parser ends the fields.
