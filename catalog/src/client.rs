@@ -16,7 +16,7 @@ use crate::error::{DecodeSnafu, Error, Result, RpcSnafu, UnreachableSnafu};
 use crate::model::CatalogData;
 
 /// Largest catalog state a client accepts.
-const MAX_STATE_BYTES: usize = 256 << 20;
+pub(crate) const MAX_STATE_BYTES: usize = 256 << 20;
 
 #[derive(Clone)]
 pub struct CatalogClient {

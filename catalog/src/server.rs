@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::error::{BindSnafu, BootstrapSnafu, OpenStorageSnafu, Result, StartRaftSnafu};
 use crate::model::CatalogData;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{Network, RaftServer};
+use crate::raft::network::{Network, RaftServer, MAX_RAFT_MESSAGE_BYTES};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::Raft;
 use crate::service::CatalogServiceImpl;
@@ -65,6 +65,13 @@ impl CatalogServer {
             election_timeout_max: 800,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
             max_in_snapshot_log_to_keep: 100,
+            // A chunk is sent and installed within this time. With openraft's
+            // 200 ms default a member that joined after the log was purged
+            // never caught up (catalog/tests/members.rs): decoding a chunk's
+            // JSON takes longer than that in a debug build on a busy machine.
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 64,
             ..Default::default()
         }
         .validate()
@@ -88,7 +95,11 @@ impl CatalogServer {
         let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(CatalogServiceServer::new(service))
-                .add_service(RaftServiceServer::new(RaftServer { raft: raft.clone() }))
+                .add_service(
+                    RaftServiceServer::new(RaftServer { raft: raft.clone() })
+                        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+                )
                 // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
                 // a listener it is handed, and Nagle's algorithm held each reply for
                 // the peer's delayed ACK (about 40 ms a request).

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
+use crate::client::MAX_STATE_BYTES;
 use crate::command::Command;
 use crate::model::CatalogData;
 use crate::raft::{NodeId, Raft};
@@ -44,14 +45,16 @@ async fn leader_client(
             "the catalog has no leader right now (election in progress); retry shortly",
         ));
     };
-    CatalogServiceClient::connect(format!("http://{}", node.addr))
+    let client = CatalogServiceClient::connect(format!("http://{}", node.addr))
         .await
         .map_err(|e| {
             Status::unavailable(format!(
                 "catalog leader at {} is unreachable: {e}",
                 node.addr
             ))
-        })
+        })?;
+    // A forwarded read carries the whole state back.
+    Ok(client.max_decoding_message_size(MAX_STATE_BYTES))
 }
 
 #[tonic::async_trait]

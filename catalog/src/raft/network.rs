@@ -19,6 +19,14 @@ use tonic::transport::Channel;
 
 use super::{NodeId, Raft, TypeConfig};
 
+/// Largest Raft message either side accepts. Entries and snapshot chunks
+/// travel as JSON, in which a snapshot's bytes take about 3.6 times their
+/// size: one of openraft's default 3 MiB chunks is over 10 MiB, past
+/// gRPC's default 4 MiB limit. Chunks are 1 MiB and appends carry at most
+/// 64 entries (each at most a request's worth of new columns), so messages
+/// stay well below this.
+pub(crate) const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+
 /// Creates one lazily connected gRPC client per peer.
 pub struct Network;
 
@@ -26,8 +34,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let client = Channel::from_shared(format!("http://{}", node.addr))
-            .map(|e| RaftServiceClient::new(e.connect_lazy()));
+        let client = Channel::from_shared(format!("http://{}", node.addr)).map(|e| {
+            RaftServiceClient::new(e.connect_lazy())
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        });
         PeerClient {
             target,
             addr: node.addr.clone(),
