@@ -83,10 +83,8 @@ impl<'a> ParsedLine<'a> {
     /// Whether two lines name the same tags and fields in the same order
     /// with the same field types.
     pub fn same_shape(&self, other: &ParsedLine) -> bool {
-        if let (Some(a), Some(b)) = (self.shape, other.shape) {
-            if a == b {
-                return true;
-            }
+        if self.shape.is_some() && self.shape == other.shape {
+            return true;
         }
         let (a, b) = (self.tags(), other.tags());
         a.len() == b.len()

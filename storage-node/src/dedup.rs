@@ -536,17 +536,21 @@ mod tests {
         assert_eq!(t.values().to_vec(), vec![1, 9, 2]);
     }
 
-    /// Batches that each carry some of the fields give, chunk by chunk and
-    /// at any chunk size, exactly what their widened, dense merge gives.
-    #[test]
-    fn sparse_batches_merge_like_their_dense_form_at_any_chunk_size() {
-        let mut seed = 7u64;
-        let mut next = move |n: u64| {
+    /// A seeded stream of numbers below the bound asked for each time.
+    fn numbers(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (seed >> 33) % n
-        };
+        }
+    }
+
+    /// Batches that each carry some of the fields give, chunk by chunk and
+    /// at any chunk size, exactly what their widened, dense merge gives.
+    #[test]
+    fn sparse_batches_merge_like_their_dense_form_at_any_chunk_size() {
+        let mut next = numbers(7);
         let mut batches = vec![];
         for _ in 0..30 {
             let rows: Vec<(&str, Option<f64>, Option<i64>, i64)> = (0..1 + next(8))
@@ -591,13 +595,7 @@ mod tests {
     #[test]
     fn key_order_matches_a_column_by_column_sort() {
         use arrow::compute::{lexsort_to_indices, SortColumn};
-        let mut seed = 11u64;
-        let mut next = move |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
+        let mut next = numbers(11);
         let n = 20_000;
         for (columns, distinct) in [(1, 3), (3, 50), (5, 12_000)] {
             let mut keys: Vec<ArrayRef> = vec![];
