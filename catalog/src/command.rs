@@ -50,6 +50,14 @@ pub enum Command {
         id: u64,
         flight_addr: String,
     },
+    /// A client's command tagged with an id the client picked, so that a
+    /// retry of a command whose answer was lost (its member died, the
+    /// leader changed) is applied once: the state machine answers a repeated
+    /// id with the result it gave the first time.
+    Once {
+        request_id: String,
+        command: Box<Command>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +185,9 @@ impl CatalogData {
                     name: database.clone(),
                 }),
             },
+            // The state machine answers repeated ids; applied on its own,
+            // the command inside is simply applied.
+            Command::Once { command, .. } => self.apply(command),
             Command::RegisterNode { id, flight_addr } => {
                 let info = StorageNodeInfo {
                     id: *id,

@@ -25,6 +25,9 @@ pub enum Error {
     #[snafu(display("cannot initialize the catalog cluster: {message}"))]
     Bootstrap { message: String },
 
+    #[snafu(display("cannot join the catalog cluster: {message}"))]
+    Join { message: String },
+
     #[snafu(display("cannot listen on {addr}: {source}"))]
     Bind {
         addr: String,
@@ -39,6 +42,20 @@ pub enum Error {
 
     #[snafu(display("catalog request to {addr} failed: {}", source.message()))]
     Rpc { addr: String, source: tonic::Status },
+
+    #[snafu(display(
+        "no catalog member answered {what} within {} s (tried {members}); last error: {last}",
+        waited.as_secs_f64().round()
+    ))]
+    NoMember {
+        what: &'static str,
+        members: String,
+        waited: std::time::Duration,
+        last: String,
+    },
+
+    #[snafu(display("bad catalog address list '{addrs}': {message}"))]
+    BadAddress { addrs: String, message: String },
 
     #[snafu(display("catalog sent an undecodable {what}: {source}"))]
     Decode {

@@ -15,12 +15,17 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::error::{BindSnafu, BootstrapSnafu, OpenStorageSnafu, Result, StartRaftSnafu};
+use strata_proto::catalog::v1::{AddLearnerRequest, ChangeMembershipRequest, StatusRequest};
+
+use crate::client::{Members, REQUEST_TIMEOUT};
+use crate::error::{
+    BindSnafu, BootstrapSnafu, JoinSnafu, OpenStorageSnafu, Result, StartRaftSnafu,
+};
 use crate::model::CatalogData;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, RaftServer, MAX_RAFT_MESSAGE_BYTES};
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::Raft;
+use crate::raft::{NodeId, Raft};
 use crate::service::CatalogServiceImpl;
 
 #[derive(Debug, Clone)]
@@ -33,6 +38,10 @@ pub struct CatalogConfig {
     pub advertise: Option<String>,
     /// Initialize a new single-voter cluster if this node has no state yet.
     pub bootstrap: bool,
+    /// Members of an existing cluster (`host:port[,...]`) to join: this node
+    /// is added as a learner, catches up, then becomes a voter. Nothing
+    /// happens when it already is one (a restart).
+    pub join: Option<String>,
 }
 
 pub struct CatalogServer {
@@ -139,6 +148,15 @@ impl CatalogServer {
                     .build()
                 })?;
         }
+        if let Some(join) = &config.join {
+            if config.bootstrap {
+                return Err(JoinSnafu {
+                    message: "--bootstrap starts a new cluster, --join enters an existing one; give one of them".to_string(),
+                }
+                .build());
+            }
+            join_cluster(config.node_id, &advertise, join).await?;
+        }
         tracing::info!(%addr, node_id = config.node_id, "catalog node serving");
         Ok(Self {
             addr,
@@ -170,11 +188,83 @@ impl CatalogServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        // Raft first: stopping it ends the state's watch streams, which a
+        // graceful shutdown of the server would otherwise wait for.
         let _ = self.raft.shutdown().await;
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
     }
+}
+
+/// How long joining may take: the learner receives the whole catalog first.
+const JOIN_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Makes this node a voter of the cluster that `join` names.
+async fn join_cluster(node_id: NodeId, advertise: &str, join: &str) -> Result<()> {
+    let members = Members::parse(join)?;
+    let status = members
+        .call(
+            "a status request",
+            REQUEST_TIMEOUT,
+            JOIN_PATIENCE,
+            |mut c| async move { c.status(StatusRequest {}).await },
+        )
+        .await?
+        .into_inner();
+    members.learn(&status);
+    match status.members.iter().find(|m| m.node_id == node_id) {
+        Some(m) if m.addr != advertise => {
+            return Err(JoinSnafu {
+                message: format!(
+                    "catalog member {node_id} is already in the cluster at {}; this node advertises {advertise} (pick another --node-id, or remove the old member first)",
+                    m.addr
+                ),
+            }
+            .build())
+        }
+        Some(m) if m.voter => {
+            tracing::info!(node_id, "already a voter of the catalog cluster");
+            return Ok(());
+        }
+        _ => {}
+    }
+    tracing::info!(node_id, %advertise, "joining the catalog cluster as a learner");
+    members
+        .call(
+            "a request to add a learner",
+            JOIN_PATIENCE,
+            JOIN_PATIENCE,
+            |mut c| async move {
+                c.add_learner(AddLearnerRequest {
+                    node_id,
+                    addr: advertise.to_string(),
+                })
+                .await
+            },
+        )
+        .await?;
+    tracing::info!(node_id, "caught up; becoming a voter");
+    members
+        .call(
+            "a request to add a voter",
+            REQUEST_TIMEOUT * 6,
+            JOIN_PATIENCE,
+            |mut c| async move {
+                c.change_membership(ChangeMembershipRequest {
+                    add_voters: vec![node_id],
+                    ..Default::default()
+                })
+                .await
+            },
+        )
+        .await?;
+    Ok(())
 }
 
 impl Drop for CatalogServer {

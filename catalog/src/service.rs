@@ -1,18 +1,18 @@
 //! The client-facing catalog gRPC service (`strata.catalog.v1`). Writes and
 //! linearizable reads that reach a follower are forwarded to the leader.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
-use openraft::BasicNode;
+use openraft::{BasicNode, ChangeMembers, Membership, ServerState};
 use strata_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use strata_proto::catalog::v1::catalog_service_server::CatalogService;
 use strata_proto::catalog::v1::{
     AddLearnerRequest, CatalogState, ChangeMembershipRequest, ExecuteRequest, ExecuteResponse,
-    GetStateRequest, MembershipResponse, StatusRequest, StatusResponse, WatchRequest,
+    GetStateRequest, Member, MembershipResponse, StatusRequest, StatusResponse, WatchRequest,
 };
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
@@ -55,6 +55,23 @@ async fn leader_client(
         })?;
     // A forwarded read carries the whole state back.
     Ok(client.max_decoding_message_size(MAX_STATE_BYTES))
+}
+
+fn membership_response(m: &Option<Membership<NodeId, BasicNode>>) -> Response<MembershipResponse> {
+    Response::new(MembershipResponse {
+        membership_json: serde_json::to_string(m).unwrap_or_default(),
+    })
+}
+
+/// How `strata admin catalog status` and `system.catalog` name a role.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
 }
 
 #[tonic::async_trait]
@@ -114,29 +131,54 @@ impl CatalogService for CatalogServiceImpl {
         request: Request<AddLearnerRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
         let req = request.into_inner();
-        let resp = self
+        if req.addr.is_empty() {
+            return Err(Status::invalid_argument("a learner needs an address"));
+        }
+        // Blocks until the learner has caught up with the leader's log, so
+        // that promoting it next does not stall commits.
+        match self
             .raft
             .add_learner(req.node_id, BasicNode::new(&req.addr), true)
             .await
-            .map_err(|e| Status::failed_precondition(format!("adding learner: {e}")))?;
-        Ok(Response::new(MembershipResponse {
-            membership_json: serde_json::to_string(&resp.membership).unwrap_or_default(),
-        }))
+        {
+            Ok(resp) => Ok(membership_response(&resp.membership)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                leader_client(&f).await?.add_learner(req).await
+            }
+            Err(e) => Err(Status::failed_precondition(format!(
+                "adding catalog member {} at {}: {e}",
+                req.node_id, req.addr
+            ))),
+        }
     }
 
     async fn change_membership(
         &self,
         request: Request<ChangeMembershipRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
-        let voters: BTreeSet<u64> = request.into_inner().voters.into_iter().collect();
-        let resp = self
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("changing membership: {e}")))?;
-        Ok(Response::new(MembershipResponse {
-            membership_json: serde_json::to_string(&resp.membership).unwrap_or_default(),
-        }))
+        let req = request.into_inner();
+        let change: ChangeMembers<NodeId, BasicNode> = if !req.voters.is_empty() {
+            ChangeMembers::ReplaceAllVoters(req.voters.iter().copied().collect())
+        } else if !req.add_voters.is_empty() && req.remove_voters.is_empty() {
+            ChangeMembers::AddVoterIds(req.add_voters.iter().copied().collect())
+        } else if req.add_voters.is_empty() && !req.remove_voters.is_empty() {
+            ChangeMembers::RemoveVoters(req.remove_voters.iter().copied().collect())
+        } else {
+            return Err(Status::invalid_argument(
+                "give either the new voters, or voters to add, or voters to remove",
+            ));
+        };
+        // `retain = false`: a removed voter leaves the cluster instead of
+        // staying on as a learner.
+        match self.raft.change_membership(change, false).await {
+            Ok(resp) => Ok(membership_response(&resp.membership)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                leader_client(&f).await?.change_membership(req).await
+            }
+            Err(e) => Err(Status::failed_precondition(format!(
+                "changing catalog membership: {e}"
+            ))),
+        }
     }
 
     async fn status(
@@ -144,22 +186,33 @@ impl CatalogService for CatalogServiceImpl {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let m = self.raft.metrics().borrow().clone();
-        let nodes: BTreeMap<_, _> = m
-            .membership_config
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members: Vec<Member> = membership
             .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
+            .map(|(id, n)| Member {
+                node_id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
             .collect();
-        let leader_addr = m
-            .current_leader
-            .and_then(|l| nodes.get(&l).cloned())
-            .unwrap_or_default();
+        let addr_of = |id: NodeId| {
+            members
+                .iter()
+                .find(|m| m.node_id == id)
+                .map(|m| m.addr.clone())
+        };
         Ok(Response::new(StatusResponse {
             node_id: self.node_id,
             leader_id: m.current_leader,
             term: m.current_term,
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             catalog_version: self.state.borrow().version,
-            leader_addr,
+            leader_addr: m.current_leader.and_then(addr_of).unwrap_or_default(),
+            role: role_name(m.state).to_string(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            addr: addr_of(self.node_id).unwrap_or_default(),
+            members,
         }))
     }
 }

@@ -16,6 +16,7 @@ async fn start(id: u64, dir: &std::path::Path, bootstrap: bool) -> CatalogServer
         listen: "127.0.0.1:0".to_string(),
         advertise: None,
         bootstrap,
+        join: None,
     })
     .await
     .expect("catalog member starts")

@@ -1,6 +1,7 @@
-//! `strata dev`: a whole cluster in one process — one catalog voter, N
-//! storage nodes and a coordinator — on one local data directory. Every
-//! part talks to the others over real sockets, as separate processes would.
+//! `strata dev`: a whole cluster in one process — one catalog voter (or
+//! three or five), N storage nodes and a coordinator — on one local data
+//! directory. Every part talks to the others over real sockets, as separate
+//! processes would.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ pub struct DevConfig {
     pub http_addr: String,
     pub flight_addr: String,
     pub catalog_addr: String,
+    /// Catalog members (Raft voters): 1, 3 or 5.
+    pub catalog_voters: u32,
     pub storage_nodes: u32,
     /// Flush a storage node's memtables at this many rows.
     pub flush_rows: Option<usize>,
@@ -32,6 +35,7 @@ impl DevConfig {
             http_addr: "127.0.0.1:8086".into(),
             flight_addr: "127.0.0.1:8082".into(),
             catalog_addr: "127.0.0.1:0".into(),
+            catalog_voters: 1,
             storage_nodes: 3,
             flush_rows: None,
             max_series_per_database: None,
@@ -54,18 +58,22 @@ impl DevConfig {
 pub struct DevAddrs {
     pub http: SocketAddr,
     pub flight: SocketAddr,
-    pub catalog: SocketAddr,
+    /// The catalog members, `host:port,...` (what `--catalog` takes).
+    pub catalog: String,
     pub storage: Vec<SocketAddr>,
 }
 
 pub struct DevCluster {
-    pub catalog: CatalogServer,
+    /// The catalog's members; the first bootstrapped the cluster.
+    pub catalog: Vec<CatalogServer>,
     pub storage: Vec<StorageNode>,
     pub coordinator: Coordinator,
 }
 
 #[derive(Debug, snafu::Snafu)]
 pub enum DevError {
+    #[snafu(display("--catalog-voters must be 1, 3 or 5, not {n}"))]
+    Voters { n: u32 },
     #[snafu(display("catalog: {source}"))]
     Catalog { source: strata_catalog::Error },
     #[snafu(display("storage node {node_id}: {source}"))]
@@ -80,16 +88,39 @@ pub enum DevError {
 impl DevCluster {
     pub async fn start(config: DevConfig) -> Result<Self, DevError> {
         use snafu::ResultExt;
-        let catalog = CatalogServer::start(CatalogConfig {
+        if ![1, 3, 5].contains(&config.catalog_voters) {
+            return Err(DevError::Voters {
+                n: config.catalog_voters,
+            });
+        }
+        let first = CatalogServer::start(CatalogConfig {
             node_id: 1,
             data_dir: config.data_dir.join("catalog"),
             listen: config.catalog_addr.clone(),
             advertise: None,
             bootstrap: true,
+            join: None,
         })
         .await
         .context(CatalogSnafu)?;
-        let catalog_addr = catalog.addr().to_string();
+        let seed = first.addr().to_string();
+        let mut catalog = vec![first];
+        for id in 2..=config.catalog_voters as u64 {
+            // The first member keeps its directory name from before there
+            // could be more than one.
+            let member = CatalogServer::start(CatalogConfig {
+                node_id: id,
+                data_dir: config.data_dir.join(format!("catalog-{id}")),
+                listen: "127.0.0.1:0".into(),
+                advertise: None,
+                bootstrap: false,
+                join: Some(seed.clone()),
+            })
+            .await
+            .context(CatalogSnafu)?;
+            catalog.push(member);
+        }
+        let catalog_addr = catalog_list(&catalog);
         let mut storage = vec![];
         for id in 1..=config.storage_nodes as u64 {
             let mut engine = EngineConfig::new(config.data_dir.join(format!("storage-{id}")));
@@ -129,7 +160,7 @@ impl DevCluster {
         DevAddrs {
             http: self.coordinator.http_addr(),
             flight: self.coordinator.flight_addr(),
-            catalog: self.catalog.addr(),
+            catalog: catalog_list(&self.catalog),
             storage: self.storage.iter().map(|s| s.addr()).collect(),
         }
     }
@@ -141,6 +172,16 @@ impl DevCluster {
         for s in self.storage {
             s.shutdown().await;
         }
-        self.catalog.shutdown().await;
+        for c in self.catalog {
+            c.shutdown().await;
+        }
     }
+}
+
+fn catalog_list(members: &[CatalogServer]) -> String {
+    members
+        .iter()
+        .map(|m| m.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

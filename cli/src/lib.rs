@@ -2,6 +2,7 @@
 //! runners, the SQL client and the benchmark commands, so that integration tests drive the same
 //! code as users.
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod dev;

@@ -36,6 +36,9 @@ enum Command {
     Coordinator(CoordinatorArgs),
     /// Interactive SQL over Flight SQL.
     Sql(SqlArgs),
+    /// Operator commands: catalog membership.
+    #[command(subcommand)]
+    Admin(strata::admin::AdminCommand),
     /// Benchmark tools (TSBS-style).
     #[command(subcommand)]
     Bench(strata::bench::BenchCommand),
@@ -53,6 +56,9 @@ struct DevArgs {
     flight_addr: String,
     #[arg(long, default_value_t = 3)]
     storage_nodes: u32,
+    /// Catalog members (Raft voters) to run: 1, 3 or 5.
+    #[arg(long, default_value_t = 1)]
+    catalog_voters: u32,
     /// Flush a storage node's memtables to Parquet at this many rows.
     #[arg(long)]
     flush_rows: Option<usize>,
@@ -87,6 +93,10 @@ struct CatalogArgs {
     /// Start a new single-voter cluster when this node has no state yet.
     #[arg(long)]
     bootstrap: bool,
+    /// Join the cluster these members (`host:port[,...]`) belong to: as a
+    /// learner first, as a voter once caught up. Harmless on a restart.
+    #[arg(long)]
+    join: Option<String>,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -103,7 +113,7 @@ struct StorageArgs {
     listen: Option<String>,
     #[arg(long)]
     advertise: Option<String>,
-    /// The catalog's address.
+    /// The catalog's members, `host:port[,host:port...]`.
     #[arg(long, env = "STRATA_CATALOG")]
     catalog: Option<String>,
     /// `always` (fsync before acknowledging, the default) or an interval
@@ -136,6 +146,7 @@ struct CoordinatorArgs {
     http_addr: Option<String>,
     #[arg(long, env = "STRATA_FLIGHT_ADDR")]
     flight_addr: Option<String>,
+    /// The catalog's members, `host:port[,host:port...]`.
     #[arg(long, env = "STRATA_CATALOG")]
     catalog: Option<String>,
     /// Memory in-flight writes may hold, in MiB (503 with Retry-After past it).
@@ -226,6 +237,10 @@ fn main() -> ExitCode {
             Command::Storage(a) => run_storage(a).await,
             Command::Coordinator(a) => run_coordinator(a).await,
             Command::Sql(a) => run_sql(a).await,
+            Command::Admin(a) => {
+                init_tracing("warn");
+                strata::admin::run(a).await
+            }
             Command::Bench(b) => {
                 init_tracing("warn");
                 strata::bench::run(b).await
@@ -249,6 +264,7 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         http_addr: a.http_addr,
         flight_addr: a.flight_addr,
         storage_nodes: a.storage_nodes.max(1),
+        catalog_voters: a.catalog_voters,
         flush_rows: a.flush_rows,
         max_series_per_database: a.max_series_per_database,
         write_memory_limit_bytes: a.write_memory_limit_mib << 20,
@@ -291,6 +307,13 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
             .map_err(|e| e.0)?,
         advertise: a.advertise,
         bootstrap: a.bootstrap || f.pick(None, "bootstrap", false).map_err(|e| e.0)?,
+        join: match a.join {
+            Some(j) => Some(j),
+            None => {
+                let j: String = f.pick(None, "join", String::new()).map_err(|e| e.0)?;
+                (!j.is_empty()).then_some(j)
+            }
+        },
     };
     let server = CatalogServer::start(config)
         .await

@@ -33,7 +33,7 @@ async fn writes_come_back_exactly_across_shard_groups_and_nodes() {
     load(&c, &d).await;
 
     // Six one-hour shard groups, their shards spread over all three nodes.
-    let state = c.cluster().catalog.state();
+    let state = c.cluster().catalog[0].state();
     let db = &state.databases["tsbs"];
     assert_eq!(db.shard_groups.len(), 6);
     for node in &c.cluster().storage {

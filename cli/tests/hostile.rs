@@ -248,7 +248,7 @@ async fn a_storage_node_refuses_batches_that_contradict_the_catalog() {
     let (status, _) = c.write("direct", "s", "m,host=a v=1 1\n").await;
     assert_eq!(status, 204);
     let catalog = CatalogClient::connect(
-        &c.cluster().addrs().catalog.to_string(),
+        &c.cluster().addrs().catalog,
         std::time::Duration::from_secs(5),
     )
     .await

@@ -5,6 +5,7 @@
 //! with the log id it covers) plus the committed log entries after it, which
 //! openraft re-applies because the committed log id is persisted.
 
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{io_err, Applied, Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::command::{Command, CommandResult};
 use crate::fsutil::write_atomic;
 use crate::model::CatalogData;
 
@@ -31,6 +33,7 @@ pub struct StateMachineStore {
 
 struct Inner {
     data: CatalogData,
+    requests: RecentRequests,
     last_applied: Option<LogId>,
     last_membership: StoredMembership<NodeId, BasicNode>,
     snapshot: Option<StoredSnapshot>,
@@ -40,6 +43,90 @@ struct Inner {
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
     data: CatalogData,
+    #[serde(default)]
+    requests: RecentRequests,
+}
+
+/// What a snapshot carries to another member.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    data: CatalogData,
+    requests: RecentRequests,
+}
+
+impl SnapshotBody {
+    fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes).or_else(|e| {
+            // Snapshots from before request ids held the state alone.
+            serde_json::from_slice::<CatalogData>(bytes)
+                .map(|data| SnapshotBody {
+                    data,
+                    requests: RecentRequests::default(),
+                })
+                .map_err(|_| e)
+        })
+    }
+}
+
+/// Results of the last [`RECENT_REQUESTS`] tagged commands
+/// ([`Command::Once`]), so that a client's retry is answered instead of
+/// applied twice. Part of the replicated state: snapshots carry it.
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct RecentRequests(VecDeque<(String, Applied)>);
+
+/// How many tagged commands are remembered. A client retries within
+/// seconds; this covers thousands of other commands in between.
+const RECENT_REQUESTS: usize = 4096;
+
+impl RecentRequests {
+    fn get(&self, id: &str) -> Option<&Applied> {
+        self.0.iter().rev().find(|(r, _)| r == id).map(|(_, a)| a)
+    }
+
+    fn remember(&mut self, id: String, applied: Applied) {
+        if self.0.len() == RECENT_REQUESTS {
+            self.0.pop_front();
+        }
+        self.0.push_back((id, applied));
+    }
+}
+
+/// Applies one command, answering a repeated request id from memory.
+fn apply_command(data: &mut CatalogData, requests: &mut RecentRequests, cmd: &Command) -> Applied {
+    if let Command::Once {
+        request_id,
+        command,
+    } = cmd
+    {
+        if let Some(first) = requests.get(request_id) {
+            return Applied {
+                version: data.version.max(first.version),
+                result: first.result.clone(),
+            };
+        }
+        let applied = apply_command(data, requests, command);
+        requests.remember(request_id.clone(), applied.clone());
+        return applied;
+    }
+    let result = data.apply(cmd);
+    Applied {
+        version: data.version,
+        result,
+    }
+}
+
+impl StoredSnapshot {
+    fn body(&self) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            data: &'a CatalogData,
+            requests: &'a RecentRequests,
+        }
+        serde_json::to_vec(&Body {
+            data: &self.data,
+            requests: &self.requests,
+        })
+    }
 }
 
 impl StateMachineStore {
@@ -60,12 +147,14 @@ impl StateMachineStore {
         let inner = match &snapshot {
             Some(s) => Inner {
                 data: s.data.clone(),
+                requests: s.requests.clone(),
                 last_applied: s.meta.last_log_id,
                 last_membership: s.meta.last_membership.clone(),
                 snapshot: snapshot.clone(),
             },
             None => Inner {
                 data: CatalogData::default(),
+                requests: RecentRequests::default(),
                 last_applied: None,
                 last_membership: StoredMembership::default(),
                 snapshot: None,
@@ -126,10 +215,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     snapshot_id: id,
                 },
                 data: i.data.clone(),
+                requests: i.requests.clone(),
             }
         });
         self.persist_off_runtime(&stored).await?;
-        let bytes = serde_json::to_vec(&stored.data)
+        let bytes = stored
+            .body()
             .map_err(|e| StorageIOError::write_snapshot(None, io_err(e)))?;
         let meta = stored.meta.clone();
         self.with(|i| i.snapshot = Some(stored));
@@ -158,18 +249,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut results = vec![];
             for entry in entries {
                 i.last_applied = Some(entry.log_id);
-                let result = match entry.payload {
-                    EntryPayload::Blank => crate::command::CommandResult::Done,
-                    EntryPayload::Normal(cmd) => i.data.apply(&cmd),
+                let applied = match entry.payload {
+                    EntryPayload::Normal(cmd) => apply_command(&mut i.data, &mut i.requests, &cmd),
+                    EntryPayload::Blank => Applied {
+                        version: i.data.version,
+                        result: CommandResult::Done,
+                    },
                     EntryPayload::Membership(m) => {
                         i.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                        crate::command::CommandResult::Done
+                        Applied {
+                            version: i.data.version,
+                            result: CommandResult::Done,
+                        }
                     }
                 };
-                results.push(Applied {
-                    version: i.data.version,
-                    result,
-                });
+                results.push(applied);
             }
             (results, i.data.clone())
         });
@@ -190,15 +284,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data: CatalogData = serde_json::from_slice(snapshot.get_ref())
+        let SnapshotBody { data, requests } = SnapshotBody::decode(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: data.clone(),
+            requests: requests.clone(),
         };
         self.persist_off_runtime(&stored).await?;
         self.with(|i| {
             i.data = data.clone();
+            i.requests = requests;
             i.last_applied = meta.last_log_id;
             i.last_membership = meta.last_membership.clone();
             i.snapshot = Some(stored);
@@ -211,7 +307,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(s) = self.with(|i| i.snapshot.clone()) else {
             return Ok(None);
         };
-        let bytes = serde_json::to_vec(&s.data)
+        let bytes = s
+            .body()
             .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
         Ok(Some(Snapshot {
             meta: s.meta,
