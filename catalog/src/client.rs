@@ -35,6 +35,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// election takes about a second) before it fails.
 pub const RETRY_PATIENCE: Duration = Duration::from_secs(20);
 
+/// The longest wait between two rounds over the members. Short: a round
+/// costs a few local RPCs, and an election is over in about a second.
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
 /// How often a watch checks that the member it listens to still leads.
 const WATCH_CHECK: Duration = Duration::from_secs(1);
 
@@ -206,7 +210,7 @@ impl Members {
                 });
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

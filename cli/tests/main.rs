@@ -2,6 +2,7 @@
 //! servers on port 0, real files, real Raft.
 
 mod bench;
+mod catalog_failover;
 mod differential;
 mod distributed;
 mod durability;
