@@ -251,3 +251,71 @@ async fn a_repeated_request_id_is_answered_not_applied_again() {
     );
     server.shutdown().await;
 }
+
+/// A member that was down while the others snapshotted and purged the log
+/// it lacks comes back through a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_while_the_log_was_purged_comes_back_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers: Vec<Option<CatalogServer>> =
+        three(dir.path()).await.into_iter().map(Some).collect();
+    let list = servers
+        .iter()
+        .flatten()
+        .map(|s| s.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = CatalogClient::connect(&list, Duration::from_secs(10))
+        .await
+        .unwrap();
+    client.execute(create("before")).await.unwrap();
+
+    // Stop a follower.
+    let leader = leader_index(&servers).await;
+    let down = (leader + 1) % 3;
+    let down_addr = servers[down].as_ref().unwrap().addr().to_string();
+    servers[down].take().unwrap().shutdown().await;
+
+    let mut acknowledged = BTreeSet::from(["before".to_string()]);
+    for i in 0..50 {
+        client
+            .execute(create(&format!("while_down_{i}")))
+            .await
+            .unwrap();
+        acknowledged.insert(format!("while_down_{i}"));
+    }
+    // Snapshot and purge on both running members.
+    for s in servers.iter().flatten() {
+        let raft = s.raft();
+        raft.trigger().snapshot().await.unwrap();
+        raft.wait(Some(Duration::from_secs(20)))
+            .metrics(
+                |m| {
+                    m.snapshot.is_some()
+                        && m.snapshot.map(|s| s.index) == m.last_applied.map(|l| l.index)
+                },
+                "snapshot of every applied entry",
+            )
+            .await
+            .unwrap();
+        let last = raft.metrics().borrow().snapshot.unwrap().index;
+        raft.trigger().purge_log(last).await.unwrap();
+        raft.wait(Some(Duration::from_secs(20)))
+            .metrics(|m| m.purged.map(|p| p.index) == Some(last), "log purged")
+            .await
+            .unwrap();
+    }
+
+    let back = start(down as u64 + 1, dir.path(), &down_addr, None).await;
+    wait_for_databases(&back, &acknowledged).await;
+    let m = back.raft().metrics().borrow().clone();
+    assert!(
+        m.snapshot.is_some(),
+        "the member caught up without a snapshot: {m:?}"
+    );
+    servers[down] = Some(back);
+    drop(client);
+    for s in servers.into_iter().flatten() {
+        s.shutdown().await;
+    }
+}
