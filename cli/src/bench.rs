@@ -38,6 +38,9 @@ pub enum BenchCommand {
     /// Draw median latency per query type of one or more `run --json`
     /// reports as an SVG bar chart.
     Chart(ChartArgs),
+    /// Kill the catalog leader of a three-member catalog under a DDL
+    /// stream; print the time to the next acknowledged DDL and DDL lost.
+    CatalogFailover(crate::failover_bench::FailoverArgs),
 }
 
 /// The data set's shape, shared by `generate`, `queries` and `run`.
@@ -217,6 +220,7 @@ pub async fn run(command: BenchCommand) -> Result<(), String> {
         BenchCommand::Load(a) => load(a).await,
         BenchCommand::Run(a) => run_queries(a).await,
         BenchCommand::Chart(a) => draw_chart(a),
+        BenchCommand::CatalogFailover(a) => crate::failover_bench::run(a).await,
     }
 }
 

@@ -6,4 +6,5 @@ pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod dev;
+pub mod failover_bench;
 pub mod sql_client;

@@ -1,0 +1,358 @@
+//! `strata bench catalog-failover`: starts three catalog members, a storage
+//! node and a coordinator as processes of this binary, runs `CREATE
+//! DATABASE` in a loop over Flight SQL, kills the catalog leader (SIGKILL)
+//! and prints the time from the kill to the next acknowledged DDL and how
+//! many acknowledged DDL any member lacks afterwards (must be 0). Each round
+//! restarts the member killed in the one before.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use strata_catalog::client::Members;
+use strata_catalog::CatalogData;
+use strata_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
+use strata_proto::catalog::v1::WatchRequest;
+
+use crate::sql_client::SqlClient;
+
+#[derive(Args)]
+pub struct FailoverArgs {
+    /// Leader kills to measure.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// DDL time before each kill, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    before_s: f64,
+    /// DDL time after the next acknowledged DDL, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    after_s: f64,
+    /// Where the processes keep their data (default: a new temporary
+    /// directory, removed afterwards).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+struct Process {
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[&str], addr_file: &Path) -> Result<(Process, serde_json::Value), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let _ = std::fs::remove_file(addr_file);
+    let mut child = Command::new(exe)
+        .args(args)
+        .arg("--addr-file")
+        .arg(addr_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start strata {args:?}: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l == "strata is ready");
+    let process = Process { child };
+    if !ready {
+        return Err(format!("strata {args:?} exited before it was ready"));
+    }
+    let addrs = std::fs::read(addr_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("strata {args:?} wrote no address file"))?;
+    Ok((process, addrs))
+}
+
+fn free_addr() -> Result<String, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.to_string())
+}
+
+struct Member {
+    id: u64,
+    addr: String,
+    join: Option<String>,
+    process: Option<Process>,
+}
+
+impl Member {
+    fn start(&mut self, dir: &Path) -> Result<(), String> {
+        let data = dir.join(format!("catalog-{}", self.id));
+        let id = self.id.to_string();
+        let mut args = vec![
+            "catalog",
+            "--node-id",
+            &id,
+            "--listen",
+            &self.addr,
+            "--data-dir",
+            data.to_str().ok_or("the data directory is not UTF-8")?,
+        ];
+        match &self.join {
+            Some(j) => args.extend(["--join", j.as_str()]),
+            None => args.push("--bootstrap"),
+        }
+        let (p, _) = spawn(&args, &dir.join(format!("catalog-{}.json", self.id)))?;
+        self.process = Some(p);
+        Ok(())
+    }
+}
+
+/// The state a member applied (the first message of a watch on it).
+async fn local_state(addr: &str) -> Option<CatalogData> {
+    let mut c = CatalogServiceClient::connect(format!("http://{addr}"))
+        .await
+        .ok()?
+        .max_decoding_message_size(256 << 20);
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.watch(WatchRequest { known_version: 0 }),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .into_inner();
+    let state = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .ok()?
+        .ok()??;
+    serde_json::from_slice(&state.state_json).ok()
+}
+
+async fn leader(members: &Members, list: &[Member]) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let best = members
+            .statuses(Duration::from_millis(500))
+            .await
+            .into_iter()
+            .filter_map(|(addr, s)| s.ok().map(|s| (addr, s)))
+            .filter(|(_, s)| s.role == "leader")
+            .max_by_key(|(_, s)| s.term);
+        if let Some((addr, _)) = best {
+            return list.iter().position(|m| m.addr == addr);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Acknowledged DDL any running member still lacks after up to 10 s.
+async fn lost(list: &[Member], acknowledged: &BTreeSet<String>) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut missing = BTreeSet::new();
+        for m in list.iter().filter(|m| m.process.is_some()) {
+            let state = local_state(&m.addr).await.unwrap_or_default();
+            missing.extend(
+                acknowledged
+                    .iter()
+                    .filter(|n| !state.databases.contains_key(*n))
+                    .cloned(),
+            );
+        }
+        if missing.is_empty() || Instant::now() > deadline {
+            return missing.len();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(a: FailoverArgs) -> Result<(), String> {
+    let tmp;
+    let dir = match &a.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile_dir()?;
+            tmp.0.clone()
+        }
+    };
+    let seed = free_addr()?;
+    let mut list: Vec<Member> = vec![];
+    for id in 1..=3u64 {
+        list.push(Member {
+            id,
+            addr: if id == 1 { seed.clone() } else { free_addr()? },
+            join: (id > 1).then(|| seed.clone()),
+            process: None,
+        });
+    }
+    for m in &mut list {
+        m.start(&dir)?;
+    }
+    let addrs: String = list
+        .iter()
+        .map(|m| m.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let members = Members::parse(&addrs).map_err(|e| e.to_string())?;
+    let storage_dir = dir.join("storage");
+    let (_storage, _) = spawn(
+        &[
+            "storage",
+            "--node-id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            storage_dir
+                .to_str()
+                .ok_or("the data directory is not UTF-8")?,
+            "--catalog",
+            &addrs,
+        ],
+        &dir.join("storage.json"),
+    )?;
+    let (_coordinator, c) = spawn(
+        &[
+            "coordinator",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--catalog",
+            &addrs,
+        ],
+        &dir.join("coordinator.json"),
+    )?;
+    let flight = c["flight"].as_str().ok_or("no Flight address")?.to_string();
+    println!("catalog {addrs}; coordinator Flight SQL {flight}");
+    println!("round  killed  next_ddl_ms  acknowledged  failed  lost");
+
+    let mut gaps = vec![];
+    let mut total_lost = 0;
+    let mut killed: Option<usize> = None;
+    for round in 1..=a.rounds {
+        if let Some(k) = killed.take() {
+            list[k].start(&dir)?;
+        }
+        let acknowledged = Arc::new(Mutex::new(Vec::<(String, Instant, Instant)>::new()));
+        let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut sql = SqlClient::connect(&flight, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let task = {
+            let (acknowledged, failed, stop) = (acknowledged.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let name = format!("r{round}_{i}");
+                    let sent = Instant::now();
+                    match sql.query(&format!("CREATE DATABASE {name}")).await {
+                        Ok(_) => acknowledged
+                            .lock()
+                            .unwrap()
+                            .push((name, sent, Instant::now())),
+                        Err(e) => failed.lock().unwrap().push(format!("{name}: {e}")),
+                    }
+                    i += 1;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_secs_f64(a.before_s)).await;
+        let victim = leader(&members, &list)
+            .await
+            .ok_or("no catalog leader within 30 s")?;
+        let killed_at = Instant::now();
+        if let Some(mut p) = list[victim].process.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        killed = Some(victim);
+        let gap = loop {
+            let next = acknowledged
+                .lock()
+                .unwrap()
+                .iter()
+                // The first DDL sent after the kill: one in flight may
+                // have been committed just before it.
+                .find(|(_, sent, _)| *sent > killed_at)
+                .map(|(_, _, at)| *at - killed_at);
+            if let Some(g) = next {
+                break Some(g);
+            }
+            if killed_at.elapsed() > Duration::from_secs(60) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        tokio::time::sleep(Duration::from_secs_f64(a.after_s)).await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = task.await;
+        let names: BTreeSet<String> = acknowledged
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        let lost_now = lost(&list, &names).await;
+        total_lost += lost_now;
+        let failed = failed.lock().unwrap().clone();
+        println!(
+            "{round:>5}  {:>6}  {:>11}  {:>12}  {:>6}  {lost_now:>4}",
+            list[victim].id,
+            gap.map(|g| format!("{:.0}", g.as_secs_f64() * 1e3))
+                .unwrap_or_else(|| "none".into()),
+            names.len(),
+            failed.len(),
+        );
+        for f in failed.iter().take(3) {
+            println!("       failed: {f}");
+        }
+        if let Some(g) = gap {
+            gaps.push(g);
+        }
+    }
+    gaps.sort();
+    if !gaps.is_empty() {
+        println!(
+            "kill to next acknowledged DDL: median {:.0} ms, max {:.0} ms over {} kills; acknowledged DDL lost: {total_lost}",
+            gaps[gaps.len() / 2].as_secs_f64() * 1e3,
+            gaps[gaps.len() - 1].as_secs_f64() * 1e3,
+            gaps.len()
+        );
+    }
+    if total_lost > 0 {
+        return Err(format!("{total_lost} acknowledged DDL lost"));
+    }
+    Ok(())
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<TempDir, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "strata-failover-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(TempDir(dir))
+}
