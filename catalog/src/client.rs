@@ -13,7 +13,8 @@ use std::time::Duration;
 use snafu::ResultExt;
 use strata_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use strata_proto::catalog::v1::{
-    CatalogState, ExecuteRequest, GetStateRequest, StatusRequest, StatusResponse, WatchRequest,
+    CatalogState, ExecuteRequest, GetStateRequest, HeartbeatRequest, NodeHeartbeat,
+    NodeLivenessRequest, StatusRequest, StatusResponse, WatchRequest,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -384,6 +385,43 @@ impl CatalogClient {
             CommandResult::Rejected(rejection) => Err(Error::Rejected { rejection }),
             other => Ok(other),
         }
+    }
+
+    /// Tells the catalog leader that storage node `node_id` is alive (one
+    /// round over the members, within `timeout`).
+    pub async fn heartbeat(
+        &self,
+        node_id: u64,
+        flight_addr: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let request = HeartbeatRequest {
+            node_id,
+            flight_addr: flight_addr.to_string(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let attempt = timeout.min(REQUEST_TIMEOUT);
+        self.members
+            .call("a heartbeat", attempt, attempt, |mut c| {
+                let request = request.clone();
+                async move { c.heartbeat(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// When the leader last heard from each storage node.
+    pub async fn node_liveness(&self) -> Result<Vec<NodeHeartbeat>> {
+        let resp = self
+            .members
+            .call(
+                "a node liveness request",
+                REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT,
+                |mut c| async move { c.node_liveness(NodeLivenessRequest {}).await },
+            )
+            .await?;
+        Ok(resp.into_inner().nodes)
     }
 
     /// Waits until the cache holds `version` or newer; asks the catalog

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    CatalogData, Column, ColumnKind, Database, DatabaseOptions, Shard, ShardGroup, StorageNodeInfo,
-    Table,
+    CatalogData, Column, ColumnKind, Database, DatabaseOptions, NodeState, Shard, ShardGroup,
+    StorageNodeInfo, Table,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,10 +45,20 @@ pub enum Command {
         database: String,
         shard_key: Vec<String>,
     },
-    /// Adds a storage node or updates its address.
+    /// Adds a storage node or updates its address; the node counts as up.
     RegisterNode {
         id: u64,
         flight_addr: String,
+        /// The proposer's clock (ms since the epoch) for `state_changed_ms`.
+        #[serde(default)]
+        at_ms: i64,
+    },
+    /// Marks a storage node up or down (proposed by the catalog leader when
+    /// its heartbeats stop or start again).
+    SetNodeState {
+        id: u64,
+        state: NodeState,
+        at_ms: i64,
     },
     /// A client's command tagged with an id the client picked, so that a
     /// retry of a command whose answer was lost (its member died, the
@@ -78,11 +88,27 @@ pub struct ColumnConflict {
 /// Why the catalog refused a command; shown to users as is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
-    DatabaseExists { name: String },
-    DatabaseNotFound { name: String },
-    TableNotFound { database: String, table: String },
+    DatabaseExists {
+        name: String,
+    },
+    DatabaseNotFound {
+        name: String,
+    },
+    TableNotFound {
+        database: String,
+        table: String,
+    },
     NoStorageNodes,
-    TimeOutOfRange { time_ns: i64 },
+    /// Storage nodes are registered, but none is up.
+    NoLiveStorageNodes {
+        down: Vec<u64>,
+    },
+    NodeNotFound {
+        id: u64,
+    },
+    TimeOutOfRange {
+        time_ns: i64,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -97,6 +123,15 @@ impl std::fmt::Display for Rejection {
                 f,
                 "time {time_ns} is too close to the limits of nanosecond timestamps"
             ),
+            Rejection::NoLiveStorageNodes { down } => write!(
+                f,
+                "no storage node is up to place new shards on (down: {})",
+                down.iter()
+                    .map(|d| format!("node {d}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Rejection::NodeNotFound { id } => write!(f, "storage node {id} is not registered"),
             Rejection::NoStorageNodes => write!(
                 f,
                 "no storage nodes are registered with the catalog; start a storage node first"
@@ -188,17 +223,38 @@ impl CatalogData {
             // The state machine answers repeated ids; applied on its own,
             // the command inside is simply applied.
             Command::Once { command, .. } => self.apply(command),
-            Command::RegisterNode { id, flight_addr } => {
-                let info = StorageNodeInfo {
+            Command::RegisterNode {
+                id,
+                flight_addr,
+                at_ms,
+            } => {
+                let node = self.nodes.entry(*id).or_insert_with(|| StorageNodeInfo {
                     id: *id,
-                    flight_addr: flight_addr.clone(),
-                };
-                if self.nodes.get(id) != Some(&info) {
-                    self.nodes.insert(*id, info);
+                    flight_addr: String::new(),
+                    state: NodeState::Down,
+                    state_changed_ms: 0,
+                });
+                let before = node.clone();
+                node.flight_addr = flight_addr.clone();
+                if node.state != NodeState::Up {
+                    node.state = NodeState::Up;
+                    node.state_changed_ms = *at_ms;
+                }
+                if *node != before {
                     self.changed();
                 }
                 CommandResult::Done
             }
+            Command::SetNodeState { id, state, at_ms } => match self.nodes.get_mut(id) {
+                Some(node) if node.state != *state => {
+                    node.state = *state;
+                    node.state_changed_ms = *at_ms;
+                    self.changed();
+                    CommandResult::Done
+                }
+                Some(_) => CommandResult::Done,
+                None => CommandResult::Rejected(Rejection::NodeNotFound { id: *id }),
+            },
         }
     }
 
@@ -248,27 +304,47 @@ impl CatalogData {
         if self.nodes.is_empty() {
             return CommandResult::Rejected(Rejection::NoStorageNodes);
         }
-        let node_ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let live: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Up)
+            .map(|n| n.id)
+            .collect();
+        if live.is_empty() {
+            return CommandResult::Rejected(Rejection::NoLiveStorageNodes {
+                down: self.nodes.keys().copied().collect(),
+            });
+        }
         let Some((start_ns, end_ns)) = db.window(time_ns) else {
             return CommandResult::Rejected(Rejection::TimeOutOfRange { time_ns });
         };
-        let rf = (db.options.replication_factor.max(1) as usize).min(node_ids.len());
+        let rf = (db.options.replication_factor.max(1) as usize).min(live.len());
         let n_shards = db
             .options
             .shards_per_group
             .map(|n| n.max(1) as usize)
-            .unwrap_or_else(|| (node_ids.len() / rf).max(1));
+            .unwrap_or_else(|| (live.len() / rf).max(1));
 
+        // Live nodes only, each shard's replicas on distinct nodes, every
+        // replica on the node that owns the fewest shards so far (lowest id
+        // on a tie), so that nodes added later or back from an outage fill
+        // up first.
+        let mut load = self.shards_per_node();
         let group_id = self.next_id;
         self.next_id += 1;
-        // Rotate the starting node per group so that shards, and with them
-        // load, spread over all nodes as groups come and go.
-        let base = group_id as usize % node_ids.len();
         let mut shards = Vec::with_capacity(n_shards);
-        for i in 0..n_shards {
-            let owners = (0..rf)
-                .map(|r| node_ids[(base + i * rf + r) % node_ids.len()])
-                .collect();
+        for _ in 0..n_shards {
+            let mut owners: Vec<u64> = Vec::with_capacity(rf);
+            for _ in 0..rf {
+                let pick = live
+                    .iter()
+                    .filter(|n| !owners.contains(n))
+                    .min_by_key(|n| (load.get(n).copied().unwrap_or(0), **n))
+                    .copied()
+                    .expect("rf is at most the number of live nodes");
+                *load.entry(pick).or_default() += 1;
+                owners.push(pick);
+            }
             shards.push(Shard {
                 id: self.next_id,
                 owners,
@@ -312,6 +388,7 @@ mod tests {
             c.apply(&Command::RegisterNode {
                 id,
                 flight_addr: format!("127.0.0.1:{}", 9000 + id),
+                at_ms: 0,
             });
         }
         c
@@ -372,6 +449,78 @@ mod tests {
             assert_eq!(s.owners.len(), 2);
             assert_ne!(s.owners[0], s.owners[1]);
         }
+    }
+
+    fn group(c: &mut CatalogData, time_ns: i64) -> ShardGroup {
+        match c.apply(&Command::CreateShardGroup {
+            database: "db".into(),
+            time_ns,
+        }) {
+            CommandResult::ShardGroup(g) => g,
+            other => panic!("expected a group, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn placement_skips_down_nodes_and_fills_the_emptiest_first() {
+        let mut c = with_nodes(3);
+        c.apply(&Command::CreateDatabase {
+            name: "db".into(),
+            options: DatabaseOptions {
+                shard_group_duration_ns: HOUR_NS,
+                replication_factor: 2,
+                shards_per_group: Some(3),
+                ..Default::default()
+            },
+            if_not_exists: false,
+        });
+        let g = group(&mut c, 0);
+        assert_eq!(
+            c.shards_per_node().values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2]
+        );
+        assert!(g.shards.iter().all(|s| s.owners[0] != s.owners[1]));
+
+        c.apply(&Command::SetNodeState {
+            id: 2,
+            state: NodeState::Down,
+            at_ms: 5,
+        });
+        assert_eq!(c.nodes[&2].state_changed_ms, 5);
+        let g = group(&mut c, HOUR_NS);
+        for s in &g.shards {
+            assert!(!s.owners.contains(&2), "{g:?}");
+            assert_eq!(s.owners.len(), 2);
+        }
+        // Back up, node 2 owns the fewest shards: new shards go there first.
+        c.apply(&Command::RegisterNode {
+            id: 2,
+            flight_addr: "127.0.0.1:9002".into(),
+            at_ms: 9,
+        });
+        assert!(c.node_is_up(2));
+        assert_eq!(c.nodes[&2].state_changed_ms, 9);
+        let g = group(&mut c, 2 * HOUR_NS);
+        assert!(g.shards.iter().all(|s| s.owners.contains(&2)), "{g:?}");
+
+        for id in 1..=3 {
+            c.apply(&Command::SetNodeState {
+                id,
+                state: NodeState::Down,
+                at_ms: 10,
+            });
+        }
+        assert_eq!(
+            c.apply(&Command::CreateShardGroup {
+                database: "db".into(),
+                time_ns: 3 * HOUR_NS
+            }),
+            CommandResult::Rejected(Rejection::NoLiveStorageNodes {
+                down: vec![1, 2, 3]
+            })
+        );
+        // An existing window is still answered.
+        assert_eq!(group(&mut c, 0).start_ns, 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod command;
 pub mod error;
 pub mod fsutil;
+pub mod liveness;
 pub mod model;
 pub mod raft;
 pub mod server;

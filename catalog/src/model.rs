@@ -48,6 +48,54 @@ pub struct StorageNodeInfo {
     pub id: u64,
     /// Address of the node's Flight service, `host:port`.
     pub flight_addr: String,
+    /// Whether the node heartbeats within its timeout, as the catalog
+    /// leader last decided.
+    #[serde(default)]
+    pub state: NodeState,
+    /// When `state` last changed (milliseconds since the Unix epoch, by the
+    /// clock of the leader that decided it); 0 if never.
+    #[serde(default)]
+    pub state_changed_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    #[default]
+    Up,
+    Down,
+}
+
+impl NodeState {
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+        }
+    }
+}
+
+impl CatalogData {
+    /// Shards each storage node owns, over every database and group.
+    pub fn shards_per_node(&self) -> BTreeMap<u64, usize> {
+        let mut counts: BTreeMap<u64, usize> = self.nodes.keys().map(|id| (*id, 0)).collect();
+        for db in self.databases.values() {
+            for g in &db.shard_groups {
+                for s in &g.shards {
+                    for o in &s.owners {
+                        *counts.entry(*o).or_default() += 1;
+                    }
+                }
+            }
+        }
+        counts
+    }
+
+    /// Whether the catalog counts the node as up (unknown nodes are not).
+    pub fn node_is_up(&self, id: u64) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| n.state == NodeState::Up)
+    }
 }
 
 /// Options a database is created with.

@@ -21,6 +21,7 @@ use crate::client::{Members, REQUEST_TIMEOUT};
 use crate::error::{
     BindSnafu, BootstrapSnafu, JoinSnafu, OpenStorageSnafu, Result, StartRaftSnafu,
 };
+use crate::liveness::{watch_nodes, Liveness};
 use crate::model::CatalogData;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, RaftServer, MAX_RAFT_MESSAGE_BYTES};
@@ -50,6 +51,7 @@ pub struct CatalogServer {
     state: watch::Receiver<Arc<CatalogData>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    node_watch: JoinHandle<()>,
 }
 
 impl CatalogServer {
@@ -95,11 +97,19 @@ impl CatalogServer {
             .map_err(Box::new)
             .context(StartRaftSnafu)?;
 
+        let liveness = Arc::new(Liveness::default());
         let service = CatalogServiceImpl {
             raft: raft.clone(),
             node_id: config.node_id,
             state: state.clone(),
+            liveness: liveness.clone(),
         };
+        let node_watch = tokio::spawn(watch_nodes(
+            raft.clone(),
+            config.node_id,
+            liveness,
+            state.clone(),
+        ));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(
             tonic::transport::Server::builder()
@@ -164,6 +174,7 @@ impl CatalogServer {
             state,
             shutdown: Some(tx),
             task: Some(task),
+            node_watch,
         })
     }
 
@@ -185,6 +196,7 @@ impl CatalogServer {
     }
 
     async fn stop(&mut self) {
+        self.node_watch.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -269,6 +281,7 @@ async fn join_cluster(node_id: NodeId, advertise: &str, join: &str) -> Result<()
 
 impl Drop for CatalogServer {
     fn drop(&mut self) {
+        self.node_watch.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
@@ -12,7 +13,9 @@ use strata_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use strata_proto::catalog::v1::catalog_service_server::CatalogService;
 use strata_proto::catalog::v1::{
     AddLearnerRequest, CatalogState, ChangeMembershipRequest, ExecuteRequest, ExecuteResponse,
-    GetStateRequest, Member, MembershipResponse, StatusRequest, StatusResponse, WatchRequest,
+    GetStateRequest, HeartbeatRequest, HeartbeatResponse, Member, MembershipResponse,
+    NodeHeartbeat, NodeLivenessRequest, NodeLivenessResponse, StatusRequest, StatusResponse,
+    WatchRequest,
 };
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
@@ -20,13 +23,32 @@ use tonic::{Request, Response, Status};
 
 use crate::client::MAX_STATE_BYTES;
 use crate::command::Command;
-use crate::model::CatalogData;
+use crate::liveness::{now_ms, Liveness};
+use crate::model::{CatalogData, NodeState};
 use crate::raft::{NodeId, Raft};
 
 pub struct CatalogServiceImpl {
     pub raft: Raft,
     pub node_id: NodeId,
     pub state: watch::Receiver<Arc<CatalogData>>,
+    pub liveness: Arc<Liveness>,
+}
+
+impl CatalogServiceImpl {
+    /// Where to send what only the leader may answer; `None` when this
+    /// member leads.
+    fn leader_elsewhere(&self) -> Option<ForwardToLeader<NodeId, BasicNode>> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.node_id) {
+            return None;
+        }
+        Some(ForwardToLeader {
+            leader_id: m.current_leader,
+            leader_node: m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned()),
+        })
+    }
 }
 
 fn to_proto(data: &CatalogData) -> Result<CatalogState, Status> {
@@ -179,6 +201,71 @@ impl CatalogService for CatalogServiceImpl {
                 "changing catalog membership: {e}"
             ))),
         }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        if let Some(f) = self.leader_elsewhere() {
+            return leader_client(&f).await?.heartbeat(req).await;
+        }
+        let timeout = Duration::from_millis(req.timeout_ms.clamp(100, 3_600_000));
+        self.liveness.record(req.node_id, timeout);
+        let state = self.state.borrow().clone();
+        let known = state
+            .nodes
+            .get(&req.node_id)
+            .is_some_and(|n| n.flight_addr == req.flight_addr && n.state == NodeState::Up);
+        let version = if known {
+            state.version
+        } else {
+            // New, moved, or back from being down.
+            if req.flight_addr.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a heartbeat needs the node's address",
+                ));
+            }
+            let command = Command::RegisterNode {
+                id: req.node_id,
+                flight_addr: req.flight_addr.clone(),
+                at_ms: now_ms(),
+            };
+            match self.raft.client_write(command).await {
+                Ok(resp) => resp.data.version,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return leader_client(&f).await?.heartbeat(req).await
+                }
+                Err(e) => return Err(Status::unavailable(format!("catalog write failed: {e}"))),
+            }
+        };
+        Ok(Response::new(HeartbeatResponse {
+            catalog_version: version,
+        }))
+    }
+
+    async fn node_liveness(
+        &self,
+        request: Request<NodeLivenessRequest>,
+    ) -> Result<Response<NodeLivenessResponse>, Status> {
+        if let Some(f) = self.leader_elsewhere() {
+            return leader_client(&f)
+                .await?
+                .node_liveness(request.into_inner())
+                .await;
+        }
+        let nodes = self
+            .liveness
+            .heard()
+            .into_iter()
+            .map(|(node_id, last_heartbeat_ms, timeout)| NodeHeartbeat {
+                node_id,
+                last_heartbeat_ms,
+                timeout_ms: timeout.as_millis() as u64,
+            })
+            .collect();
+        Ok(Response::new(NodeLivenessResponse { nodes }))
     }
 
     async fn status(

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 use strata_catalog::{CatalogConfig, CatalogServer};
@@ -26,6 +27,10 @@ pub struct DevConfig {
     pub max_series_per_database: Option<usize>,
     /// The coordinator's memory budget for in-flight writes.
     pub write_memory_limit_bytes: usize,
+    /// How often storage nodes heartbeat, and after how long without one
+    /// the catalog marks a node down.
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
 }
 
 impl DevConfig {
@@ -40,6 +45,8 @@ impl DevConfig {
             flush_rows: None,
             max_series_per_database: None,
             write_memory_limit_bytes: strata_coordinator::http::DEFAULT_WRITE_MEMORY_BYTES,
+            heartbeat_interval: StorageConfig::DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: StorageConfig::DEFAULT_HEARTBEAT_TIMEOUT,
         }
     }
 
@@ -136,6 +143,8 @@ impl DevCluster {
                 advertise: None,
                 catalog_addr: catalog_addr.clone(),
                 engine,
+                heartbeat_interval: config.heartbeat_interval,
+                heartbeat_timeout: config.heartbeat_timeout,
             })
             .await
             .context(StorageSnafu { node_id: id })?;

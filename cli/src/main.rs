@@ -134,6 +134,13 @@ struct StorageArgs {
     /// this node (default 1,000,000; 0 for no limit).
     #[arg(long)]
     max_series_per_database: Option<usize>,
+    /// How often to tell the catalog this node is alive (e.g. `1s`).
+    #[arg(long)]
+    heartbeat_interval: Option<String>,
+    /// The catalog marks this node down after this long without a
+    /// heartbeat (e.g. `10s`).
+    #[arg(long)]
+    heartbeat_timeout: Option<String>,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -382,7 +389,24 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
             engine.max_series_per_database,
         )
         .map_err(|e| e.0)?;
+    let heartbeat_interval = duration_flag(
+        "--heartbeat-interval",
+        f.pick(a.heartbeat_interval, "heartbeat_interval", "1s".to_string())
+            .map_err(|e| e.0)?,
+    )?;
+    let heartbeat_timeout = duration_flag(
+        "--heartbeat-timeout",
+        f.pick(a.heartbeat_timeout, "heartbeat_timeout", "10s".to_string())
+            .map_err(|e| e.0)?,
+    )?;
+    if heartbeat_timeout <= heartbeat_interval {
+        return Err(format!(
+            "--heartbeat-timeout ({heartbeat_timeout:?}) must be longer than --heartbeat-interval ({heartbeat_interval:?})"
+        ));
+    }
     let config = StorageConfig {
+        heartbeat_interval,
+        heartbeat_timeout,
         node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
         listen: f
             .pick(a.listen, "listen", "127.0.0.1:8091".into())
@@ -405,6 +429,16 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
     wait_for_signal().await;
     node.shutdown().await;
     Ok(())
+}
+
+/// A duration flag such as `500ms`, `1s` or `2m`.
+fn duration_flag(flag: &str, value: String) -> Result<std::time::Duration, String> {
+    match strata_coordinator::query::ddl::parse_duration(&value) {
+        Ok(ns) if ns > 0 => Ok(std::time::Duration::from_nanos(ns as u64)),
+        _ => Err(format!(
+            "{flag} must be a positive duration like '500ms' or '10s', not '{value}'"
+        )),
+    }
 }
 
 async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {

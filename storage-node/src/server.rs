@@ -26,8 +26,18 @@ pub struct StorageConfig {
     pub listen: String,
     /// Address others use to reach this node; defaults to the bound address.
     pub advertise: Option<String>,
+    /// The catalog's members, `host:port[,...]`.
     pub catalog_addr: String,
     pub engine: EngineConfig,
+    /// How often the node tells the catalog it is alive.
+    pub heartbeat_interval: Duration,
+    /// The catalog marks the node down after this long without a heartbeat.
+    pub heartbeat_timeout: Duration,
+}
+
+impl StorageConfig {
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 pub struct StorageNode {
@@ -36,6 +46,7 @@ pub struct StorageNode {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     flusher: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
 }
 
 impl StorageNode {
@@ -82,9 +93,17 @@ impl StorageNode {
             .execute(Command::RegisterNode {
                 id: config.node_id,
                 flight_addr: advertise.clone(),
+                at_ms: strata_catalog::liveness::now_ms(),
             })
             .await
             .context(RegisterSnafu)?;
+        let heartbeat = tokio::spawn(heartbeat(
+            catalog,
+            config.node_id,
+            advertise,
+            config.heartbeat_interval,
+            config.heartbeat_timeout,
+        ));
         tracing::info!(node_id = config.node_id, %addr, "storage node serving");
         Ok(Self {
             addr,
@@ -92,6 +111,7 @@ impl StorageNode {
             shutdown: Some(tx),
             server: Some(server),
             flusher,
+            heartbeat,
         })
     }
 
@@ -106,6 +126,7 @@ impl StorageNode {
     /// Stops serving, then flushes what is in memory so that the next start
     /// has no WAL to replay.
     pub async fn shutdown(mut self) {
+        self.heartbeat.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -125,5 +146,35 @@ impl Drop for StorageNode {
             let _ = tx.send(());
         }
         self.flusher.abort();
+        self.heartbeat.abort();
+    }
+}
+
+/// Tells the catalog every `interval` that this node is alive. A missed
+/// beat is only logged: the next one may reach another member.
+async fn heartbeat(
+    catalog: CatalogClient,
+    node_id: u64,
+    addr: String,
+    interval: Duration,
+    timeout: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match catalog.heartbeat(node_id, &addr, timeout).await {
+            Ok(()) if failing => {
+                tracing::info!(node_id, "heartbeats reach the catalog again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(node_id, error = %e, "heartbeat did not reach the catalog");
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }

@@ -181,10 +181,8 @@ impl TableProvider for StrataTable {
                     pruning.shards_kept += 1;
                     tasks.push(Task {
                         shard_ids: vec![shard.id],
-                        replicas: shard
-                            .owners
-                            .iter()
-                            .map(|n| (*n, state.nodes.get(n).map(|i| i.flight_addr.clone())))
+                        replicas: live_first(&state, &shard.owners)
+                            .map(|n| (n, state.nodes.get(&n).map(|i| i.flight_addr.clone())))
                             .collect(),
                         window: Some((group.start_ns, group.end_ns)),
                     });
@@ -264,4 +262,11 @@ fn expr_depth(e: &Expr) -> usize {
     let mut v = Depth::default();
     let _ = e.visit(&mut v);
     v.deepest
+}
+
+/// A shard's owners with those the catalog counts as up first (each kept
+/// in placement order): a replica on a node marked down is tried last.
+fn live_first(state: &strata_catalog::CatalogData, owners: &[u64]) -> impl Iterator<Item = u64> {
+    let (up, down): (Vec<u64>, Vec<u64>) = owners.iter().partition(|n| state.node_is_up(**n));
+    up.into_iter().chain(down)
 }
