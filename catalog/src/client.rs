@@ -3,13 +3,14 @@
 //! cached copy of the catalog fed by a watch stream on the leader that never
 //! moves to an older version, also across a reconnect to another member.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Serialize;
 use snafu::ResultExt;
 use strata_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
 use strata_proto::catalog::v1::{
@@ -533,6 +534,87 @@ async fn watch_member(members: &Members, addr: &str, cache: &watch::Sender<Arc<C
                 }
             }
         }
+    }
+}
+
+/// One member as `strata admin catalog status` and `system.catalog` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberRow {
+    pub node_id: Option<u64>,
+    pub address: String,
+    /// leader, follower, candidate, learner, or `unreachable`.
+    pub role: String,
+    pub voter: Option<bool>,
+    pub leader_id: Option<u64>,
+    pub term: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub version: Option<u64>,
+    /// Why the member did not answer.
+    pub error: Option<String>,
+}
+
+/// Asks every known member (and every member they name) for its status.
+pub async fn survey(members: &Members) -> Vec<MemberRow> {
+    let timeout = Duration::from_secs(2);
+    // The first round learns the members the given ones know of; the
+    // second asks those too.
+    members.statuses(timeout).await;
+    let answers = members.statuses(timeout).await;
+    // Membership as the member in the highest term sees it.
+    let membership: BTreeMap<String, (u64, bool)> = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok())
+        .max_by_key(|s| (s.term, s.last_log_index))
+        .map(|s| {
+            s.members
+                .iter()
+                .map(|m| (m.addr.clone(), (m.node_id, m.voter)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rows: Vec<MemberRow> = answers
+        .into_iter()
+        .map(|(addr, answer)| match answer {
+            Ok(s) => {
+                let mut r = row(&addr, &s, membership.get(&addr).map(|m| m.1));
+                if !membership.is_empty() && !membership.contains_key(&addr) {
+                    // Still running, but no longer in the cluster.
+                    r.role = "removed".to_string();
+                    r.voter = Some(false);
+                }
+                r
+            }
+            Err(e) => MemberRow {
+                node_id: membership.get(&addr).map(|m| m.0),
+                address: addr.clone(),
+                role: "unreachable".to_string(),
+                voter: membership.get(&addr).map(|m| m.1),
+                leader_id: None,
+                term: None,
+                last_log_index: None,
+                last_applied: None,
+                version: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.node_id.unwrap_or(u64::MAX), r.address.clone()));
+    rows
+}
+
+fn row(addr: &str, s: &StatusResponse, voter: Option<bool>) -> MemberRow {
+    MemberRow {
+        node_id: Some(s.node_id),
+        address: addr.to_string(),
+        role: s.role.clone(),
+        voter,
+        leader_id: s.leader_id,
+        term: Some(s.term),
+        last_log_index: Some(s.last_log_index),
+        last_applied: Some(s.last_applied),
+        version: Some(s.catalog_version),
+        error: None,
     }
 }
 

@@ -164,6 +164,14 @@ impl Database {
         Some((start, start.checked_add(d)?))
     }
 
+    /// Whether all of `group` lies before `now_ns - retention`: its rows
+    /// are past keeping and the group is dropped.
+    pub fn group_expired(&self, group: &ShardGroup, now_ns: i64) -> bool {
+        self.options
+            .retention_ns
+            .is_some_and(|r| group.end_ns <= now_ns.saturating_sub(r))
+    }
+
     pub fn shard_group_for(&self, time_ns: i64) -> Option<&ShardGroup> {
         self.shard_groups
             .iter()

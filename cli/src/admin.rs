@@ -1,12 +1,11 @@
 //! `strata admin`: operator commands. `admin catalog status|add|remove`
 //! show the catalog's members and change them at run time.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use strata_catalog::client::{Members, REQUEST_TIMEOUT, RETRY_PATIENCE};
-use strata_proto::catalog::v1::{AddLearnerRequest, ChangeMembershipRequest, StatusResponse};
+use strata_catalog::client::{survey, MemberRow, Members, REQUEST_TIMEOUT, RETRY_PATIENCE};
+use strata_proto::catalog::v1::{AddLearnerRequest, ChangeMembershipRequest};
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -59,88 +58,6 @@ pub struct RemoveArgs {
     pub addrs: CatalogAddrs,
     #[arg(long)]
     pub node_id: u64,
-}
-
-/// One member as `admin catalog status` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MemberRow {
-    pub node_id: Option<u64>,
-    pub address: String,
-    /// leader, follower, candidate, learner, or `unreachable`.
-    pub role: String,
-    pub voter: Option<bool>,
-    pub leader_id: Option<u64>,
-    pub term: Option<u64>,
-    pub last_log_index: Option<u64>,
-    pub last_applied: Option<u64>,
-    pub version: Option<u64>,
-    /// Why the member did not answer.
-    pub error: Option<String>,
-}
-
-/// Asks every member the addresses lead to (and every member they name).
-pub async fn catalog_status(addrs: &str) -> Result<Vec<MemberRow>, String> {
-    let members = Members::parse(addrs).map_err(|e| e.to_string())?;
-    let timeout = Duration::from_secs(2);
-    // The first round learns the members the given ones know of; the
-    // second asks those too.
-    members.statuses(timeout).await;
-    let answers = members.statuses(timeout).await;
-    // Membership as the member in the highest term sees it.
-    let membership: BTreeMap<String, (u64, bool)> = answers
-        .iter()
-        .filter_map(|(_, a)| a.as_ref().ok())
-        .max_by_key(|s| (s.term, s.last_log_index))
-        .map(|s| {
-            s.members
-                .iter()
-                .map(|m| (m.addr.clone(), (m.node_id, m.voter)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut rows: Vec<MemberRow> = answers
-        .into_iter()
-        .map(|(addr, answer)| match answer {
-            Ok(s) => {
-                let mut r = row(&addr, &s, membership.get(&addr).map(|m| m.1));
-                if !membership.is_empty() && !membership.contains_key(&addr) {
-                    // Still running, but no longer in the cluster.
-                    r.role = "removed".to_string();
-                    r.voter = Some(false);
-                }
-                r
-            }
-            Err(e) => MemberRow {
-                node_id: membership.get(&addr).map(|m| m.0),
-                address: addr.clone(),
-                role: "unreachable".to_string(),
-                voter: membership.get(&addr).map(|m| m.1),
-                leader_id: None,
-                term: None,
-                last_log_index: None,
-                last_applied: None,
-                version: None,
-                error: Some(e.to_string()),
-            },
-        })
-        .collect();
-    rows.sort_by_key(|r| (r.node_id.unwrap_or(u64::MAX), r.address.clone()));
-    Ok(rows)
-}
-
-fn row(addr: &str, s: &StatusResponse, voter: Option<bool>) -> MemberRow {
-    MemberRow {
-        node_id: Some(s.node_id),
-        address: addr.to_string(),
-        role: s.role.clone(),
-        voter,
-        leader_id: s.leader_id,
-        term: Some(s.term),
-        last_log_index: Some(s.last_log_index),
-        last_applied: Some(s.last_applied),
-        version: Some(s.catalog_version),
-        error: None,
-    }
 }
 
 fn cell(v: Option<impl ToString>) -> String {
@@ -198,7 +115,8 @@ pub async fn run(command: AdminCommand) -> Result<(), String> {
     let AdminCommand::Catalog(command) = command;
     match command {
         CatalogCommand::Status(a) => {
-            let rows = catalog_status(&a.addrs.catalog).await?;
+            let members = Members::parse(&a.addrs.catalog).map_err(|e| e.to_string())?;
+            let rows = survey(&members).await;
             match a.format.as_str() {
                 "table" => print!("{}", format_table(&rows)),
                 "json" => println!(

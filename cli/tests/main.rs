@@ -14,3 +14,4 @@ mod line_protocol;
 mod repl;
 mod roles;
 mod support;
+mod system_tables;

@@ -22,6 +22,7 @@ use strata_storage::fragment::ScanLeafExec;
 
 use crate::dist_plan::{shards_for_key, time_range, Pruning, ShardFragmentExec, Task};
 use crate::node_clients::NodeClients;
+use crate::query::system_tables::{SystemSchema, SYSTEM_SCHEMA};
 
 /// The DataFusion catalog name under which databases appear.
 pub const CATALOG_NAME: &str = "strata";
@@ -41,10 +42,17 @@ impl fmt::Debug for StrataCatalog {
 
 impl CatalogProvider for StrataCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.catalog.state().databases.keys().cloned().collect()
+        let mut names: Vec<String> = self.catalog.state().databases.keys().cloned().collect();
+        names.push(SYSTEM_SCHEMA.to_string());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == SYSTEM_SCHEMA {
+            return Some(Arc::new(SystemSchema {
+                catalog: self.catalog.clone(),
+            }));
+        }
         self.catalog.state().databases.contains_key(name).then(|| {
             Arc::new(DatabaseSchema {
                 inner: self.clone(),

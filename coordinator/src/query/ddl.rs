@@ -356,6 +356,14 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("a database name needs 1 to 64 characters".into());
     }
+    if ["system", "information_schema"]
+        .iter()
+        .any(|r| name.eq_ignore_ascii_case(r))
+    {
+        return Err(format!(
+            "'{name}' is reserved for the tables that describe the cluster; pick another database name"
+        ));
+    }
     if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

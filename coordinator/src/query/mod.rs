@@ -10,6 +10,7 @@ pub mod hints;
 pub mod insert;
 pub mod limits;
 pub mod statement;
+pub mod system_tables;
 
 use std::sync::Arc;
 

@@ -1,0 +1,337 @@
+//! The `system` schema: the cluster described as tables, queryable with
+//! the same SQL and clients as data. Computed when scanned:
+//! `system.catalog` asks every catalog member, `system.nodes` asks the
+//! leader when it last heard from each storage node, the others read the
+//! catalog this coordinator holds.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, ListBuilder, RecordBatch, StringArray, TimestampNanosecondArray,
+    UInt32Array, UInt64Array, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, Session};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use strata_catalog::client::survey;
+use strata_catalog::liveness::now_ms;
+use strata_catalog::CatalogClient;
+
+/// The schema name; no database may take it.
+pub const SYSTEM_SCHEMA: &str = "system";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Catalog,
+    Nodes,
+    Databases,
+    ShardGroups,
+    Shards,
+}
+
+const TABLES: [(&str, Kind); 5] = [
+    ("catalog", Kind::Catalog),
+    ("nodes", Kind::Nodes),
+    ("databases", Kind::Databases),
+    ("shard_groups", Kind::ShardGroups),
+    ("shards", Kind::Shards),
+];
+
+pub struct SystemSchema {
+    pub catalog: CatalogClient,
+}
+
+impl fmt::Debug for SystemSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SystemSchema")
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(TABLES.iter().find(|(n, _)| *n == name).map(|(_, kind)| {
+            Arc::new(SystemTable {
+                kind: *kind,
+                catalog: self.catalog.clone(),
+            }) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.iter().any(|(n, _)| *n == name)
+    }
+}
+
+struct SystemTable {
+    kind: Kind,
+    catalog: CatalogClient,
+}
+
+impl fmt::Debug for SystemTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SystemTable({:?})", self.kind)
+    }
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, None)
+}
+
+fn schema(kind: Kind) -> SchemaRef {
+    let f = |name: &str, t: DataType, nullable: bool| Field::new(name, t, nullable);
+    let owners = DataType::List(Arc::new(Field::new_list_field(DataType::UInt64, true)));
+    Arc::new(Schema::new(match kind {
+        Kind::Catalog => vec![
+            f("node_id", DataType::UInt64, true),
+            f("address", DataType::Utf8, false),
+            f("role", DataType::Utf8, false),
+            f("voter", DataType::Boolean, true),
+            f("leader_id", DataType::UInt64, true),
+            f("term", DataType::UInt64, true),
+            f("last_log_index", DataType::UInt64, true),
+            f("last_applied", DataType::UInt64, true),
+            f("version", DataType::UInt64, true),
+            f("error", DataType::Utf8, true),
+        ],
+        Kind::Nodes => vec![
+            f("node_id", DataType::UInt64, false),
+            f("address", DataType::Utf8, false),
+            f("state", DataType::Utf8, false),
+            f("state_changed", ts(), true),
+            f("last_heartbeat", ts(), true),
+            f("heartbeat_timeout_ms", DataType::UInt64, true),
+            f("shard_count", DataType::UInt64, false),
+        ],
+        Kind::Databases => vec![
+            f("name", DataType::Utf8, false),
+            f("retention_ns", DataType::UInt64, true),
+            f("shard_group_duration_ns", DataType::UInt64, false),
+            f("replication_factor", DataType::UInt32, false),
+            f("shards_per_group", DataType::UInt32, true),
+            f("shard_key", DataType::Utf8, true),
+            f("table_count", DataType::UInt64, false),
+            f("shard_group_count", DataType::UInt64, false),
+        ],
+        Kind::ShardGroups => vec![
+            f("database", DataType::Utf8, false),
+            f("id", DataType::UInt64, false),
+            f("start", ts(), false),
+            f("end", ts(), false),
+            f("shard_count", DataType::UInt64, false),
+            f("expired", DataType::Boolean, false),
+        ],
+        Kind::Shards => vec![
+            f("database", DataType::Utf8, false),
+            f("shard_id", DataType::UInt64, false),
+            f("group_id", DataType::UInt64, false),
+            f("start", ts(), false),
+            f("end", ts(), false),
+            f("owners", owners, false),
+        ],
+    }))
+}
+
+fn ms_to_ns(ms: i64) -> i64 {
+    ms.saturating_mul(1_000_000)
+}
+
+impl SystemTable {
+    async fn rows(&self) -> Result<Vec<ArrayRef>> {
+        let state = self.catalog.state();
+        Ok(match self.kind {
+            Kind::Catalog => {
+                let rows = survey(self.catalog.members()).await;
+                vec![
+                    Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.node_id))),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| r.address.as_str()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| r.role.as_str()),
+                    )),
+                    Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.voter))),
+                    Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.leader_id))),
+                    Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.term))),
+                    Arc::new(UInt64Array::from_iter(
+                        rows.iter().map(|r| r.last_log_index),
+                    )),
+                    Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.last_applied))),
+                    Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.version))),
+                    Arc::new(StringArray::from_iter(
+                        rows.iter().map(|r| r.error.as_deref()),
+                    )),
+                ]
+            }
+            Kind::Nodes => {
+                // Heartbeats live in the leader's memory only; without a
+                // leader the column is empty, the rest still answers.
+                let heard = match self.catalog.node_liveness().await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no node liveness from the catalog leader");
+                        vec![]
+                    }
+                };
+                let counts = state.shards_per_node();
+                let nodes: Vec<_> = state.nodes.values().collect();
+                let heard_of = |id: u64| heard.iter().find(|h| h.node_id == id);
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(nodes.iter().map(|n| n.id))),
+                    Arc::new(StringArray::from_iter_values(
+                        nodes.iter().map(|n| n.flight_addr.as_str()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        nodes.iter().map(|n| n.state.name()),
+                    )),
+                    Arc::new(TimestampNanosecondArray::from_iter(nodes.iter().map(|n| {
+                        (n.state_changed_ms > 0).then(|| ms_to_ns(n.state_changed_ms))
+                    }))),
+                    Arc::new(TimestampNanosecondArray::from_iter(
+                        nodes
+                            .iter()
+                            .map(|n| heard_of(n.id).map(|h| ms_to_ns(h.last_heartbeat_ms))),
+                    )),
+                    Arc::new(UInt64Array::from_iter(
+                        nodes.iter().map(|n| heard_of(n.id).map(|h| h.timeout_ms)),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        nodes
+                            .iter()
+                            .map(|n| counts.get(&n.id).copied().unwrap_or(0) as u64),
+                    )),
+                ]
+            }
+            Kind::Databases => {
+                let dbs: Vec<_> = state.databases.values().collect();
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        dbs.iter().map(|d| d.name.as_str()),
+                    )),
+                    Arc::new(UInt64Array::from_iter(
+                        dbs.iter()
+                            .map(|d| d.options.retention_ns.map(|r| r.max(0) as u64)),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        dbs.iter()
+                            .map(|d| d.options.shard_group_duration_ns.max(0) as u64),
+                    )),
+                    Arc::new(UInt32Array::from_iter_values(
+                        dbs.iter().map(|d| d.options.replication_factor),
+                    )),
+                    Arc::new(UInt32Array::from_iter(
+                        dbs.iter().map(|d| d.options.shards_per_group),
+                    )),
+                    Arc::new(StringArray::from_iter(dbs.iter().map(|d| {
+                        (!d.options.shard_key.is_empty()).then(|| d.options.shard_key.join(","))
+                    }))),
+                    Arc::new(UInt64Array::from_iter_values(
+                        dbs.iter().map(|d| d.tables.len() as u64),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        dbs.iter().map(|d| d.shard_groups.len() as u64),
+                    )),
+                ]
+            }
+            Kind::ShardGroups => {
+                let now_ns = ms_to_ns(now_ms());
+                let groups: Vec<_> = state
+                    .databases
+                    .values()
+                    .flat_map(|d| d.shard_groups.iter().map(move |g| (d, g)))
+                    .collect();
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        groups.iter().map(|(d, _)| d.name.as_str()),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        groups.iter().map(|(_, g)| g.id),
+                    )),
+                    Arc::new(TimestampNanosecondArray::from_iter_values(
+                        groups.iter().map(|(_, g)| g.start_ns),
+                    )),
+                    Arc::new(TimestampNanosecondArray::from_iter_values(
+                        groups.iter().map(|(_, g)| g.end_ns),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        groups.iter().map(|(_, g)| g.shards.len() as u64),
+                    )),
+                    Arc::new(BooleanArray::from_iter(
+                        groups.iter().map(|(d, g)| Some(d.group_expired(g, now_ns))),
+                    )),
+                ]
+            }
+            Kind::Shards => {
+                let shards: Vec<_> = state
+                    .databases
+                    .values()
+                    .flat_map(|d| {
+                        d.shard_groups
+                            .iter()
+                            .flat_map(move |g| g.shards.iter().map(move |s| (d, g, s)))
+                    })
+                    .collect();
+                let mut owners = ListBuilder::new(UInt64Builder::new())
+                    .with_field(Arc::new(Field::new_list_field(DataType::UInt64, true)));
+                for (_, _, s) in &shards {
+                    owners.values().append_slice(&s.owners);
+                    owners.append(true);
+                }
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        shards.iter().map(|(d, _, _)| d.name.as_str()),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        shards.iter().map(|(_, _, s)| s.id),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        shards.iter().map(|(_, g, _)| g.id),
+                    )),
+                    Arc::new(TimestampNanosecondArray::from_iter_values(
+                        shards.iter().map(|(_, g, _)| g.start_ns),
+                    )),
+                    Arc::new(TimestampNanosecondArray::from_iter_values(
+                        shards.iter().map(|(_, g, _)| g.end_ns),
+                    )),
+                    Arc::new(owners.finish()),
+                ]
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for SystemTable {
+    fn schema(&self) -> SchemaRef {
+        schema(self.kind)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = self.schema();
+        let batch = RecordBatch::try_new(schema.clone(), self.rows().await?)
+            .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+        let exec: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], schema, projection.cloned())?;
+        Ok(exec)
+    }
+}
