@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    CatalogData, Column, ColumnKind, Database, DatabaseOptions, NodeState, Shard, ShardGroup,
-    StorageNodeInfo, Table,
+    CatalogData, Column, ColumnKind, Database, DatabaseOptions, DroppedTable, NodeState, Shard,
+    ShardGroup, StorageNodeInfo, Table, DROP_RECORD_KEEP_MS,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,10 +28,20 @@ pub enum Command {
         table: String,
         columns: Vec<Column>,
     },
+    /// Removes a table; its rows are deleted from the storage nodes, which
+    /// learn of it from [`CatalogData::dropped_tables`].
     DropTable {
         database: String,
         table: String,
         if_exists: bool,
+        #[serde(default)]
+        at_ms: i64,
+    },
+    /// Drops every shard group that lies wholly before `now_ms` minus its
+    /// database's retention (proposed by the catalog leader's retention
+    /// check); storage nodes then delete the groups' shards.
+    ExpireShardGroups {
+        now_ms: i64,
     },
     /// Creates the shard group holding `time_ns` unless it exists already;
     /// either way answers with the group.
@@ -184,14 +194,26 @@ impl CatalogData {
                 database,
                 table,
                 if_exists,
+                at_ms,
             } => {
-                let removed = self
-                    .databases
-                    .get_mut(database)
-                    .and_then(|db| db.tables.remove(table))
-                    .is_some();
-                if removed {
+                let removed = self.databases.get_mut(database).and_then(|db| {
+                    db.tables.remove(table)?;
+                    Some(
+                        db.shard_groups
+                            .iter()
+                            .flat_map(|g| g.shards.iter().map(|s| s.id))
+                            .collect::<Vec<u64>>(),
+                    )
+                });
+                if let Some(shard_ids) = removed {
                     self.changed();
+                    self.dropped_tables.push(DroppedTable {
+                        database: database.clone(),
+                        table: table.clone(),
+                        version: self.version,
+                        at_ms: *at_ms,
+                        shard_ids,
+                    });
                     CommandResult::Done
                 } else if *if_exists {
                     CommandResult::Done
@@ -205,6 +227,7 @@ impl CatalogData {
             Command::CreateShardGroup { database, time_ns } => {
                 self.create_shard_group(database, *time_ns)
             }
+            Command::ExpireShardGroups { now_ms } => self.expire(*now_ms),
             Command::SetShardKey {
                 database,
                 shard_key,
@@ -256,6 +279,30 @@ impl CatalogData {
                 None => CommandResult::Rejected(Rejection::NodeNotFound { id: *id }),
             },
         }
+    }
+
+    fn expire(&mut self, now_ms: i64) -> CommandResult {
+        let now_ns = now_ms.saturating_mul(1_000_000);
+        let mut changed = false;
+        for db in self.databases.values_mut() {
+            let before = db.shard_groups.len();
+            let expired: Vec<bool> = db
+                .shard_groups
+                .iter()
+                .map(|g| db.group_expired(g, now_ns))
+                .collect();
+            let mut flags = expired.into_iter();
+            db.shard_groups.retain(|_| !flags.next().unwrap_or(false));
+            changed |= db.shard_groups.len() != before;
+        }
+        let keep_from = now_ms.saturating_sub(DROP_RECORD_KEEP_MS);
+        let records = self.dropped_tables.len();
+        self.dropped_tables.retain(|d| d.at_ms >= keep_from);
+        changed |= self.dropped_tables.len() != records;
+        if changed {
+            self.changed();
+        }
+        CommandResult::Done
     }
 
     fn add_columns(&mut self, database: &str, table: &str, columns: &[Column]) -> CommandResult {

@@ -40,7 +40,7 @@ pub enum Error {
         source: tonic::transport::Error,
     },
 
-    #[snafu(display("catalog request to {addr} failed: {}", source.message()))]
+    #[snafu(display("catalog request to {addr} failed ({:?}): {}", source.code(), source.message()))]
     Rpc { addr: String, source: tonic::Status },
 
     #[snafu(display(

@@ -7,6 +7,7 @@ pub mod command;
 pub mod error;
 pub mod fsutil;
 pub mod liveness;
+pub mod maintenance;
 pub mod model;
 pub mod raft;
 pub mod server;

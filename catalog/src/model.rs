@@ -40,6 +40,27 @@ pub struct CatalogData {
     pub nodes: BTreeMap<u64, StorageNodeInfo>,
     /// Next id handed to a shard group or shard (ids are never reused).
     pub next_id: u64,
+    /// Tables dropped recently, for the storage nodes to delete their rows
+    /// (kept for [`DROP_RECORD_KEEP_MS`]). Dropped shards need no record:
+    /// an id below `next_id` that no group holds was dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_tables: Vec<DroppedTable>,
+}
+
+/// How long the catalog remembers a dropped table for storage nodes that
+/// were down when it was dropped.
+pub const DROP_RECORD_KEEP_MS: i64 = 7 * 24 * 3_600_000;
+
+/// A `DROP TABLE`: the rows of `table` in these shards, as they were when
+/// the catalog reached `version`, are to be deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedTable {
+    pub database: String,
+    pub table: String,
+    /// The catalog version the drop produced.
+    pub version: u64,
+    pub at_ms: i64,
+    pub shard_ids: Vec<u64>,
 }
 
 /// A storage node as registered with the catalog.
@@ -88,6 +109,21 @@ impl CatalogData {
             }
         }
         counts
+    }
+
+    /// Whether `shard_id` was created and has been dropped since (with its
+    /// group, by retention, or with its database): ids are handed out once,
+    /// so one below `next_id` that no group holds is gone for good.
+    pub fn shard_dropped(&self, shard_id: u64) -> bool {
+        shard_id < self.next_id && !self.shard_exists(shard_id)
+    }
+
+    pub fn shard_exists(&self, shard_id: u64) -> bool {
+        self.databases.values().any(|d| {
+            d.shard_groups
+                .iter()
+                .any(|g| g.shards.iter().any(|s| s.id == shard_id))
+        })
     }
 
     /// Whether the catalog counts the node as up (unknown nodes are not).

@@ -22,6 +22,7 @@ use crate::error::{
     BindSnafu, BootstrapSnafu, JoinSnafu, OpenStorageSnafu, Result, StartRaftSnafu,
 };
 use crate::liveness::{watch_nodes, Liveness};
+use crate::maintenance;
 use crate::model::CatalogData;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, RaftServer, MAX_RAFT_MESSAGE_BYTES};
@@ -43,6 +44,25 @@ pub struct CatalogConfig {
     /// is added as a learner, catches up, then becomes a voter. Nothing
     /// happens when it already is one (a restart).
     pub join: Option<String>,
+    /// How often the leader drops shard groups past their retention.
+    pub retention_check_interval: Duration,
+}
+
+impl CatalogConfig {
+    pub const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+    /// A member with default settings.
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>, listen: impl Into<String>) -> Self {
+        Self {
+            node_id,
+            data_dir: data_dir.into(),
+            listen: listen.into(),
+            advertise: None,
+            bootstrap: false,
+            join: None,
+            retention_check_interval: Self::DEFAULT_RETENTION_CHECK_INTERVAL,
+        }
+    }
 }
 
 pub struct CatalogServer {
@@ -52,6 +72,7 @@ pub struct CatalogServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     node_watch: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
 }
 
 impl CatalogServer {
@@ -109,6 +130,12 @@ impl CatalogServer {
             config.node_id,
             liveness,
             state.clone(),
+        ));
+        let upkeep = tokio::spawn(maintenance::run(
+            raft.clone(),
+            config.node_id,
+            state.clone(),
+            config.retention_check_interval,
         ));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(
@@ -175,6 +202,7 @@ impl CatalogServer {
             shutdown: Some(tx),
             task: Some(task),
             node_watch,
+            upkeep,
         })
     }
 
@@ -197,6 +225,7 @@ impl CatalogServer {
 
     async fn stop(&mut self) {
         self.node_watch.abort();
+        self.upkeep.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -282,6 +311,7 @@ async fn join_cluster(node_id: NodeId, advertise: &str, join: &str) -> Result<()
 impl Drop for CatalogServer {
     fn drop(&mut self) {
         self.node_watch.abort();
+        self.upkeep.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -22,6 +22,7 @@ async fn start(id: u64, dir: &Path, listen: &str, join: Option<&str>) -> Catalog
         advertise: None,
         bootstrap: join.is_none(),
         join: join.map(str::to_string),
+        retention_check_interval: CatalogConfig::DEFAULT_RETENTION_CHECK_INTERVAL,
     })
     .await
     .expect("catalog member starts")

@@ -17,6 +17,7 @@ async fn start(id: u64, dir: &std::path::Path, bootstrap: bool) -> CatalogServer
         advertise: None,
         bootstrap,
         join: None,
+        retention_check_interval: CatalogConfig::DEFAULT_RETENTION_CHECK_INTERVAL,
     })
     .await
     .expect("catalog member starts")

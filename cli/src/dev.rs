@@ -31,6 +31,8 @@ pub struct DevConfig {
     /// the catalog marks a node down.
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// How often the catalog drops shard groups past their retention.
+    pub retention_check_interval: Duration,
 }
 
 impl DevConfig {
@@ -47,6 +49,7 @@ impl DevConfig {
             write_memory_limit_bytes: strata_coordinator::http::DEFAULT_WRITE_MEMORY_BYTES,
             heartbeat_interval: StorageConfig::DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_timeout: StorageConfig::DEFAULT_HEARTBEAT_TIMEOUT,
+            retention_check_interval: CatalogConfig::DEFAULT_RETENTION_CHECK_INTERVAL,
         }
     }
 
@@ -107,6 +110,7 @@ impl DevCluster {
             advertise: None,
             bootstrap: true,
             join: None,
+            retention_check_interval: config.retention_check_interval,
         })
         .await
         .context(CatalogSnafu)?;
@@ -122,6 +126,7 @@ impl DevCluster {
                 advertise: None,
                 bootstrap: false,
                 join: Some(seed.clone()),
+                retention_check_interval: config.retention_check_interval,
             })
             .await
             .context(CatalogSnafu)?;

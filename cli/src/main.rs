@@ -97,6 +97,10 @@ struct CatalogArgs {
     /// learner first, as a voter once caught up. Harmless on a restart.
     #[arg(long)]
     join: Option<String>,
+    /// How often the leader drops shard groups past their retention
+    /// (e.g. `1m`).
+    #[arg(long)]
+    retention_check_interval: Option<String>,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -314,6 +318,15 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
             .map_err(|e| e.0)?,
         advertise: a.advertise,
         bootstrap: a.bootstrap || f.pick(None, "bootstrap", false).map_err(|e| e.0)?,
+        retention_check_interval: duration_flag(
+            "--retention-check-interval",
+            f.pick(
+                a.retention_check_interval,
+                "retention_check_interval",
+                "1m".to_string(),
+            )
+            .map_err(|e| e.0)?,
+        )?,
         join: match a.join {
             Some(j) => Some(j),
             None => {

@@ -5,6 +5,7 @@ mod bench;
 mod catalog_failover;
 mod differential;
 mod distributed;
+mod drops;
 mod durability;
 mod end_to_end;
 mod hostile;

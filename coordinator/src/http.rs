@@ -731,7 +731,7 @@ struct V1QueryParams {
 
 /// InfluxDB v1 `/query`: database management statements, which v1 client
 /// libraries send (`CREATE DATABASE`, `DROP DATABASE`, `SHOW DATABASES`),
-/// and `DELETE FROM measurement WHERE ...` in `db`.
+/// and `DROP MEASUREMENT m` and `DELETE FROM measurement WHERE ...` in `db`.
 async fn query_v1(State(state): State<HttpState>, Query(p): Query<V1QueryParams>) -> Response {
     let Some(q) = p.q else {
         return error_response(Error::BadParameter {
@@ -745,13 +745,23 @@ async fn query_v1(State(state): State<HttpState>, Query(p): Query<V1QueryParams>
             Err(e) => error_response(e),
         };
     }
+    match ddl::parse_drop_table(&q, p.db.as_deref()) {
+        Ok(Some(_)) => {
+            return match state.engine.query(&q, p.db.as_deref()).await {
+                Ok(_) => Json(json!({ "results": [{ "statement_id": 0 }] })).into_response(),
+                Err(e) => error_response(e),
+            }
+        }
+        Ok(None) => {}
+        Err(reason) => return error_response(Error::BadStatement { reason }),
+    }
     let own = match ddl::parse(&q) {
         Ok(Some(own)) => own,
         Ok(None) => {
             return error_response(Error::BadStatement {
                 reason:
                     "the v1 /query endpoint runs CREATE DATABASE, DROP DATABASE, SHOW \
-                         DATABASES and DELETE; run SQL queries over Flight SQL or /api/v3/query_sql"
+                         DATABASES, DROP MEASUREMENT and DELETE; run SQL queries over Flight SQL or /api/v3/query_sql"
                         .into(),
             })
         }

@@ -8,7 +8,7 @@
 //! memtable leaves the snapshot set in the same step its files join it, so
 //! no row is seen twice or missed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use crate::dedup::dedup_sorted;
 use crate::delete::DeletePredicate;
 use crate::flush::{merged_schema, write_parquet, FlushError, Written};
 use crate::last_value::{CacheState, LastLookup, LastRows};
-use crate::manifest::{Manifest, ManifestError, ParquetFileMeta};
+use crate::manifest::{DroppedData, Manifest, ManifestError, ParquetFileMeta};
 use crate::series::{FileSeries, SeriesIndex};
 use crate::series_limit::{file_series, series_of, SeriesRegistry};
 use crate::wal::{self, DeleteEntry, Recovery, SyncPolicy, Wal, WalEntry, WalError};
@@ -59,6 +59,11 @@ pub enum EngineError {
         held: usize,
         new: usize,
     },
+    #[snafu(display(
+        "shard {shard_id} was dropped (retention, DROP DATABASE) and takes no more writes; \
+         the writer's catalog is out of date"
+    ))]
+    ShardDropped { shard_id: u64 },
     #[snafu(display("deleting from shard {shard_id} table '{table}': {source}"))]
     Delete {
         shard_id: u64,
@@ -371,9 +376,16 @@ impl Engine {
                 }
             }
         }
+        let drops = state.manifest.drops.clone();
+        let dropped = |seq: u64, shard_id: u64, table: &str| {
+            drops.iter().any(|d| d.covers(seq, shard_id, table))
+        };
         for e in replayed.entries {
             while let Some(d) = deletes.next_if(|d| d.seq < e.seq) {
                 apply(&mut state, d)?;
+            }
+            if dropped(e.seq, e.shard_id, &e.table) {
+                continue;
             }
             if let Ok(s) = series_of(&e.table, &e.batch) {
                 series.add(&e.database, s);
@@ -436,6 +448,15 @@ impl Engine {
         self.check_memory()?;
         self.admit_series(database, table, &batches)?;
         let _gate = self.write_gate.read().await;
+        if self
+            .state
+            .lock()
+            .manifest
+            .dropped_shards
+            .contains(&shard_id)
+        {
+            return Err(EngineError::ShardDropped { shard_id });
+        }
         let entries: Vec<WalEntry> = batches
             .into_iter()
             .map(|batch| WalEntry {
@@ -490,6 +511,169 @@ impl Engine {
         )
         .await?;
         Ok(removed)
+    }
+
+    /// Removes data for good: every table of `shard_ids` (`table` is
+    /// `None`) or one table in them, as of now. Memtables go at once; files
+    /// leave the manifest (and the disk once no scan reads them); the
+    /// manifest remembers the drop so that replaying the WAL does not bring
+    /// the rows back, and refuses later writes to dropped shards. No flush
+    /// or compaction runs meanwhile, and writes wait. Returns the rows and
+    /// files removed.
+    pub async fn drop_data(
+        &self,
+        shard_ids: &BTreeSet<u64>,
+        table: Option<&str>,
+    ) -> Result<(u64, usize), EngineError> {
+        let _no_flush = self.flush_lock.lock().await;
+        let _no_compaction = self.compaction_lock.lock().await;
+        let _gate = self.write_gate.write().await;
+        let seq = self.wal.next_seq();
+        let hit = |shard_id: u64, t: &str| {
+            shard_ids.contains(&shard_id) && table.is_none_or(|want| want == t)
+        };
+        let databases: BTreeSet<String> = self
+            .tables()
+            .into_iter()
+            .filter(|(_, k)| hit(k.shard_id, &k.table))
+            .map(|(db, _)| db)
+            .collect();
+        let rows = {
+            let mut st = self.state.lock();
+            let keys: Vec<TableKey> = st
+                .active
+                .keys()
+                .filter(|k| hit(k.shard_id, &k.table))
+                .cloned()
+                .collect();
+            let mut rows = 0u64;
+            for k in &keys {
+                drop_last(&mut st, k);
+                if let Some(m) = st.active.remove(k) {
+                    let n: usize = m.batches.iter().map(|b| b.num_rows()).sum();
+                    let bytes: usize =
+                        m.batches.iter().map(batch_bytes).sum::<usize>() + m.series_bytes();
+                    st.active_rows = st.active_rows.saturating_sub(n);
+                    st.active_bytes = st.active_bytes.saturating_sub(bytes);
+                    rows += n as u64;
+                }
+            }
+            // A flush holds the lock taken above while anything is frozen,
+            // so nothing is; these keys only lose their cached last values.
+            let cached: Vec<TableKey> = st
+                .last
+                .keys()
+                .filter(|k| hit(k.shard_id, &k.table))
+                .cloned()
+                .collect();
+            for k in &cached {
+                drop_last(&mut st, k);
+            }
+            rows
+        };
+        let mut files = 0;
+        let mut file_rows = 0u64;
+        self.update_manifest(
+            |m| {
+                let gone: Vec<u64> = m
+                    .files
+                    .iter()
+                    .filter(|f| hit(f.shard_id, &f.table))
+                    .map(|f| f.id)
+                    .collect();
+                files = gone.len();
+                file_rows = m
+                    .files
+                    .iter()
+                    .filter(|f| gone.contains(&f.id))
+                    .map(|f| f.rows)
+                    .sum();
+                m.files.retain(|f| !gone.contains(&f.id));
+                m.retire_files(&gone);
+                m.drops.push(DroppedData {
+                    seq,
+                    shard_ids: shard_ids.iter().copied().collect(),
+                    table: table.map(str::to_string),
+                });
+                if table.is_none() {
+                    m.dropped_shards.extend(shard_ids.iter().copied());
+                }
+            },
+            |_| {},
+        )
+        .await?;
+        // Series only in the dropped data no longer count against the limit.
+        for database in &databases {
+            self.recount_series(database).await?;
+        }
+        tracing::info!(
+            shards = ?shard_ids,
+            table = table.unwrap_or("(all)"),
+            rows = rows + file_rows,
+            files,
+            "dropped data"
+        );
+        Ok((rows + file_rows, files))
+    }
+
+    /// Counts the series `database` holds from what is left of it. Called
+    /// with writes held off.
+    async fn recount_series(&self, database: &str) -> Result<(), EngineError> {
+        let (files, batches) = {
+            let st = self.state.lock();
+            let files: Vec<(PathBuf, String)> = st
+                .manifest
+                .files
+                .iter()
+                .filter(|f| f.database == database)
+                .map(|f| (self.config.data_dir.join(&f.path), f.table.clone()))
+                .collect();
+            let batches: Vec<(String, RecordBatch)> = st
+                .active
+                .iter()
+                .filter(|(_, m)| m.database == database)
+                .flat_map(|(k, m)| m.batches.iter().map(|b| (k.table.clone(), b.clone())))
+                .collect();
+            (files, batches)
+        };
+        let series = tokio::task::spawn_blocking(move || {
+            let mut all = std::collections::HashSet::new();
+            for (path, table) in files {
+                match file_series(&path, &table) {
+                    Ok(s) => all.extend(s),
+                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot count the series of a file"),
+                }
+            }
+            for (table, batch) in batches {
+                if let Ok(s) = series_of(&table, &batch) {
+                    all.extend(s);
+                }
+            }
+            all
+        })
+        .await
+        .map_err(|e| panicked("counting series", e))?;
+        self.series.lock().replace(database, series);
+        Ok(())
+    }
+
+    /// The catalog version up to which table drops are applied here.
+    pub fn table_drops_applied(&self) -> u64 {
+        self.state.lock().manifest.table_drops_applied
+    }
+
+    /// Records that table drops up to `version` are applied.
+    pub async fn set_table_drops_applied(&self, version: u64) -> Result<(), EngineError> {
+        if self.table_drops_applied() >= version {
+            return Ok(());
+        }
+        self.update_manifest(|m| m.table_drops_applied = version, |_| {})
+            .await
+    }
+
+    /// Shards this node holds anything of.
+    pub fn shard_ids(&self) -> BTreeSet<u64> {
+        self.tables().into_iter().map(|(_, k)| k.shard_id).collect()
     }
 
     /// Records the series a write brings, or refuses it (before anything is
@@ -864,6 +1048,9 @@ impl Engine {
                 m.files.extend(files);
                 if complete {
                     m.flushed_seq = upto;
+                    // Replay starts after `upto`: drops before it have
+                    // nothing left to hide.
+                    m.drops.retain(|d| d.seq > upto);
                 }
             },
             // The flushed memtables leave the read snapshot in the same step

@@ -53,7 +53,7 @@ pub fn into_status(e: StorageError) -> tonic::Status {
             source: EngineError::MemoryPressure { .. },
         } => tonic::Code::ResourceExhausted,
         StorageError::Engine {
-            source: EngineError::SeriesLimit { .. },
+            source: EngineError::SeriesLimit { .. } | EngineError::ShardDropped { .. },
         } => tonic::Code::FailedPrecondition,
         StorageError::Engine {
             source:

@@ -41,6 +41,8 @@ pub struct StorageFlightService {
     pub catalog: CatalogClient,
     /// When the catalog was last refreshed for an unknown name.
     pub last_refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// Applies the catalog's drops; a write first waits for any pending.
+    pub drops: Arc<crate::drops::Dropper>,
 }
 
 /// Parses a descriptor path `[database, table, shard_id]`.
@@ -405,6 +407,15 @@ impl FlightService for StorageFlightService {
         self.check_batches(&db, &table, &batches)
             .map_err(|e| invalid(e.to_string()))?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        // A table dropped and written again: the drop goes first, or it
+        // would take the new rows with it.
+        let state = self.catalog.state();
+        if self.drops.table_drop_pending(&state) {
+            self.drops
+                .apply(&state)
+                .await
+                .map_err(|e| into_status(StorageError::Engine { source: e }))?;
+        }
         self.engine
             .write_batches(&db, &table, shard_id, batches)
             .await

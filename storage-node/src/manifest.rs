@@ -37,6 +37,36 @@ pub struct Manifest {
     /// Deletes not yet applied to every file they cover.
     #[serde(default)]
     pub tombstones: Vec<Tombstone>,
+    /// Data dropped (shards by retention or with their database, tables by
+    /// `DROP TABLE`) whose WAL records may still be replayed: a record of
+    /// a dropped (shard, table) with `seq` below the drop's is skipped.
+    /// Forgotten once a flush has retired those records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<DroppedData>,
+    /// Shards dropped here; writes to them are refused.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub dropped_shards: std::collections::BTreeSet<u64>,
+    /// The catalog version up to which `DROP TABLE`s have been applied.
+    #[serde(default)]
+    pub table_drops_applied: u64,
+}
+
+/// A drop, as the manifest remembers it for WAL replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedData {
+    /// WAL records with a lower sequence number predate the drop.
+    pub seq: u64,
+    pub shard_ids: Vec<u64>,
+    /// `None`: every table of the shards.
+    pub table: Option<String>,
+}
+
+impl DroppedData {
+    pub fn covers(&self, seq: u64, shard_id: u64, table: &str) -> bool {
+        seq < self.seq
+            && self.shard_ids.contains(&shard_id)
+            && self.table.as_deref().is_none_or(|t| t == table)
+    }
 }
 
 impl Manifest {

@@ -99,6 +99,16 @@ impl SeriesRegistry {
             .extend(series);
     }
 
+    /// Replaces what `database` holds (after data was dropped).
+    pub fn replace(&mut self, database: &str, series: HashSet<u64>) {
+        if series.is_empty() {
+            self.databases.remove(database);
+        } else {
+            self.databases
+                .insert(database.to_string(), series.into_iter().collect());
+        }
+    }
+
     /// Records `series` for a write, unless the new ones would take
     /// `database` over `limit` (0: no limit); then nothing is recorded.
     pub fn admit(

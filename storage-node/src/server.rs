@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::drops::Dropper;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{BindSnafu, EngineSnafu, RegisterSnafu, StorageError};
 use crate::flight::StorageFlightService;
@@ -47,6 +48,7 @@ pub struct StorageNode {
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     flusher: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
+    drops: JoinHandle<()>,
 }
 
 impl StorageNode {
@@ -61,12 +63,14 @@ impl StorageNode {
         let catalog = CatalogClient::connect(&config.catalog_addr, Duration::from_secs(60))
             .await
             .context(RegisterSnafu)?;
+        let dropper = Arc::new(Dropper::new(engine.clone()));
         let service = StorageFlightService {
             node_id: config.node_id,
             engine: engine.clone(),
             ctx: SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2)),
             catalog: catalog.clone(),
             last_refresh: tokio::sync::Mutex::new(None),
+            drops: dropper.clone(),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
@@ -97,6 +101,7 @@ impl StorageNode {
             })
             .await
             .context(RegisterSnafu)?;
+        let drops = tokio::spawn(crate::drops::follow(dropper, catalog.clone()));
         let heartbeat = tokio::spawn(heartbeat(
             catalog,
             config.node_id,
@@ -112,6 +117,7 @@ impl StorageNode {
             server: Some(server),
             flusher,
             heartbeat,
+            drops,
         })
     }
 
@@ -127,6 +133,7 @@ impl StorageNode {
     /// has no WAL to replay.
     pub async fn shutdown(mut self) {
         self.heartbeat.abort();
+        self.drops.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -147,6 +154,7 @@ impl Drop for StorageNode {
         }
         self.flusher.abort();
         self.heartbeat.abort();
+        self.drops.abort();
     }
 }
 

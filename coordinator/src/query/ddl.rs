@@ -4,6 +4,8 @@
 //!   [SHARD DURATION <dur>] [SHARD KEY (<tag>, ...)] [REPLICATION <n>] [SHARDS <n>]`
 //! - `ALTER DATABASE name SHARD KEY (<tag>, ...)` (for new shard groups)
 //! - `DROP DATABASE [IF EXISTS] name`
+//! - `DROP TABLE [IF EXISTS] [db.]name` (InfluxQL: `DROP MEASUREMENT name`):
+//!   the table's rows are deleted from the storage nodes
 //! - `SHOW DATABASES`
 //!
 //! (`DELETE` is also strata's own; see [`super::delete`].)
@@ -22,6 +24,11 @@ pub enum OwnStatement {
     },
     DropDatabase {
         name: String,
+        if_exists: bool,
+    },
+    DropTable {
+        database: String,
+        table: String,
         if_exists: bool,
     },
     /// `ALTER DATABASE name SHARD KEY (...)`: for shard groups created
@@ -52,6 +59,69 @@ fn is(tok: Option<&String>, word: &str) -> bool {
 fn unquote(name: &str) -> String {
     let n = name.trim_matches('"').trim_matches('`');
     n.to_string()
+}
+
+/// Parses `DROP TABLE [IF EXISTS] [db.]name` or `DROP MEASUREMENT name`,
+/// resolving the database from the name or the session's `database`.
+pub fn parse_drop_table(sql: &str, database: Option<&str>) -> Result<Option<OwnStatement>, String> {
+    let t = tokens(sql);
+    let at = |i: usize| t.get(i);
+    if !(is(at(0), "drop") && (is(at(1), "table") || is(at(1), "measurement"))) {
+        return Ok(None);
+    }
+    let what = t[1].to_ascii_uppercase();
+    let (if_exists, i) = if is(at(2), "if") && is(at(3), "exists") {
+        (true, 4)
+    } else {
+        (false, 2)
+    };
+    let name = at(i).ok_or_else(|| format!("DROP {what} needs a table name"))?;
+    if t.len() > i + 1 {
+        return Err(format!("unexpected '{}' after the table name", t[i + 1]));
+    }
+    let (db, table) = match split_qualified(name) {
+        (Some(db), table) => (db, table),
+        (None, table) => (
+            database
+                .ok_or_else(|| {
+                    format!(
+                        "DROP {what} {table}: name the database (database.{table}) or choose one for the session"
+                    )
+                })?
+                .to_string(),
+            table,
+        ),
+    };
+    if table.is_empty() {
+        return Err(format!("DROP {what} needs a table name"));
+    }
+    Ok(Some(OwnStatement::DropTable {
+        database: db,
+        table,
+        if_exists,
+    }))
+}
+
+/// `db.table`, `"db"."table"` or `table` (a quoted name keeps its dots).
+fn split_qualified(name: &str) -> (Option<String>, String) {
+    let parts: Vec<String> = {
+        let mut parts = vec![];
+        let mut cur = String::new();
+        let mut quoted = false;
+        for c in name.chars() {
+            match c {
+                '"' | '`' => quoted = !quoted,
+                '.' if !quoted => parts.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        parts.push(cur);
+        parts
+    };
+    match parts.as_slice() {
+        [db, table] => (Some(db.clone()), table.clone()),
+        _ => (None, unquote(name)),
+    }
 }
 
 /// Shortest shard-group window: each window is a catalog entry with its
@@ -423,6 +493,45 @@ pub fn format_duration(ns: i64) -> String {
         }
     }
     format!("{ns}ns")
+}
+
+#[cfg(test)]
+mod drop_table_tests {
+    use super::*;
+
+    #[test]
+    fn drop_table_resolves_its_database() {
+        assert_eq!(
+            parse_drop_table("DROP TABLE cpu", Some("db")).unwrap(),
+            Some(OwnStatement::DropTable {
+                database: "db".into(),
+                table: "cpu".into(),
+                if_exists: false
+            })
+        );
+        assert_eq!(
+            parse_drop_table("drop measurement if exists \"a.b\";", Some("db")).unwrap(),
+            Some(OwnStatement::DropTable {
+                database: "db".into(),
+                table: "a.b".into(),
+                if_exists: true
+            })
+        );
+        assert_eq!(
+            parse_drop_table("DROP TABLE other.cpu", None).unwrap(),
+            Some(OwnStatement::DropTable {
+                database: "other".into(),
+                table: "cpu".into(),
+                if_exists: false
+            })
+        );
+        assert!(parse_drop_table("DROP TABLE cpu", None)
+            .unwrap_err()
+            .contains("name the database"));
+        assert!(parse_drop_table("DROP TABLE", Some("db")).is_err());
+        assert!(parse_drop_table("DROP TABLE a b", Some("db")).is_err());
+        assert_eq!(parse_drop_table("DROP DATABASE x", None).unwrap(), None);
+    }
 }
 
 #[cfg(test)]

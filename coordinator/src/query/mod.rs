@@ -145,6 +145,11 @@ impl QueryEngine {
         if let Some(own) = ddl::parse(sql).map_err(|reason| Error::BadStatement { reason })? {
             return Ok(Planned::Own(own));
         }
+        if let Some(own) =
+            ddl::parse_drop_table(sql, database).map_err(|reason| Error::BadStatement { reason })?
+        {
+            return Ok(Planned::Own(own));
+        }
         if delete::is_delete(sql) {
             let d = delete::parse(sql, database, &self.catalog.state())
                 .map_err(|reason| Error::BadStatement { reason })?;
@@ -410,6 +415,22 @@ impl QueryEngine {
             OwnStatement::DropDatabase { name, if_exists } => {
                 self.catalog
                     .execute(Command::DropDatabase { name, if_exists })
+                    .await
+                    .context(CatalogSnafu)?;
+                Ok(vec![])
+            }
+            OwnStatement::DropTable {
+                database,
+                table,
+                if_exists,
+            } => {
+                self.catalog
+                    .execute(Command::DropTable {
+                        database,
+                        table,
+                        if_exists,
+                        at_ms: strata_catalog::liveness::now_ms(),
+                    })
                     .await
                     .context(CatalogSnafu)?;
                 Ok(vec![])
