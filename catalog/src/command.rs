@@ -373,12 +373,18 @@ impl CatalogData {
             .unwrap_or_else(|| (live.len() / rf).max(1));
 
         // Live nodes only, each shard's replicas on distinct nodes, every
-        // replica on the node that owns the fewest shards so far (lowest id
-        // on a tie), so that nodes added later or back from an outage fill
-        // up first.
+        // replica on the node that owns the fewest shards so far, so that
+        // nodes added later or back from an outage fill up first. Ties go
+        // round the nodes starting at a place that moves with each group,
+        // so a shard key's rows do not land on one node in every window.
         let mut load = self.shards_per_node();
         let group_id = self.next_id;
         self.next_id += 1;
+        let start = group_id as usize % live.len();
+        let turn = |n: &u64| {
+            let i = live.iter().position(|l| l == n).unwrap_or(0);
+            (i + live.len() - start) % live.len()
+        };
         let mut shards = Vec::with_capacity(n_shards);
         for _ in 0..n_shards {
             let mut owners: Vec<u64> = Vec::with_capacity(rf);
@@ -386,7 +392,7 @@ impl CatalogData {
                 let pick = live
                     .iter()
                     .filter(|n| !owners.contains(n))
-                    .min_by_key(|n| (load.get(n).copied().unwrap_or(0), **n))
+                    .min_by_key(|n| (load.get(n).copied().unwrap_or(0), turn(n)))
                     .copied()
                     .expect("rf is at most the number of live nodes");
                 *load.entry(pick).or_default() += 1;
