@@ -46,7 +46,7 @@ const WATCH_CHECK: Duration = Duration::from_secs(1);
 
 /// The members of a catalog cluster as a client knows them: the addresses
 /// it was given plus the ones members reported, one lazily connected
-/// channel each, and the member that answered last (the leader, usually)
+/// channel each (HTTP/2 pings every 500 ms, 1 s to answer), and the member that answered last (the leader, usually)
 /// tried first.
 #[derive(Clone)]
 pub struct Members {
@@ -120,8 +120,8 @@ impl Members {
             .expect("checked when the address was added")
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_millis(500))
+            .keep_alive_timeout(Duration::from_secs(1))
             .keep_alive_while_idle(true)
             .connect_lazy();
         // The whole state travels in one message; allow it to grow.
@@ -389,17 +389,21 @@ impl CatalogClient {
     }
 
     /// Tells the catalog leader that storage node `node_id` is alive (one
-    /// round over the members, within `timeout`).
+    /// round over the members, within `timeout`), registering it when it is
+    /// new, moved, or was marked down. `instance` names the node's data
+    /// directory. Returns a catalog version that includes the node.
     pub async fn heartbeat(
         &self,
         node_id: u64,
+        instance: &str,
         flight_addr: &str,
         timeout: Duration,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let request = HeartbeatRequest {
             node_id,
             flight_addr: flight_addr.to_string(),
             timeout_ms: timeout.as_millis() as u64,
+            instance: instance.to_string(),
         };
         let attempt = timeout.min(REQUEST_TIMEOUT);
         self.members
@@ -407,8 +411,8 @@ impl CatalogClient {
                 let request = request.clone();
                 async move { c.heartbeat(request).await }
             })
-            .await?;
-        Ok(())
+            .await
+            .map(|r| r.into_inner().catalog_version)
     }
 
     /// When the leader last heard from each storage node.

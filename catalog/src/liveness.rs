@@ -24,11 +24,13 @@ pub struct Liveness {
     seen: Mutex<HashMap<u64, Seen>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Seen {
     at: Instant,
     wall_ms: i64,
     timeout: Duration,
+    instance: String,
+    addr: String,
 }
 
 /// Milliseconds since the Unix epoch by this machine's clock.
@@ -40,16 +42,33 @@ pub fn now_ms() -> i64 {
 }
 
 impl Liveness {
-    pub fn record(&self, node_id: u64, timeout: Duration) {
+    /// Takes note of a heartbeat, unless another instance (another data
+    /// directory) holds `node_id` and is within its timeout: then answers
+    /// with that one's address.
+    pub fn record(
+        &self,
+        node_id: u64,
+        timeout: Duration,
+        instance: &str,
+        addr: &str,
+    ) -> Result<(), String> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = seen.get(&node_id) {
+            if s.instance != instance && s.at.elapsed() <= s.timeout {
+                return Err(s.addr.clone());
+            }
+        }
         seen.insert(
             node_id,
             Seen {
                 at: Instant::now(),
                 wall_ms: now_ms(),
                 timeout,
+                instance: instance.to_string(),
+                addr: addr.to_string(),
             },
         );
+        Ok(())
     }
 
     /// `(node, last heartbeat in ms since the epoch, timeout)` as heard here.
@@ -126,5 +145,22 @@ pub async fn watch_nodes(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_instance_of_a_node_id_is_refused_while_the_first_lives() {
+        let l = Liveness::default();
+        let t = Duration::from_millis(200);
+        l.record(1, t, "dir-a", "h:1").unwrap();
+        l.record(1, t, "dir-a", "h:2").unwrap();
+        assert_eq!(l.record(1, t, "dir-b", "h:3"), Err("h:2".to_string()));
+        l.record(2, t, "dir-b", "h:3").unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        l.record(1, t, "dir-b", "h:3").unwrap();
     }
 }

@@ -124,6 +124,7 @@ impl CatalogServer {
             node_id: config.node_id,
             state: state.clone(),
             liveness: liveness.clone(),
+            forward: Default::default(),
         };
         let node_watch = tokio::spawn(watch_nodes(
             raft.clone(),

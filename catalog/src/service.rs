@@ -19,6 +19,7 @@ use strata_proto::catalog::v1::{
 };
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::client::MAX_STATE_BYTES;
@@ -32,6 +33,7 @@ pub struct CatalogServiceImpl {
     pub node_id: NodeId,
     pub state: watch::Receiver<Arc<CatalogData>>,
     pub liveness: Arc<Liveness>,
+    pub forward: Forwarder,
 }
 
 impl CatalogServiceImpl {
@@ -59,24 +61,73 @@ fn to_proto(data: &CatalogData) -> Result<CatalogState, Status> {
     })
 }
 
-async fn leader_client(
-    forward: &ForwardToLeader<NodeId, BasicNode>,
-) -> Result<CatalogServiceClient<tonic::transport::Channel>, Status> {
-    let Some(node) = &forward.leader_node else {
-        return Err(Status::unavailable(
-            "the catalog has no leader right now (election in progress); retry shortly",
-        ));
-    };
-    let client = CatalogServiceClient::connect(format!("http://{}", node.addr))
-        .await
-        .map_err(|e| {
-            Status::unavailable(format!(
-                "catalog leader at {} is unreachable: {e}",
-                node.addr
-            ))
-        })?;
-    // A forwarded read carries the whole state back.
-    Ok(client.max_decoding_message_size(MAX_STATE_BYTES))
+/// Channels to the members this one forwards to, one per address.
+#[derive(Default)]
+pub struct Forwarder {
+    clients: std::sync::Mutex<std::collections::HashMap<String, CatalogServiceClient<Channel>>>,
+}
+
+/// How long a forwarded request may take. A leader that was paused or cut
+/// off accepts connections but never answers; the client tries another
+/// member after this.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Forwarder {
+    fn client(
+        &self,
+        forward: &ForwardToLeader<NodeId, BasicNode>,
+    ) -> Result<CatalogServiceClient<Channel>, Status> {
+        let Some(node) = &forward.leader_node else {
+            return Err(Status::unavailable(
+                "the catalog has no leader right now (election in progress); retry shortly",
+            ));
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&node.addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{}", node.addr))
+            .map_err(|e| Status::internal(format!("bad leader address {}: {e}", node.addr)))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        // A forwarded read carries the whole state back.
+        let client = CatalogServiceClient::new(channel).max_decoding_message_size(MAX_STATE_BYTES);
+        clients.insert(node.addr.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Sends a request on to the leader, within `timeout`.
+    async fn send<T, Fut>(
+        &self,
+        forward: &ForwardToLeader<NodeId, BasicNode>,
+        timeout: Duration,
+        call: impl FnOnce(CatalogServiceClient<Channel>) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let client = self.client(forward)?;
+        let addr = forward
+            .leader_node
+            .as_ref()
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        match tokio::time::timeout(timeout, call(client)).await {
+            Ok(Err(status)) if status.code() == tonic::Code::Unknown => {
+                Err(Status::unavailable(format!(
+                    "catalog leader at {addr} is unreachable: {}",
+                    status.message()
+                )))
+            }
+            Ok(answer) => answer,
+            Err(_) => Err(Status::unavailable(format!(
+                "catalog leader at {addr} did not answer within {timeout:?}"
+            ))),
+        }
+    }
 }
 
 fn membership_response(m: &Option<Membership<NodeId, BasicNode>>) -> Response<MembershipResponse> {
@@ -113,7 +164,13 @@ impl CatalogService for CatalogServiceImpl {
                     .map_err(|e| Status::internal(format!("encoding result: {e}")))?,
             })),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                leader_client(&f).await?.execute(req).await
+                self.forward
+                    .send(
+                        &f,
+                        FORWARD_TIMEOUT,
+                        |mut c| async move { c.execute(req).await },
+                    )
+                    .await
             }
             Err(e) => Err(Status::unavailable(format!("catalog write failed: {e}"))),
         }
@@ -126,9 +183,11 @@ impl CatalogService for CatalogServiceImpl {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(Response::new(to_proto(&self.state.borrow().clone())?)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                leader_client(&f)
-                    .await?
-                    .get_state(request.into_inner())
+                let req = request.into_inner();
+                self.forward
+                    .send(&f, FORWARD_TIMEOUT, |mut c| async move {
+                        c.get_state(req).await
+                    })
                     .await
             }
             Err(e) => Err(Status::unavailable(format!("catalog read failed: {e}"))),
@@ -165,7 +224,12 @@ impl CatalogService for CatalogServiceImpl {
         {
             Ok(resp) => Ok(membership_response(&resp.membership)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                leader_client(&f).await?.add_learner(req).await
+                // Waits for the learner to catch up, as above.
+                self.forward
+                    .send(&f, Duration::from_secs(300), |mut c| async move {
+                        c.add_learner(req).await
+                    })
+                    .await
             }
             Err(e) => Err(Status::failed_precondition(format!(
                 "adding catalog member {} at {}: {e}",
@@ -195,7 +259,11 @@ impl CatalogService for CatalogServiceImpl {
         match self.raft.change_membership(change, false).await {
             Ok(resp) => Ok(membership_response(&resp.membership)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                leader_client(&f).await?.change_membership(req).await
+                self.forward
+                    .send(&f, FORWARD_TIMEOUT * 10, |mut c| async move {
+                        c.change_membership(req).await
+                    })
+                    .await
             }
             Err(e) => Err(Status::failed_precondition(format!(
                 "changing catalog membership: {e}"
@@ -209,10 +277,24 @@ impl CatalogService for CatalogServiceImpl {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let req = request.into_inner();
         if let Some(f) = self.leader_elsewhere() {
-            return leader_client(&f).await?.heartbeat(req).await;
+            return self
+                .forward
+                .send(&f, FORWARD_TIMEOUT, |mut c| async move {
+                    c.heartbeat(req).await
+                })
+                .await;
         }
         let timeout = Duration::from_millis(req.timeout_ms.clamp(100, 3_600_000));
-        self.liveness.record(req.node_id, timeout);
+        if let Err(addr) =
+            self.liveness
+                .record(req.node_id, timeout, &req.instance, &req.flight_addr)
+        {
+            return Err(Status::failed_precondition(format!(
+                "storage node id {} is in use by a running node at {addr} (another data \
+                 directory); give this node another --node-id",
+                req.node_id
+            )));
+        }
         let state = self.state.borrow().clone();
         let known = state
             .nodes
@@ -235,7 +317,12 @@ impl CatalogService for CatalogServiceImpl {
             match self.raft.client_write(command).await {
                 Ok(resp) => resp.data.version,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return leader_client(&f).await?.heartbeat(req).await
+                    return self
+                        .forward
+                        .send(&f, FORWARD_TIMEOUT, |mut c| async move {
+                            c.heartbeat(req).await
+                        })
+                        .await
                 }
                 Err(e) => return Err(Status::unavailable(format!("catalog write failed: {e}"))),
             }
@@ -250,9 +337,12 @@ impl CatalogService for CatalogServiceImpl {
         request: Request<NodeLivenessRequest>,
     ) -> Result<Response<NodeLivenessResponse>, Status> {
         if let Some(f) = self.leader_elsewhere() {
-            return leader_client(&f)
-                .await?
-                .node_liveness(request.into_inner())
+            let req = request.into_inner();
+            return self
+                .forward
+                .send(&f, FORWARD_TIMEOUT, |mut c| async move {
+                    c.node_liveness(req).await
+                })
                 .await;
         }
         let nodes = self

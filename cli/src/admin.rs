@@ -153,6 +153,22 @@ pub async fn run(command: AdminCommand) -> Result<(), String> {
         }
         CatalogCommand::Remove(a) => {
             let members = Members::parse(&a.addrs.catalog).map_err(|e| e.to_string())?;
+            let rows = survey(&members).await;
+            let ids: Vec<u64> = rows
+                .iter()
+                .filter(|r| r.voter.is_some() && r.role != "removed")
+                .filter_map(|r| r.node_id)
+                .collect();
+            if !ids.is_empty() && !ids.contains(&a.node_id) {
+                return Err(format!(
+                    "catalog member {} is not in the cluster (members: {})",
+                    a.node_id,
+                    ids.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             change(&members, a.node_id, false).await?;
             println!("catalog member {} removed", a.node_id);
             Ok(())

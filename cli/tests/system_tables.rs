@@ -223,4 +223,30 @@ async fn a_stopped_storage_node_is_marked_down_avoided_and_back_up_after_restart
         .query("live", "SELECT address FROM system.nodes WHERE node_id = 2")
         .await;
     assert_eq!(address, vec![c.cluster().storage[1].addr().to_string()]);
+
+    // A second node started with a live node's id (and its own directory)
+    // is refused, naming the node that has it.
+    let err = StorageNode::start(StorageConfig {
+        node_id: 2,
+        listen: "127.0.0.1:0".into(),
+        advertise: None,
+        catalog_addr: c.cluster().addrs().catalog,
+        engine: EngineConfig::new(c.data_dir().join("impostor")),
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_secs(1),
+    })
+    .await
+    .err()
+    .expect("a duplicate node id is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("in use by a running node")
+            && message.contains(&c.cluster().storage[1].addr().to_string()),
+        "{message}"
+    );
+    assert_eq!(
+        c.query("live", "SELECT address FROM system.nodes WHERE node_id = 2")
+            .await,
+        vec![c.cluster().storage[1].addr().to_string()]
+    );
 }

@@ -1597,6 +1597,15 @@ fn remove_orphans(dir: &Path, manifest: &Manifest) -> Result<(), EngineError> {
                 std::fs::remove_file(&p).context(IoSnafu { path: &p })?;
             }
         }
+        // The directory of a dropped shard goes once it is empty.
+        let dropped = shard_dir
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|id| manifest.dropped_shards.contains(&id));
+        if dropped {
+            let _ = std::fs::remove_dir(shard_dir.path());
+        }
     }
     Ok(())
 }

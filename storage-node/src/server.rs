@@ -8,7 +8,7 @@ use std::time::Duration;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use snafu::ResultExt;
-use strata_catalog::{CatalogClient, Command};
+use strata_catalog::CatalogClient;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -93,22 +93,51 @@ impl StorageNode {
         let flusher = engine.spawn_flusher();
 
         let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let instance = instance_id(&config.engine.data_dir)?;
+        // The first heartbeat registers the node (or its new address); the
+        // catalog refuses it when another running node holds this id.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let version = loop {
+            match catalog
+                .heartbeat(
+                    config.node_id,
+                    &instance,
+                    &advertise,
+                    config.heartbeat_timeout,
+                )
+                .await
+            {
+                Ok(v) => break v,
+                Err(strata_catalog::Error::Rpc { addr, source })
+                    if source.code() == tonic::Code::FailedPrecondition =>
+                {
+                    return Err(StorageError::Register {
+                        source: strata_catalog::Error::Rpc { addr, source },
+                    })
+                }
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(StorageError::Register { source: e })
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "catalog not ready to register this node yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
         catalog
-            .execute(Command::RegisterNode {
-                id: config.node_id,
-                flight_addr: advertise.clone(),
-                at_ms: strata_catalog::liveness::now_ms(),
-            })
+            .wait_for_version(version)
             .await
             .context(RegisterSnafu)?;
-        let drops = tokio::spawn(crate::drops::follow(dropper, catalog.clone()));
         let heartbeat = tokio::spawn(heartbeat(
-            catalog,
+            catalog.clone(),
             config.node_id,
+            instance,
             advertise,
             config.heartbeat_interval,
             config.heartbeat_timeout,
         ));
+        let drops = tokio::spawn(crate::drops::follow(dropper, catalog.clone()));
+
         tracing::info!(node_id = config.node_id, %addr, "storage node serving");
         Ok(Self {
             addr,
@@ -158,11 +187,35 @@ impl Drop for StorageNode {
     }
 }
 
+/// The id of this node's data directory, made on first start: the catalog
+/// tells a restart of this node (same id, same directory) from a second
+/// node given the same id by mistake.
+fn instance_id(data_dir: &std::path::Path) -> Result<String, StorageError> {
+    let path = data_dir.join("node-instance");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    strata_catalog::fsutil::write_atomic(&path, id.as_bytes()).map_err(|source| {
+        StorageError::Engine {
+            source: crate::engine::EngineError::Io {
+                path: path.clone(),
+                source,
+            },
+        }
+    })?;
+    Ok(id)
+}
+
 /// Tells the catalog every `interval` that this node is alive. A missed
 /// beat is only logged: the next one may reach another member.
 async fn heartbeat(
     catalog: CatalogClient,
     node_id: u64,
+    instance: String,
     addr: String,
     interval: Duration,
     timeout: Duration,
@@ -172,12 +225,12 @@ async fn heartbeat(
     let mut failing = false;
     loop {
         tick.tick().await;
-        match catalog.heartbeat(node_id, &addr, timeout).await {
-            Ok(()) if failing => {
+        match catalog.heartbeat(node_id, &instance, &addr, timeout).await {
+            Ok(_) if failing => {
                 tracing::info!(node_id, "heartbeats reach the catalog again");
                 failing = false;
             }
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) if !failing => {
                 tracing::warn!(node_id, error = %e, "heartbeat did not reach the catalog");
                 failing = true;
