@@ -61,6 +61,21 @@ fn to_proto(data: &CatalogData) -> Result<CatalogState, Status> {
     })
 }
 
+/// Metadata key marking a request one member forwarded to another.
+const FORWARDED: &str = "strata-forwarded";
+
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
+/// `message` as a request forwarded by this member.
+fn onward<T>(message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
 /// Channels to the members this one forwards to, one per address.
 #[derive(Default)]
 pub struct Forwarder {
@@ -99,9 +114,12 @@ impl Forwarder {
         Ok(client)
     }
 
-    /// Sends a request on to the leader, within `timeout`.
+    /// Sends a request on to the leader, within `timeout`; not a request
+    /// that was itself forwarded here (`hop`): members with different
+    /// ideas of who leads would pass it round.
     async fn send<T, Fut>(
         &self,
+        hop: bool,
         forward: &ForwardToLeader<NodeId, BasicNode>,
         timeout: Duration,
         call: impl FnOnce(CatalogServiceClient<Channel>) -> Fut,
@@ -109,6 +127,12 @@ impl Forwarder {
     where
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
+        if hop {
+            return Err(Status::unavailable(
+                "the catalog member this request was forwarded to does not lead either \
+                 (leadership is changing); retry shortly",
+            ));
+        }
         let client = self.client(forward)?;
         let addr = forward
             .leader_node
@@ -154,6 +178,7 @@ impl CatalogService for CatalogServiceImpl {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<ExecuteResponse>, Status> {
+        let hop = forwarded(&request);
         let req = request.into_inner();
         let command: Command = serde_json::from_slice(&req.command_json)
             .map_err(|e| Status::invalid_argument(format!("bad catalog command: {e}")))?;
@@ -165,11 +190,9 @@ impl CatalogService for CatalogServiceImpl {
             })),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 self.forward
-                    .send(
-                        &f,
-                        FORWARD_TIMEOUT,
-                        |mut c| async move { c.execute(req).await },
-                    )
+                    .send(hop, &f, FORWARD_TIMEOUT, |mut c| async move {
+                        c.execute(onward(req)).await
+                    })
                     .await
             }
             Err(e) => Err(Status::unavailable(format!("catalog write failed: {e}"))),
@@ -183,10 +206,11 @@ impl CatalogService for CatalogServiceImpl {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(Response::new(to_proto(&self.state.borrow().clone())?)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                let hop = forwarded(&request);
                 let req = request.into_inner();
                 self.forward
-                    .send(&f, FORWARD_TIMEOUT, |mut c| async move {
-                        c.get_state(req).await
+                    .send(hop, &f, FORWARD_TIMEOUT, |mut c| async move {
+                        c.get_state(onward(req)).await
                     })
                     .await
             }
@@ -211,6 +235,7 @@ impl CatalogService for CatalogServiceImpl {
         &self,
         request: Request<AddLearnerRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        let hop = forwarded(&request);
         let req = request.into_inner();
         if req.addr.is_empty() {
             return Err(Status::invalid_argument("a learner needs an address"));
@@ -226,8 +251,8 @@ impl CatalogService for CatalogServiceImpl {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 // Waits for the learner to catch up, as above.
                 self.forward
-                    .send(&f, Duration::from_secs(300), |mut c| async move {
-                        c.add_learner(req).await
+                    .send(hop, &f, Duration::from_secs(300), |mut c| async move {
+                        c.add_learner(onward(req)).await
                     })
                     .await
             }
@@ -242,6 +267,7 @@ impl CatalogService for CatalogServiceImpl {
         &self,
         request: Request<ChangeMembershipRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        let hop = forwarded(&request);
         let req = request.into_inner();
         let change: ChangeMembers<NodeId, BasicNode> = if !req.voters.is_empty() {
             ChangeMembers::ReplaceAllVoters(req.voters.iter().copied().collect())
@@ -260,8 +286,8 @@ impl CatalogService for CatalogServiceImpl {
             Ok(resp) => Ok(membership_response(&resp.membership)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 self.forward
-                    .send(&f, FORWARD_TIMEOUT * 10, |mut c| async move {
-                        c.change_membership(req).await
+                    .send(hop, &f, FORWARD_TIMEOUT * 10, |mut c| async move {
+                        c.change_membership(onward(req)).await
                     })
                     .await
             }
@@ -275,12 +301,13 @@ impl CatalogService for CatalogServiceImpl {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let hop = forwarded(&request);
         let req = request.into_inner();
         if let Some(f) = self.leader_elsewhere() {
             return self
                 .forward
-                .send(&f, FORWARD_TIMEOUT, |mut c| async move {
-                    c.heartbeat(req).await
+                .send(hop, &f, FORWARD_TIMEOUT, |mut c| async move {
+                    c.heartbeat(onward(req)).await
                 })
                 .await;
         }
@@ -319,8 +346,8 @@ impl CatalogService for CatalogServiceImpl {
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     return self
                         .forward
-                        .send(&f, FORWARD_TIMEOUT, |mut c| async move {
-                            c.heartbeat(req).await
+                        .send(hop, &f, FORWARD_TIMEOUT, |mut c| async move {
+                            c.heartbeat(onward(req)).await
                         })
                         .await
                 }
@@ -337,11 +364,12 @@ impl CatalogService for CatalogServiceImpl {
         request: Request<NodeLivenessRequest>,
     ) -> Result<Response<NodeLivenessResponse>, Status> {
         if let Some(f) = self.leader_elsewhere() {
+            let hop = forwarded(&request);
             let req = request.into_inner();
             return self
                 .forward
-                .send(&f, FORWARD_TIMEOUT, |mut c| async move {
-                    c.node_liveness(req).await
+                .send(hop, &f, FORWARD_TIMEOUT, |mut c| async move {
+                    c.node_liveness(onward(req)).await
                 })
                 .await;
         }
