@@ -128,15 +128,24 @@ impl StorageFlightService {
     /// Refuses a request for a shard that the catalog does not place on
     /// this node in `database`, once this node's copy of the catalog has
     /// caught up with the sender's.
+    ///
+    /// A read (`reading`) may name shards the catalog has dropped since the
+    /// sender planned it (retention, DROP DATABASE): they hold nothing any
+    /// more, and reading them answers no rows, as a query planned a moment
+    /// later would.
     async fn check_owned(
         &self,
         database: &str,
         shard_ids: &[u64],
         version: Option<u64>,
+        reading: bool,
     ) -> Result<(), Status> {
         let missing = |state: &strata_catalog::CatalogData| {
             let db = state.databases.get(database);
             shard_ids.iter().copied().find(|id| {
+                if reading && state.shard_dropped(*id) {
+                    return false;
+                }
                 !db.is_some_and(|d| {
                     d.shard_groups.iter().any(|g| {
                         g.shards
@@ -299,7 +308,7 @@ impl FlightService for StorageFlightService {
         let (sent, report_metrics) = (fragment.plan.clone(), fragment.report_metrics);
         let leaves = fragment.leaves();
         for leaf in &leaves {
-            self.check_owned(&leaf.database, &leaf.shard_ids, None)
+            self.check_owned(&leaf.database, &leaf.shard_ids, None, true)
                 .await?;
         }
         let span = tracing::info_span!(
@@ -358,7 +367,8 @@ impl FlightService for StorageFlightService {
         })?;
         let (db, table, shard_id) = parse_path(&desc)?;
         // Everything that can be refused before the data is read is.
-        self.check_owned(&db, &[shard_id], catalog_version).await?;
+        self.check_owned(&db, &[shard_id], catalog_version, false)
+            .await?;
         let invalid = |reason: String| {
             into_status(StorageError::InvalidWrite {
                 database: db.clone(),
