@@ -62,6 +62,10 @@ pub enum Command {
         /// The proposer's clock (ms since the epoch) for `state_changed_ms`.
         #[serde(default)]
         at_ms: i64,
+        /// The node's data directory id; refused when the id is registered
+        /// with another one.
+        #[serde(default)]
+        instance: String,
     },
     /// Marks a storage node up or down (proposed by the catalog leader when
     /// its heartbeats stop or start again).
@@ -109,6 +113,11 @@ pub enum Rejection {
         table: String,
     },
     NoStorageNodes,
+    /// Another data directory registered this storage node id.
+    NodeIdTaken {
+        id: u64,
+        addr: String,
+    },
     /// Storage nodes are registered, but none is up.
     NoLiveStorageNodes {
         down: Vec<u64>,
@@ -142,6 +151,11 @@ impl std::fmt::Display for Rejection {
                     .join(", ")
             ),
             Rejection::NodeNotFound { id } => write!(f, "storage node {id} is not registered"),
+            Rejection::NodeIdTaken { id, addr } => write!(
+                f,
+                "storage node id {id} belongs to another data directory (last at {addr}); \
+                 a node whose data is lost joins under a new --node-id"
+            ),
             Rejection::NoStorageNodes => write!(
                 f,
                 "no storage nodes are registered with the catalog; start a storage node first"
@@ -250,15 +264,28 @@ impl CatalogData {
                 id,
                 flight_addr,
                 at_ms,
+                instance,
             } => {
+                if let Some(n) = self.nodes.get(id) {
+                    if !n.instance.is_empty() && !instance.is_empty() && n.instance != *instance {
+                        return CommandResult::Rejected(Rejection::NodeIdTaken {
+                            id: *id,
+                            addr: n.flight_addr.clone(),
+                        });
+                    }
+                }
                 let node = self.nodes.entry(*id).or_insert_with(|| StorageNodeInfo {
                     id: *id,
                     flight_addr: String::new(),
                     state: NodeState::Down,
                     state_changed_ms: 0,
+                    instance: String::new(),
                 });
                 let before = node.clone();
                 node.flight_addr = flight_addr.clone();
+                if !instance.is_empty() {
+                    node.instance = instance.clone();
+                }
                 if node.state != NodeState::Up {
                     node.state = NodeState::Up;
                     node.state_changed_ms = *at_ms;
@@ -442,6 +469,7 @@ mod tests {
                 id,
                 flight_addr: format!("127.0.0.1:{}", 9000 + id),
                 at_ms: 0,
+                instance: String::new(),
             });
         }
         c
@@ -550,6 +578,7 @@ mod tests {
             id: 2,
             flight_addr: "127.0.0.1:9002".into(),
             at_ms: 9,
+            instance: String::new(),
         });
         assert!(c.node_is_up(2));
         assert_eq!(c.nodes[&2].state_changed_ms, 9);

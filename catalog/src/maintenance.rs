@@ -105,6 +105,7 @@ mod tests {
             id: 1,
             flight_addr: "n1:1".into(),
             at_ms: 0,
+            instance: String::new(),
         });
         c.apply(&Command::CreateDatabase {
             name: "db".into(),

@@ -77,6 +77,10 @@ pub struct StorageNodeInfo {
     /// clock of the leader that decided it); 0 if never.
     #[serde(default)]
     pub state_changed_ms: i64,
+    /// Names the node's data directory (empty for nodes registered before
+    /// it was recorded): another directory may not take over the id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

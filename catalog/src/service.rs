@@ -37,6 +37,66 @@ pub struct CatalogServiceImpl {
 }
 
 impl CatalogServiceImpl {
+    /// A member to add must answer at its address as the id it is added
+    /// under, at an address no other member has.
+    async fn check_newcomer(&self, node_id: NodeId, addr: &str) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        for (id, node) in m.membership_config.membership().nodes() {
+            if node.addr == addr && *id != node_id {
+                return Err(Status::failed_precondition(format!(
+                    "{addr} is the address of catalog member {id}; each member needs its own"
+                )));
+            }
+            if *id == node_id && node.addr != addr {
+                return Err(Status::failed_precondition(format!(
+                    "catalog member {node_id} is already in the cluster at {}; remove it first \
+                     or pick another id",
+                    node.addr
+                )));
+            }
+        }
+        let status = self.status_of(addr).await.map_err(|e| {
+            Status::failed_precondition(format!(
+                "no catalog member answers at {addr} ({}); start it (without --bootstrap) first",
+                e.message()
+            ))
+        })?;
+        if status.node_id != node_id {
+            return Err(Status::failed_precondition(format!(
+                "the catalog member at {addr} is member {}, not {node_id}",
+                status.node_id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn status_of(&self, addr: &str) -> Result<StatusResponse, Status> {
+        let mut client = self.forward.client_at(addr)?;
+        match tokio::time::timeout(Duration::from_secs(2), client.status(StatusRequest {})).await {
+            Ok(r) => r.map(|r| r.into_inner()),
+            Err(_) => Err(Status::unavailable("no answer within 2 s")),
+        }
+    }
+
+    /// Waits until the member at `addr` has applied the log up to `index`.
+    async fn wait_caught_up(&self, node_id: NodeId, addr: &str, index: u64) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Ok(s) = self.status_of(addr).await {
+                if s.last_applied >= index {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "catalog member {node_id} at {addr} did not catch up within 300 s; it stays a \
+                     learner"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Where to send what only the leader may answer; `None` when this
     /// member leads.
     fn leader_elsewhere(&self) -> Option<ForwardToLeader<NodeId, BasicNode>> {
@@ -97,12 +157,16 @@ impl Forwarder {
                 "the catalog has no leader right now (election in progress); retry shortly",
             ));
         };
+        self.client_at(&node.addr)
+    }
+
+    fn client_at(&self, addr: &str) -> Result<CatalogServiceClient<Channel>, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&node.addr) {
+        if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map_err(|e| Status::internal(format!("bad leader address {}: {e}", node.addr)))?
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("bad member address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
@@ -110,7 +174,7 @@ impl Forwarder {
             .connect_lazy();
         // A forwarded read carries the whole state back.
         let client = CatalogServiceClient::new(channel).max_decoding_message_size(MAX_STATE_BYTES);
-        clients.insert(node.addr.clone(), client.clone());
+        clients.insert(addr.to_string(), client.clone());
         Ok(client)
     }
 
@@ -151,6 +215,35 @@ impl Forwarder {
                 "catalog leader at {addr} did not answer within {timeout:?}"
             ))),
         }
+    }
+}
+
+/// A failed membership change as the client sees it: another change in
+/// progress is worth retrying (a member that just bootstrapped, or joined,
+/// is still committing its own).
+fn membership_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    what: &str,
+) -> Status {
+    use openraft::error::ChangeMembershipError as C;
+    match e {
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(C::InProgress(p))) => {
+            Status::unavailable(format!(
+                "{what}: another membership change is being committed ({p}); retry shortly"
+            ))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(C::EmptyMembership(_))) => {
+            Status::failed_precondition(format!(
+                "{what}: the catalog would be left without a voter"
+            ))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(C::LearnerNotFound(l))) => {
+            Status::failed_precondition(format!(
+                "{what}: member {} must be added (as a learner) first",
+                l.node_id
+            ))
+        }
+        other => Status::unavailable(format!("{what}: {other}")),
     }
 }
 
@@ -240,26 +333,39 @@ impl CatalogService for CatalogServiceImpl {
         if req.addr.is_empty() {
             return Err(Status::invalid_argument("a learner needs an address"));
         }
-        // Blocks until the learner has caught up with the leader's log, so
-        // that promoting it next does not stall commits.
+        if let Some(f) = self.leader_elsewhere() {
+            // Waits for the learner to catch up, as below.
+            return self
+                .forward
+                .send(hop, &f, Duration::from_secs(300), |mut c| async move {
+                    c.add_learner(onward(req)).await
+                })
+                .await;
+        }
+        self.check_newcomer(req.node_id, &req.addr).await?;
+        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         match self
             .raft
             .add_learner(req.node_id, BasicNode::new(&req.addr), true)
             .await
         {
-            Ok(resp) => Ok(membership_response(&resp.membership)),
+            Ok(resp) => {
+                // Promoting a learner that is behind would stall commits:
+                // wait until it has applied the log as it was.
+                self.wait_caught_up(req.node_id, &req.addr, target).await?;
+                Ok(membership_response(&resp.membership))
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                // Waits for the learner to catch up, as above.
                 self.forward
                     .send(hop, &f, Duration::from_secs(300), |mut c| async move {
                         c.add_learner(onward(req)).await
                     })
                     .await
             }
-            Err(e) => Err(Status::failed_precondition(format!(
-                "adding catalog member {} at {}: {e}",
-                req.node_id, req.addr
-            ))),
+            Err(e) => Err(membership_error(
+                e,
+                &format!("adding catalog member {} at {}", req.node_id, req.addr),
+            )),
         }
     }
 
@@ -291,9 +397,7 @@ impl CatalogService for CatalogServiceImpl {
                     })
                     .await
             }
-            Err(e) => Err(Status::failed_precondition(format!(
-                "changing catalog membership: {e}"
-            ))),
+            Err(e) => Err(membership_error(e, "changing catalog membership")),
         }
     }
 
@@ -323,10 +427,20 @@ impl CatalogService for CatalogServiceImpl {
             )));
         }
         let state = self.state.borrow().clone();
-        let known = state
-            .nodes
-            .get(&req.node_id)
-            .is_some_and(|n| n.flight_addr == req.flight_addr && n.state == NodeState::Up);
+        if let Some(n) = state.nodes.get(&req.node_id) {
+            if !n.instance.is_empty() && !req.instance.is_empty() && n.instance != req.instance {
+                return Err(Status::failed_precondition(format!(
+                    "storage node id {} belongs to another data directory (last at {}); a node \
+                     whose data is lost joins under a new --node-id",
+                    req.node_id, n.flight_addr
+                )));
+            }
+        }
+        let known = state.nodes.get(&req.node_id).is_some_and(|n| {
+            n.flight_addr == req.flight_addr
+                && n.state == NodeState::Up
+                && n.instance == req.instance
+        });
         let version = if known {
             state.version
         } else {
@@ -340,6 +454,7 @@ impl CatalogService for CatalogServiceImpl {
                 id: req.node_id,
                 flight_addr: req.flight_addr.clone(),
                 at_ms: now_ms(),
+                instance: req.instance.clone(),
             };
             match self.raft.client_write(command).await {
                 Ok(resp) => resp.data.version,

@@ -320,3 +320,64 @@ async fn a_member_down_while_the_log_was_purged_comes_back_by_snapshot() {
         s.shutdown().await;
     }
 }
+
+/// Members started at the same moment all become voters (a join retries
+/// while another membership change commits), and a member cannot be added
+/// at an address where nothing answers or that another member has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_all_become_voters_and_bad_additions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(1, dir.path(), "127.0.0.1:0", None).await;
+    let seed = first.addr().to_string();
+    let (second, third) = tokio::join!(
+        start(2, dir.path(), "127.0.0.1:0", Some(&seed)),
+        start(3, dir.path(), "127.0.0.1:0", Some(&seed)),
+    );
+    let voters: BTreeSet<u64> = first
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, BTreeSet::from([1, 2, 3]));
+
+    let members = Members::parse(&seed).unwrap();
+    let mut rpc = members.client(&seed);
+    let ghost = rpc
+        .add_learner(strata_proto::catalog::v1::AddLearnerRequest {
+            node_id: 7,
+            addr: "127.0.0.1:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ghost.code(), tonic::Code::FailedPrecondition, "{ghost:?}");
+    assert!(
+        ghost.message().contains("no catalog member answers"),
+        "{ghost:?}"
+    );
+    let taken = rpc
+        .add_learner(strata_proto::catalog::v1::AddLearnerRequest {
+            node_id: 4,
+            addr: second.addr().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        taken.message().contains("address of catalog member 2"),
+        "{taken:?}"
+    );
+    let nodes = first
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .count();
+    assert_eq!(nodes, 3, "nothing was added");
+    for s in [first, second, third] {
+        s.shutdown().await;
+    }
+}

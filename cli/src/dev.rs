@@ -84,6 +84,11 @@ pub struct DevCluster {
 pub enum DevError {
     #[snafu(display("--catalog-voters must be 1, 3 or 5, not {n}"))]
     Voters { n: u32 },
+    #[snafu(display("cannot record the catalog members in {}: {source}", path.display()))]
+    Members {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[snafu(display("catalog: {source}"))]
     Catalog { source: strata_catalog::Error },
     #[snafu(display("storage node {node_id}: {source}"))]
@@ -103,10 +108,23 @@ impl DevCluster {
                 n: config.catalog_voters,
             });
         }
+        // Members find each other by address: with several, each keeps the
+        // port it got on the first start, so the directory starts again.
+        let members_file = config.data_dir.join("catalog-members.json");
+        let known: Vec<String> = if config.catalog_voters > 1 {
+            std::fs::read(&members_file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        } else {
+            vec![]
+        };
+        let listen =
+            |i: usize, default: &str| known.get(i).cloned().unwrap_or_else(|| default.to_string());
         let first = CatalogServer::start(CatalogConfig {
             node_id: 1,
             data_dir: config.data_dir.join("catalog"),
-            listen: config.catalog_addr.clone(),
+            listen: listen(0, &config.catalog_addr),
             advertise: None,
             bootstrap: true,
             join: None,
@@ -122,7 +140,7 @@ impl DevCluster {
             let member = CatalogServer::start(CatalogConfig {
                 node_id: id,
                 data_dir: config.data_dir.join(format!("catalog-{id}")),
-                listen: "127.0.0.1:0".into(),
+                listen: listen(id as usize - 1, "127.0.0.1:0"),
                 advertise: None,
                 bootstrap: false,
                 join: Some(seed.clone()),
@@ -131,6 +149,17 @@ impl DevCluster {
             .await
             .context(CatalogSnafu)?;
             catalog.push(member);
+        }
+        if config.catalog_voters > 1 {
+            let addrs: Vec<String> = catalog.iter().map(|m| m.addr().to_string()).collect();
+            strata_catalog::fsutil::write_atomic(
+                &members_file,
+                &serde_json::to_vec(&addrs).expect("addresses serialize"),
+            )
+            .map_err(|e| DevError::Members {
+                path: members_file.clone(),
+                source: e,
+            })?;
         }
         let catalog_addr = catalog_list(&catalog);
         let mut storage = vec![];

@@ -62,38 +62,67 @@ fn unquote(name: &str) -> String {
 }
 
 /// Parses `DROP TABLE [IF EXISTS] [db.]name` or `DROP MEASUREMENT name`,
-/// resolving the database from the name or the session's `database`.
+/// resolving the database from the name or the session's `database`. Names
+/// follow SQL: unquoted ones are lower-cased (as `SELECT` reads them),
+/// `"quoted"` ones are kept, `""` inside quotes is a quote; InfluxQL's
+/// `DROP MEASUREMENT` keeps case as InfluxDB does.
 pub fn parse_drop_table(sql: &str, database: Option<&str>) -> Result<Option<OwnStatement>, String> {
-    let t = tokens(sql);
-    let at = |i: usize| t.get(i);
-    if !(is(at(0), "drop") && (is(at(1), "table") || is(at(1), "measurement"))) {
+    let mut rest = sql.trim().trim_end_matches(';').trim_end();
+    let mut word = |w: &str| -> bool {
+        let r = rest.trim_start();
+        let n = w.len();
+        let matches = r.len() >= n
+            && r[..n].eq_ignore_ascii_case(w)
+            && r[n..].chars().next().is_none_or(|c| c.is_whitespace());
+        if matches {
+            rest = &r[n..];
+        }
+        matches
+    };
+    if !word("drop") {
         return Ok(None);
     }
-    let what = t[1].to_ascii_uppercase();
-    let (if_exists, i) = if is(at(2), "if") && is(at(3), "exists") {
-        (true, 4)
+    let measurement = if word("table") {
+        false
+    } else if word("measurement") {
+        true
     } else {
-        (false, 2)
+        return Ok(None);
     };
-    let name = at(i).ok_or_else(|| format!("DROP {what} needs a table name"))?;
-    if t.len() > i + 1 {
-        return Err(format!("unexpected '{}' after the table name", t[i + 1]));
-    }
-    let (db, table) = match split_qualified(name) {
-        (Some(db), table) => (db, table),
-        (None, table) => (
+    let what = if measurement { "MEASUREMENT" } else { "TABLE" };
+    let if_exists = if word("if") {
+        if !word("exists") {
+            return Err(format!("DROP {what} IF needs EXISTS"));
+        }
+        true
+    } else {
+        false
+    };
+    let parts =
+        identifier_path(rest.trim(), !measurement).map_err(|e| format!("DROP {what}: {e}"))?;
+    let (db, table) = match parts.as_slice() {
+        [table] => (
             database
                 .ok_or_else(|| {
-                    format!(
-                        "DROP {what} {table}: name the database (database.{table}) or choose one for the session"
-                    )
+                    if measurement {
+                        format!("DROP MEASUREMENT {table}: give the database as ?db=")
+                    } else {
+                        format!(
+                            "DROP TABLE {table}: name the database (database.{table}) or choose one for the session"
+                        )
+                    }
                 })?
                 .to_string(),
-            table,
+            table.clone(),
         ),
+        [db, table] => (db.clone(), table.clone()),
+        [] => return Err(format!("DROP {what} needs a table name")),
+        _ => return Err(format!("DROP {what}: a name is [database.]table")),
     };
-    if table.is_empty() {
-        return Err(format!("DROP {what} needs a table name"));
+    if db == "system" || db == "information_schema" {
+        return Err(format!(
+            "{db}.{table} describes the cluster and cannot be dropped"
+        ));
     }
     Ok(Some(OwnStatement::DropTable {
         database: db,
@@ -102,26 +131,56 @@ pub fn parse_drop_table(sql: &str, database: Option<&str>) -> Result<Option<OwnS
     }))
 }
 
-/// `db.table`, `"db"."table"` or `table` (a quoted name keeps its dots).
-fn split_qualified(name: &str) -> (Option<String>, String) {
-    let parts: Vec<String> = {
-        let mut parts = vec![];
-        let mut cur = String::new();
-        let mut quoted = false;
-        for c in name.chars() {
-            match c {
-                '"' | '`' => quoted = !quoted,
-                '.' if !quoted => parts.push(std::mem::take(&mut cur)),
-                c => cur.push(c),
+/// `a.b`, `"a"."b c"`, `"x""y"`: the parts of a dotted name. Unquoted parts
+/// are lower-cased when `fold`.
+fn identifier_path(text: &str, fold: bool) -> Result<Vec<String>, String> {
+    let mut parts = vec![];
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut part = String::new();
+        match chars.peek() {
+            None => break,
+            Some('"') => {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        None => return Err("a quoted name is not closed".into()),
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            part.push('"');
+                        }
+                        Some('"') => break,
+                        Some(c) => part.push(c),
+                    }
+                }
+            }
+            Some(_) => {
+                while let Some(&c) = chars.peek() {
+                    if c == '.' || c.is_whitespace() || c == '"' {
+                        break;
+                    }
+                    part.push(c);
+                    chars.next();
+                }
+                if fold {
+                    part = part.to_lowercase();
+                }
             }
         }
-        parts.push(cur);
-        parts
-    };
-    match parts.as_slice() {
-        [db, table] => (Some(db.clone()), table.clone()),
-        _ => (None, unquote(name)),
+        if part.is_empty() {
+            return Err("an empty name".into());
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(c) => {
+                let after: String = std::iter::once(c).chain(chars).collect();
+                return Err(format!("unexpected '{}' after the name", after.trim()));
+            }
+        }
     }
+    Ok(parts)
 }
 
 /// Shortest shard-group window: each window is a catalog entry with its
@@ -516,6 +575,24 @@ mod drop_table_tests {
                 table: "a.b".into(),
                 if_exists: true
             })
+        );
+        let table = |sql: &str| match parse_drop_table(sql, Some("db")).unwrap() {
+            Some(OwnStatement::DropTable { table, .. }) => table,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(table("DROP TABLE \"my table\""), "my table");
+        assert_eq!(table("DROP TABLE \"\"\"quoted\"\"\""), "\"quoted\"");
+        assert_eq!(table("DROP TABLE Upper"), "upper");
+        assert_eq!(table("DROP TABLE \"Upper\""), "Upper");
+        assert_eq!(table("DROP MEASUREMENT Upper"), "Upper");
+        assert!(parse_drop_table("DROP TABLE system.nodes", None)
+            .unwrap_err()
+            .contains("cannot be dropped"));
+        assert!(parse_drop_table("DROP TABLE \"open", Some("db")).is_err());
+        assert!(parse_drop_table("DROP TABLE a.b.c", Some("db")).is_err());
+        assert_eq!(
+            parse_drop_table("DROP TABLESPACE x", Some("db")).unwrap(),
+            None
         );
         assert_eq!(
             parse_drop_table("DROP TABLE other.cpu", None).unwrap(),
