@@ -181,6 +181,9 @@ impl Members {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(50);
         let mut last = String::new();
+        // Waiting long (the catalog not started yet, or without a quorum)
+        // is said now and then, not only when giving up.
+        let mut next_warning = start + Duration::from_secs(5);
         loop {
             for addr in self.order() {
                 match tokio::time::timeout(attempt_timeout, f(self.client(&addr))).await {
@@ -202,6 +205,16 @@ impl Members {
                         last = format!("{addr}: no answer within {attempt_timeout:?}");
                     }
                 }
+            }
+            if Instant::now() >= next_warning {
+                tracing::warn!(
+                    what,
+                    members = %self.addrs().join(","),
+                    last = %last,
+                    waited_s = start.elapsed().as_secs(),
+                    "the catalog has not answered yet; still trying"
+                );
+                next_warning += Duration::from_secs(10);
             }
             if start.elapsed() + backoff > patience {
                 return Err(Error::NoMember {

@@ -44,7 +44,7 @@ pub enum Error {
     Rpc { addr: String, source: tonic::Status },
 
     #[snafu(display(
-        "no catalog member answered {what} within {} s (tried {members}); last error: {last}",
+        "the catalog did not take {what} within {} s (asked {members}: none answered, or none could reach a leader); last error: {last}",
         waited.as_secs_f64().round()
     ))]
     NoMember {

@@ -173,6 +173,21 @@ impl CatalogServer {
                 .build()
             })?;
         }
+        if !config.bootstrap
+            && config.join.is_none()
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(Box::new)
+                .context(StartRaftSnafu)?
+        {
+            tracing::warn!(
+                node_id = config.node_id,
+                "this member belongs to no catalog cluster yet and waits to be added \
+                 (strata admin catalog add); start the first member with --bootstrap and the \
+                 others with --join"
+            );
+        }
         if config.bootstrap {
             // A single voter elects itself; wait for that so that callers can
             // write as soon as start returns.
