@@ -16,13 +16,9 @@ use strata_proto::catalog::v1::ChangeMembershipRequest;
 
 async fn start(id: u64, dir: &Path, listen: &str, join: Option<&str>) -> CatalogServer {
     CatalogServer::start(CatalogConfig {
-        node_id: id,
-        data_dir: dir.join(format!("member-{id}")),
-        listen: listen.to_string(),
-        advertise: None,
         bootstrap: join.is_none(),
         join: join.map(str::to_string),
-        retention_check_interval: CatalogConfig::DEFAULT_RETENTION_CHECK_INTERVAL,
+        ..CatalogConfig::new(id, dir.join(format!("member-{id}")), listen)
     })
     .await
     .expect("catalog member starts")

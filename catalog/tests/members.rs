@@ -11,13 +11,9 @@ use strata_catalog::{CatalogClient, CatalogConfig, CatalogServer, Command};
 
 async fn start(id: u64, dir: &std::path::Path, bootstrap: bool) -> CatalogServer {
     CatalogServer::start(CatalogConfig {
-        node_id: id,
-        data_dir: dir.join(format!("member-{id}")),
-        listen: "127.0.0.1:0".to_string(),
-        advertise: None,
         bootstrap,
         join: None,
-        retention_check_interval: CatalogConfig::DEFAULT_RETENTION_CHECK_INTERVAL,
+        ..CatalogConfig::new(id, dir.join(format!("member-{id}")), "127.0.0.1:0")
     })
     .await
     .expect("catalog member starts")

@@ -111,8 +111,9 @@ impl Member {
     }
 }
 
-/// The state a member applied (the first message of a watch on it).
-async fn local_state(addr: &str) -> Option<CatalogData> {
+/// The state a member applied (the first message of a watch on it), not
+/// a read forwarded to the leader; `None` when it does not answer in 2 s.
+pub async fn local_state(addr: &str) -> Option<CatalogData> {
     let mut c = CatalogServiceClient::connect(format!("http://{addr}"))
         .await
         .ok()?

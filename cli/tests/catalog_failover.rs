@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use strata::failover_bench::local_state;
 use strata::sql_client::SqlClient;
 use strata_catalog::client::Members;
-use strata_catalog::CatalogData;
-use strata_proto::catalog::v1::catalog_service_client::CatalogServiceClient;
-use strata_proto::catalog::v1::WatchRequest;
 
 use crate::support::{post, ServerProcess};
 
@@ -63,28 +61,6 @@ impl Member {
             .success();
         assert!(ok, "kill {signal} {pid}");
     }
-}
-
-/// The state a member applied, read from the member itself (a watch
-/// stream's first message), not forwarded to the leader.
-async fn local_state(addr: &str) -> Option<CatalogData> {
-    let mut c = CatalogServiceClient::connect(format!("http://{addr}"))
-        .await
-        .ok()?
-        .max_decoding_message_size(256 << 20);
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        c.watch(WatchRequest { known_version: 0 }),
-    )
-    .await
-    .ok()?
-    .ok()?
-    .into_inner();
-    let state = tokio::time::timeout(Duration::from_secs(2), stream.message())
-        .await
-        .ok()?
-        .ok()??;
-    serde_json::from_slice(&state.state_json).ok()
 }
 
 /// Waits until the member at `addr` holds every database in `names`.
