@@ -336,7 +336,15 @@ impl Engine {
         let wal_dir = dir.join("wal");
         let replayed =
             wal::replay(&wal_dir, manifest.flushed_seq, config.recovery).context(WalSnafu)?;
-        let wal = Wal::start(&wal_dir, replayed.last_seq, config.sync).context(WalSnafu)?;
+        // A drop takes a sequence number it never writes to the WAL; new
+        // records must number above it, or a later replay would take them
+        // for rows written before the drop.
+        let last_seq = manifest
+            .drops
+            .iter()
+            .map(|d| d.seq)
+            .fold(replayed.last_seq, u64::max);
+        let wal = Wal::start(&wal_dir, last_seq, config.sync).context(WalSnafu)?;
         let mut state = State {
             active: BTreeMap::new(),
             active_rows: 0,
@@ -1697,6 +1705,57 @@ mod tests {
         let snap = e.snapshot("cpu", &[1, 2]);
         assert!(snap.batches.is_empty(), "everything was flushed");
         assert_eq!(rows(&snap), 4);
+    }
+
+    /// Drops survive a crash (no flush): the dropped rows stay out of the
+    /// replay, rows written after the drops stay in, also when the drops
+    /// were the last things numbered before the crash, and a dropped shard
+    /// takes no more writes.
+    #[tokio::test]
+    async fn drops_hold_across_crashes_and_later_writes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = |id: u64| BTreeSet::from([id]);
+        {
+            let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+            e.write("db", "a", 1, batch(&[1, 2], &[1.0, 2.0]))
+                .await
+                .unwrap();
+            e.write("db", "b", 1, batch(&[1], &[1.0])).await.unwrap();
+            e.write("db", "a", 2, batch(&[1], &[1.0])).await.unwrap();
+            e.flush().await.unwrap();
+            e.write("db", "a", 1, batch(&[3], &[3.0])).await.unwrap();
+            e.write("db", "b", 1, batch(&[2], &[2.0])).await.unwrap();
+            let (gone, _) = e.drop_data(&shard(1), Some("a")).await.unwrap();
+            assert_eq!(gone, 3);
+            e.drop_data(&shard(1), Some("b")).await.unwrap();
+            e.drop_data(&shard(2), None).await.unwrap();
+            assert_eq!(rows(&e.snapshot("a", &[1, 2])), 0);
+            // Crash: no flush.
+        }
+        {
+            let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+            assert_eq!(rows(&e.snapshot("a", &[1, 2])), 0);
+            assert_eq!(rows(&e.snapshot("b", &[1])), 0);
+            e.write("db", "b", 1, batch(&[7], &[7.0])).await.unwrap();
+            e.write("db", "a", 1, batch(&[8], &[8.0])).await.unwrap();
+            let refused = e.write("db", "a", 2, batch(&[9], &[9.0])).await;
+            assert!(
+                matches!(refused, Err(EngineError::ShardDropped { shard_id: 2 })),
+                "{refused:?}"
+            );
+            // Crash again before a flush.
+        }
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        assert_eq!(rows(&e.snapshot("b", &[1])), 1, "the write after the drop");
+        assert_eq!(rows(&e.snapshot("a", &[1])), 1, "the write after the drop");
+        assert_eq!(rows(&e.snapshot("a", &[2])), 0);
+        e.flush().await.unwrap();
+        drop(e);
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        assert_eq!(
+            rows(&e.snapshot("a", &[1])) + rows(&e.snapshot("b", &[1])),
+            2
+        );
     }
 
     #[tokio::test]
