@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::command::Command;
 use crate::liveness::now_ms;
-use crate::model::{CatalogData, DROP_RECORD_KEEP_MS};
+use crate::model::{CatalogData, NodeState, DROP_RECORD_KEEP_MS};
 use crate::raft::{NodeId, Raft};
 
 /// How often the leader looks for windows to pre-create.
@@ -23,6 +23,11 @@ pub const PRECREATE_AHEAD_NS: i64 = 30 * 60 * 1_000_000_000;
 /// `(database, start of the next window)`.
 pub fn windows_to_precreate(state: &CatalogData, now_ns: i64) -> Vec<(String, i64)> {
     let mut out = vec![];
+    // With no node up the catalog refuses new groups; asking every second
+    // would only grow the log.
+    if !state.nodes.values().any(|n| n.state == NodeState::Up) {
+        return out;
+    }
     for db in state.databases.values() {
         let Some(current) = db.shard_group_for(now_ns) else {
             continue;
@@ -142,6 +147,21 @@ mod tests {
             windows_to_precreate(&c, late),
             vec![("db".to_string(), 11 * HOUR_NS)]
         );
+        c.apply(&Command::SetNodeState {
+            id: 1,
+            state: NodeState::Down,
+            at_ms: 1,
+        });
+        assert!(
+            windows_to_precreate(&c, late).is_empty(),
+            "no node is up to hold a group"
+        );
+        c.apply(&Command::RegisterNode {
+            id: 1,
+            flight_addr: "n1:1".into(),
+            at_ms: 2,
+            instance: String::new(),
+        });
         create(&mut c, 11 * HOUR_NS);
         assert!(windows_to_precreate(&c, late).is_empty());
     }
