@@ -61,15 +61,20 @@ struct MembersInner {
 
 /// Errors that say "this member could not answer now", after which another
 /// member (or the same one, later) may.
+///
+/// A connection that breaks mid-request (the member shut down or was
+/// killed) comes back as `Internal` with an HTTP/2 error; that is the
+/// member too. Commands carry request ids, so retrying one is safe.
 fn retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
+    match status.code() {
         Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::Aborted
-    )
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Aborted => true,
+        Code::Internal => status.message().contains("h2 protocol error"),
+        _ => false,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -651,6 +656,18 @@ mod tests {
             Members::parse("a:1,not an address"),
             Err(Error::BadAddress { .. })
         ));
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried_a_bad_request_is_not() {
+        assert!(retryable(&Status::internal(
+            "h2 protocol error: http2 error"
+        )));
+        assert!(retryable(&Status::unavailable("leader changing")));
+        assert!(!retryable(&Status::internal(
+            "encoding catalog state: oops"
+        )));
+        assert!(!retryable(&Status::invalid_argument("bad command")));
     }
 
     #[test]
