@@ -40,6 +40,18 @@ fn addrs(servers: &[CatalogServer]) -> String {
         .join(",")
 }
 
+/// The voters as `server` sees the membership.
+fn voters(server: &CatalogServer) -> BTreeSet<u64> {
+    server
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
+}
+
 fn create(name: &str) -> Command {
     Command::CreateDatabase {
         name: name.to_string(),
@@ -182,14 +194,7 @@ async fn joined_members_are_voters_and_clients_survive_the_leader_stopping() {
     acknowledged.insert("after_removal".to_string());
     for s in servers.iter().flatten() {
         wait_for_databases(s, &acknowledged).await;
-        let voters: BTreeSet<u64> = s
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = voters(s);
         assert!(!voters.contains(&leader_id), "{voters:?}");
         assert_eq!(voters.len(), 2);
     }
@@ -329,15 +334,7 @@ async fn concurrent_joins_all_become_voters_and_bad_additions_are_refused() {
         start(2, dir.path(), "127.0.0.1:0", Some(&seed)),
         start(3, dir.path(), "127.0.0.1:0", Some(&seed)),
     );
-    let voters: BTreeSet<u64> = first
-        .raft()
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect();
-    assert_eq!(voters, BTreeSet::from([1, 2, 3]));
+    assert_eq!(voters(&first), BTreeSet::from([1, 2, 3]));
 
     let members = Members::parse(&seed).unwrap();
     let mut rpc = members.client(&seed);

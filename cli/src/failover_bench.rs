@@ -49,8 +49,13 @@ impl Drop for Process {
     }
 }
 
-fn spawn(args: &[&str], addr_file: &Path) -> Result<(Process, serde_json::Value), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+/// Runs `exe ARGS --addr-file FILE`, waits for its ready line and returns
+/// the addresses it wrote.
+fn spawn(
+    exe: &Path,
+    args: &[&str],
+    addr_file: &Path,
+) -> Result<(Process, serde_json::Value), String> {
     let _ = std::fs::remove_file(addr_file);
     let mut child = Command::new(exe)
         .args(args)
@@ -76,21 +81,27 @@ fn spawn(args: &[&str], addr_file: &Path) -> Result<(Process, serde_json::Value)
     Ok((process, addrs))
 }
 
+/// A free port on localhost: a restarted member must come back on the
+/// address the others know it by.
 fn free_addr() -> Result<String, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.to_string())
 }
 
-struct Member {
-    id: u64,
-    addr: String,
+/// A catalog member run as a process of `exe` (`strata`).
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    exe: PathBuf,
+    dir: PathBuf,
     join: Option<String>,
     process: Option<Process>,
 }
 
 impl Member {
-    fn start(&mut self, dir: &Path) -> Result<(), String> {
-        let data = dir.join(format!("catalog-{}", self.id));
+    /// Starts (or restarts) the member on its address and data directory.
+    pub fn start(&mut self) -> Result<(), String> {
+        let data = self.dir.join(format!("catalog-{}", self.id));
         let id = self.id.to_string();
         let mut args = vec![
             "catalog",
@@ -105,10 +116,55 @@ impl Member {
             Some(j) => args.extend(["--join", j.as_str()]),
             None => args.push("--bootstrap"),
         }
-        let (p, _) = spawn(&args, &dir.join(format!("catalog-{}.json", self.id)))?;
+        let file = self.dir.join(format!("catalog-{}.json", self.id));
+        let (p, _) = spawn(&self.exe, &args, &file)?;
         self.process = Some(p);
         Ok(())
     }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.child.id())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+}
+
+/// Three catalog members of `exe` on free ports under `dir`, started: the
+/// first bootstraps, the others join it.
+pub fn start_three(exe: &Path, dir: &Path) -> Result<Vec<Member>, String> {
+    let seed = free_addr()?;
+    let mut list = vec![];
+    for id in 1..=3u64 {
+        let mut m = Member {
+            id,
+            addr: if id == 1 { seed.clone() } else { free_addr()? },
+            exe: exe.to_path_buf(),
+            dir: dir.to_path_buf(),
+            join: (id > 1).then(|| seed.clone()),
+            process: None,
+        };
+        m.start()?;
+        list.push(m);
+    }
+    Ok(list)
+}
+
+/// The members' addresses as `--catalog` takes them.
+pub fn addr_list(list: &[Member]) -> String {
+    list.iter()
+        .map(|m| m.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The state a member applied (the first message of a watch on it), not
@@ -133,7 +189,10 @@ pub async fn local_state(addr: &str) -> Option<CatalogData> {
     serde_json::from_slice(&state.state_json).ok()
 }
 
-async fn leader(members: &Members, list: &[Member]) -> Option<usize> {
+/// The index of the member that leads in the highest term, once one does
+/// (within 30 s).
+pub async fn leader(list: &[Member]) -> Option<usize> {
+    let members = Members::parse(&addr_list(list)).ok()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let best = members
@@ -143,8 +202,8 @@ async fn leader(members: &Members, list: &[Member]) -> Option<usize> {
             .filter_map(|(addr, s)| s.ok().map(|s| (addr, s)))
             .filter(|(_, s)| s.role == "leader")
             .max_by_key(|(_, s)| s.term);
-        if let Some((addr, _)) = best {
-            return list.iter().position(|m| m.addr == addr);
+        if let Some(i) = best.and_then(|(addr, _)| list.iter().position(|m| m.addr == addr)) {
+            return Some(i);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -156,7 +215,7 @@ async fn lost(list: &[Member], acknowledged: &BTreeSet<String>) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut missing = BTreeSet::new();
-        for m in list.iter().filter(|m| m.process.is_some()) {
+        for m in list.iter().filter(|m| m.is_running()) {
             let state = local_state(&m.addr).await.unwrap_or_default();
             missing.extend(
                 acknowledged
@@ -184,27 +243,12 @@ pub async fn run(a: FailoverArgs) -> Result<(), String> {
             tmp.0.clone()
         }
     };
-    let seed = free_addr()?;
-    let mut list: Vec<Member> = vec![];
-    for id in 1..=3u64 {
-        list.push(Member {
-            id,
-            addr: if id == 1 { seed.clone() } else { free_addr()? },
-            join: (id > 1).then(|| seed.clone()),
-            process: None,
-        });
-    }
-    for m in &mut list {
-        m.start(&dir)?;
-    }
-    let addrs: String = list
-        .iter()
-        .map(|m| m.addr.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    let members = Members::parse(&addrs).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut list = start_three(&exe, &dir)?;
+    let addrs = addr_list(&list);
     let storage_dir = dir.join("storage");
     let (_storage, _) = spawn(
+        &exe,
         &[
             "storage",
             "--node-id",
@@ -221,6 +265,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), String> {
         &dir.join("storage.json"),
     )?;
     let (_coordinator, c) = spawn(
+        &exe,
         &[
             "coordinator",
             "--http-addr",
@@ -241,7 +286,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), String> {
     let mut killed: Option<usize> = None;
     for round in 1..=a.rounds {
         if let Some(k) = killed.take() {
-            list[k].start(&dir)?;
+            list[k].start()?;
         }
         let acknowledged = Arc::new(Mutex::new(Vec::<(String, Instant, Instant)>::new()));
         let failed = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -268,14 +313,9 @@ pub async fn run(a: FailoverArgs) -> Result<(), String> {
             })
         };
         tokio::time::sleep(Duration::from_secs_f64(a.before_s)).await;
-        let victim = leader(&members, &list)
-            .await
-            .ok_or("no catalog leader within 30 s")?;
+        let victim = leader(&list).await.ok_or("no catalog leader within 30 s")?;
         let killed_at = Instant::now();
-        if let Some(mut p) = list[victim].process.take() {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
+        list[victim].kill9();
         killed = Some(victim);
         let gap = loop {
             let next = acknowledged

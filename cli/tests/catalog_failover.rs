@@ -5,62 +5,24 @@
 //! time window get exactly one shard group.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata::failover_bench::local_state;
+use strata::failover_bench::{self, local_state, Member};
 use strata::sql_client::SqlClient;
-use strata_catalog::client::Members;
 
 use crate::support::{post, ServerProcess};
 
-/// A free port on localhost: a restarted member must come back on the
-/// address the others know it by.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-struct Member {
-    id: u64,
-    addr: String,
-    dir: PathBuf,
-    join: Option<String>,
-    process: Option<ServerProcess>,
-}
-
-impl Member {
-    fn start(&mut self) {
-        let dir = self.dir.join(format!("catalog-{}", self.id));
-        let id = self.id.to_string();
-        let mut args = vec![
-            "catalog",
-            "--node-id",
-            &id,
-            "--listen",
-            &self.addr,
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ];
-        match &self.join {
-            Some(j) => args.extend(["--join", j.as_str()]),
-            None => args.push("--bootstrap"),
-        }
-        let file = self.dir.join(format!("catalog-{}.json", self.id));
-        let (p, _) = ServerProcess::start(&args, &file);
-        self.process = Some(p);
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.process.as_ref().expect("running").pid().to_string();
-        let ok = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill {signal} {pid}");
-    }
+/// Sends `signal` (`-STOP`, `-CONT`) to a running member.
+fn signal(member: &Member, signal: &str) {
+    let pid = member.pid().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill {signal} {pid}");
 }
 
 /// Waits until the member at `addr` holds every database in `names`.
@@ -88,25 +50,9 @@ async fn wait_for_databases(addr: &str, names: &BTreeSet<String>) {
 
 /// The index of the member that leads in the highest term.
 async fn leader(members: &[Member]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let list: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
-    let client = Members::parse(&list.join(",")).unwrap();
-    loop {
-        let best = client
-            .statuses(Duration::from_millis(500))
-            .await
-            .into_iter()
-            .filter_map(|(addr, s)| s.ok().map(|s| (addr, s)))
-            .filter(|(_, s)| s.role == "leader")
-            .max_by_key(|(_, s)| s.term);
-        if let Some((addr, _)) = best {
-            if let Some(i) = members.iter().position(|m| m.addr == addr) {
-                return i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no catalog leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    failover_bench::leader(members)
+        .await
+        .expect("a catalog leader within 30 s")
 }
 
 /// Runs `CREATE DATABASE` statements one after another until told to stop,
@@ -198,24 +144,8 @@ fn start_role(dir: &Path, name: &str, args: &[&str]) -> (ServerProcess, serde_js
 async fn the_catalog_survives_its_leader_killed_or_paused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let seed = free_addr();
-    let mut members: Vec<Member> = (1..=3)
-        .map(|id| Member {
-            id,
-            addr: if id == 1 { seed.clone() } else { free_addr() },
-            dir: dir.to_path_buf(),
-            join: (id > 1).then(|| seed.clone()),
-            process: None,
-        })
-        .collect();
-    for m in &mut members {
-        m.start();
-    }
-    let list: String = members
-        .iter()
-        .map(|m| m.addr.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut members = failover_bench::start_three(&crate::support::strata_bin(), dir).unwrap();
+    let list = failover_bench::addr_list(&members);
     let storage_dir = dir.join("storage");
     let (_storage, _) = start_role(
         dir,
@@ -260,7 +190,7 @@ async fn the_catalog_survives_its_leader_killed_or_paused() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let old = leader(&members).await;
     let killed_at = Instant::now();
-    members[old].process.take().unwrap().kill9();
+    members[old].kill9();
     let gap = ddl.next_after(killed_at).await;
     println!("leader killed: next DDL acknowledged after {gap:?}");
     let (acknowledged, failed) = ddl.finish().await;
@@ -275,7 +205,7 @@ async fn the_catalog_survives_its_leader_killed_or_paused() {
         }
     }
     // The killed member restarts and catches up.
-    members[old].start();
+    members[old].start().unwrap();
     wait_for_databases(&members[old].addr, &acknowledged).await;
     let mut all = acknowledged;
 
@@ -285,7 +215,7 @@ async fn the_catalog_survives_its_leader_killed_or_paused() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let paused = leader(&members).await;
     let paused_at = Instant::now();
-    members[paused].signal("-STOP");
+    signal(&members[paused], "-STOP");
     let gap = ddl.next_after(paused_at).await;
     println!("leader paused: next DDL acknowledged after {gap:?}");
     let (acknowledged, failed) = ddl.finish().await;
@@ -294,7 +224,7 @@ async fn the_catalog_survives_its_leader_killed_or_paused() {
         acknowledged.len(),
         failed.len()
     );
-    members[paused].signal("-CONT");
+    signal(&members[paused], "-CONT");
     all.extend(acknowledged);
     for m in &members {
         wait_for_databases(&m.addr, &all).await;
@@ -330,12 +260,12 @@ async fn the_catalog_survives_its_leader_killed_or_paused() {
         })
         .collect();
     let victim = leader(&members).await;
-    members[victim].process.take().unwrap().kill9();
+    members[victim].kill9();
     for w in writers {
         let (status, body) = w.await.unwrap();
         assert_eq!(status, 204, "a racing write failed: {body}");
     }
-    let alive = members.iter().find(|m| m.process.is_some()).unwrap();
+    let alive = members.iter().find(|m| m.is_running()).unwrap();
     let state = local_state(&alive.addr).await.expect("a member answers");
     let groups: Vec<_> = state.databases["race"]
         .shard_groups

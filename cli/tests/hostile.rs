@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use prost::Message;
 use strata_catalog::CatalogClient;
 
-use crate::support::{error_lines, post, walk, TestCluster};
+use crate::support::{error_lines, post, sql_status, walk, TestCluster};
 
 /// The cluster still writes and answers, and `db` holds `rows` rows in `m`.
 async fn still_serves(c: &TestCluster, db: &str, rows: usize) {
@@ -27,25 +27,6 @@ async fn still_serves(c: &TestCluster, db: &str, rows: usize) {
             vec![rows.to_string()]
         );
     }
-}
-
-async fn sql_status(c: &TestCluster, db: Option<&str>, q: &str) -> (u16, String) {
-    let mut body = serde_json::json!({ "q": q });
-    if let Some(db) = db {
-        body["db"] = db.into();
-    }
-    let resp = c
-        .http
-        .post(c.http_url("/api/v3/query_sql"))
-        .header("Content-Type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("HTTP");
-    (
-        resp.status().as_u16(),
-        resp.text().await.unwrap_or_default(),
-    )
 }
 
 fn chain(op: &str, term: impl Fn(usize) -> String, n: usize) -> String {

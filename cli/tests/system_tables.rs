@@ -6,26 +6,7 @@ use std::time::{Duration, Instant};
 
 use strata_storage::{EngineConfig, StorageConfig, StorageNode};
 
-use crate::support::TestCluster;
-
-async fn http_sql(c: &TestCluster, db: Option<&str>, q: &str) -> (u16, String) {
-    let mut body = serde_json::json!({ "q": q });
-    if let Some(db) = db {
-        body["db"] = db.into();
-    }
-    let resp = c
-        .http
-        .post(c.http_url("/api/v3/query_sql"))
-        .header("Content-Type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("HTTP");
-    (
-        resp.status().as_u16(),
-        resp.text().await.unwrap_or_default(),
-    )
-}
+use crate::support::{sql_status, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_tables_describe_the_cluster() {
@@ -107,20 +88,20 @@ async fn system_tables_describe_the_cluster() {
 
     // Over HTTP, in JSON, lists included; the database named in the query
     // does not matter.
-    let (status, body) = http_sql(&c, None, "SELECT shard_id, owners FROM system.shards").await;
+    let (status, body) = sql_status(&c, None, "SELECT shard_id, owners FROM system.shards").await;
     assert_eq!(status, 200, "{body}");
     let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(rows.as_array().map(|a| a.len()), Some(3), "{body}");
     assert!(rows[0]["owners"].is_array(), "{body}");
 
     // No database may take the schema's name.
-    let (status, body) = http_sql(&c, None, "CREATE DATABASE system").await;
+    let (status, body) = sql_status(&c, None, "CREATE DATABASE system").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("reserved"), "{body}");
     let (status, body) = c.write("System", "s", "m v=1 1\n").await;
     assert_eq!(status, 400, "{body}");
     // SHOW DATABASES lists databases, not the system schema.
-    let (status, body) = http_sql(&c, None, "SHOW DATABASES").await;
+    let (status, body) = sql_status(&c, None, "SHOW DATABASES").await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("\"sys\"") && !body.contains("\"system\""),

@@ -92,6 +92,27 @@ impl TestCluster {
     }
 }
 
+/// Runs `q` over HTTP (`/api/v3/query_sql`, JSON body); returns the status
+/// and body.
+pub async fn sql_status(c: &TestCluster, db: Option<&str>, q: &str) -> (u16, String) {
+    let mut body = serde_json::json!({ "q": q });
+    if let Some(db) = db {
+        body["db"] = db.into();
+    }
+    let resp = c
+        .http
+        .post(c.http_url("/api/v3/query_sql"))
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("HTTP");
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
+}
+
 pub async fn post(
     client: &reqwest::Client,
     url: &str,
