@@ -55,6 +55,12 @@ pub enum Command {
         database: String,
         shard_key: Vec<String>,
     },
+    /// Sets the consistency level of writes to the database that do not
+    /// name one.
+    SetWriteConsistency {
+        database: String,
+        consistency: crate::model::WriteConsistency,
+    },
     /// Adds a storage node or updates its address; the node counts as up.
     RegisterNode {
         id: u64,
@@ -257,6 +263,21 @@ impl CatalogData {
                     name: database.clone(),
                 }),
             },
+            Command::SetWriteConsistency {
+                database,
+                consistency,
+            } => match self.databases.get_mut(database) {
+                Some(db) => {
+                    if db.options.consistency != *consistency {
+                        db.options.consistency = *consistency;
+                        self.changed();
+                    }
+                    CommandResult::Done
+                }
+                None => CommandResult::Rejected(Rejection::DatabaseNotFound {
+                    name: database.clone(),
+                }),
+            },
             // The state machine answers repeated ids; applied on its own,
             // the command inside is simply applied.
             Command::Once { command, .. } => self.apply(command),
@@ -392,14 +413,24 @@ impl CatalogData {
         let Some((start_ns, end_ns)) = db.window(time_ns) else {
             return CommandResult::Rejected(Rejection::TimeOutOfRange { time_ns });
         };
-        let rf = (db.options.replication_factor.max(1) as usize).min(live.len());
+        let down: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Down)
+            .map(|n| n.id)
+            .collect();
+        // Replicas a live node cannot take go to down nodes, which receive
+        // their writes through hinted handoff once back: a node's outage
+        // does not lower the replication factor of the data written
+        // meanwhile.
+        let rf = (db.options.replication_factor.max(1) as usize).min(self.nodes.len());
         let n_shards = db
             .options
             .shards_per_group
             .map(|n| n.max(1) as usize)
             .unwrap_or_else(|| (live.len() / rf).max(1));
 
-        // Live nodes only, each shard's replicas on distinct nodes, every
+        // Live nodes first, each shard's replicas on distinct nodes, every
         // replica on the node that owns the fewest shards so far, so that
         // nodes added later or back from an outage fill up first. Ties go
         // round the nodes starting at a place that moves with each group,
@@ -416,12 +447,16 @@ impl CatalogData {
         for _ in 0..n_shards {
             let mut owners: Vec<u64> = Vec::with_capacity(rf);
             for _ in 0..rf {
-                let pick = live
-                    .iter()
-                    .filter(|n| !owners.contains(n))
-                    .min_by_key(|n| (load.get(n).copied().unwrap_or(0), turn(n)))
+                let pick = [&live, &down]
+                    .into_iter()
+                    .find_map(|nodes| {
+                        nodes
+                            .iter()
+                            .filter(|n| !owners.contains(n))
+                            .min_by_key(|n| (load.get(n).copied().unwrap_or(0), turn(n)))
+                    })
                     .copied()
-                    .expect("rf is at most the number of live nodes");
+                    .expect("rf is at most the number of nodes");
                 *load.entry(pick).or_default() += 1;
                 owners.push(pick);
             }
@@ -584,6 +619,35 @@ mod tests {
         assert_eq!(c.nodes[&2].state_changed_ms, 9);
         let g = group(&mut c, 2 * HOUR_NS);
         assert!(g.shards.iter().all(|s| s.owners.contains(&2)), "{g:?}");
+
+        // Replicas no live node can take go to a down node (it receives
+        // them through hinted handoff): the factor does not drop.
+        c.databases
+            .get_mut("db")
+            .unwrap()
+            .options
+            .replication_factor = 3;
+        c.apply(&Command::SetNodeState {
+            id: 3,
+            state: NodeState::Down,
+            at_ms: 11,
+        });
+        let g = group(&mut c, 5 * HOUR_NS);
+        for s in &g.shards {
+            assert_eq!(s.owners.len(), 3, "{g:?}");
+            assert_eq!(s.owners[2], 3, "the down node comes last: {g:?}");
+        }
+        c.apply(&Command::RegisterNode {
+            id: 3,
+            flight_addr: "127.0.0.1:9003".into(),
+            at_ms: 12,
+            instance: String::new(),
+        });
+        c.databases
+            .get_mut("db")
+            .unwrap()
+            .options
+            .replication_factor = 2;
 
         for id in 1..=3 {
             c.apply(&Command::SetNodeState {

@@ -154,6 +154,57 @@ pub struct DatabaseOptions {
     /// one); empty: the whole series key does. New shard groups take it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard_key: Vec<String>,
+    /// How many owners of a shard must take a write before it is
+    /// acknowledged, when the request does not say.
+    #[serde(default)]
+    pub consistency: WriteConsistency,
+}
+
+/// How many owners of each shard must take a write before it is
+/// acknowledged (InfluxDB Enterprise's levels).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteConsistency {
+    /// Durable anywhere: on an owner or queued for one (hinted handoff).
+    Any,
+    /// On one owner.
+    #[default]
+    One,
+    /// On a majority of the owners.
+    Quorum,
+    /// On every owner.
+    All,
+}
+
+impl WriteConsistency {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "any" => Some(Self::Any),
+            "one" => Some(Self::One),
+            "quorum" => Some(Self::Quorum),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::One => "one",
+            Self::Quorum => "quorum",
+            Self::All => "all",
+        }
+    }
+
+    /// Owners that must hold the write itself (not a hint of it).
+    pub fn required(self, owners: usize) -> usize {
+        match self {
+            Self::Any => 0,
+            Self::One => 1.min(owners),
+            Self::Quorum => owners / 2 + 1,
+            Self::All => owners,
+        }
+    }
 }
 
 impl Default for DatabaseOptions {
@@ -172,6 +223,7 @@ impl DatabaseOptions {
             replication_factor: 1,
             shards_per_group: None,
             shard_key: vec![],
+            consistency: WriteConsistency::default(),
         }
     }
 }

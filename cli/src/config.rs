@@ -42,22 +42,31 @@ impl ConfigFile {
     }
 
     /// The flag if given, else the file's value for `key`, else `default`.
-    pub fn pick<T: FromStr>(&self, flag: Option<T>, key: &str, default: T) -> Result<T, ConfigError>
+    /// As [`Self::pick`], with no default: `None` when neither gives one.
+    pub fn pick_opt<T: FromStr>(&self, flag: Option<T>, key: &str) -> Result<Option<T>, ConfigError>
     where
         T::Err: std::fmt::Display,
     {
         if let Some(v) = flag {
-            return Ok(v);
+            return Ok(Some(v));
         }
         let Some(v) = self.table.get(key) else {
-            return Ok(default);
+            return Ok(None);
         };
         let text = match v {
             toml::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
         text.parse::<T>()
+            .map(Some)
             .map_err(|e| ConfigError(format!("{}: invalid value for '{key}': {e}", self.path)))
+    }
+
+    pub fn pick<T: FromStr>(&self, flag: Option<T>, key: &str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        Ok(self.pick_opt(flag, key)?.unwrap_or(default))
     }
 }
 

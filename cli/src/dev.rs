@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use strata_catalog::{CatalogConfig, CatalogServer};
+use strata_coordinator::handoff::HandoffConfig;
 use strata_coordinator::{Coordinator, CoordinatorConfig};
 use strata_storage::{EngineConfig, StorageConfig, StorageNode};
 
@@ -33,6 +34,12 @@ pub struct DevConfig {
     pub heartbeat_timeout: Duration,
     /// How often the catalog drops shard groups past their retention.
     pub retention_check_interval: Duration,
+    /// How long a shard owner has to take a write before it is queued
+    /// for it (hinted handoff).
+    pub write_timeout: Duration,
+    /// Bounds of each node's hinted-handoff queue.
+    pub hinted_handoff_max_bytes: u64,
+    pub hinted_handoff_max_age: Duration,
 }
 
 impl DevConfig {
@@ -50,6 +57,9 @@ impl DevConfig {
             heartbeat_interval: StorageConfig::DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_timeout: StorageConfig::DEFAULT_HEARTBEAT_TIMEOUT,
             retention_check_interval: CatalogConfig::DEFAULT_RETENTION_CHECK_INTERVAL,
+            write_timeout: strata_coordinator::write_router::DEFAULT_OWNER_TIMEOUT,
+            hinted_handoff_max_bytes: HandoffConfig::DEFAULT_MAX_BYTES,
+            hinted_handoff_max_age: HandoffConfig::DEFAULT_MAX_AGE,
         }
     }
 
@@ -189,6 +199,12 @@ impl DevCluster {
             flight_listen: config.flight_addr.clone(),
             catalog_addr,
             write_memory_limit_bytes: config.write_memory_limit_bytes,
+            handoff: HandoffConfig {
+                max_bytes: config.hinted_handoff_max_bytes,
+                max_age: config.hinted_handoff_max_age,
+                ..HandoffConfig::new(config.data_dir.join("coordinator").join("hints"))
+            },
+            write_timeout: config.write_timeout,
         })
         .await
         .context(CoordinatorSnafu)?;

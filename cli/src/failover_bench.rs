@@ -264,10 +264,15 @@ pub async fn run(a: FailoverArgs) -> Result<(), String> {
         ],
         &dir.join("storage.json"),
     )?;
+    let coordinator_dir = dir.join("coordinator");
     let (_coordinator, c) = spawn(
         &exe,
         &[
             "coordinator",
+            "--data-dir",
+            coordinator_dir
+                .to_str()
+                .ok_or("data directory is not UTF-8")?,
             "--http-addr",
             "127.0.0.1:0",
             "--flight-addr",

@@ -9,6 +9,8 @@ use strata::config::{ConfigError, ConfigFile};
 use strata::dev::{DevCluster, DevConfig};
 use strata::sql_client::{self, OutputFormat, Session, SqlClient};
 use strata_catalog::{CatalogConfig, CatalogServer};
+use strata_coordinator::handoff::HandoffConfig;
+use strata_coordinator::write_router::DEFAULT_OWNER_TIMEOUT;
 use strata_coordinator::{Coordinator, CoordinatorConfig};
 use strata_storage::wal::{Recovery, SyncPolicy};
 use strata_storage::{EngineConfig, StorageConfig, StorageNode};
@@ -70,6 +72,8 @@ struct DevArgs {
     /// writes are answered 503 with Retry-After.
     #[arg(long, default_value_t = DEFAULT_WRITE_MEMORY_MIB)]
     write_memory_limit_mib: usize,
+    #[command(flatten)]
+    writes: WriteArgs,
     /// Write the bound addresses as JSON to this file once ready.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -163,8 +167,61 @@ struct CoordinatorArgs {
     /// Memory in-flight writes may hold, in MiB (503 with Retry-After past it).
     #[arg(long, default_value_t = DEFAULT_WRITE_MEMORY_MIB)]
     write_memory_limit_mib: usize,
+    /// Where this coordinator keeps writes for shard owners that could not
+    /// take them (hinted handoff); one directory per coordinator.
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<String>,
+    #[command(flatten)]
+    writes: WriteArgs,
     #[arg(long)]
     addr_file: Option<PathBuf>,
+}
+
+/// How a coordinator routes writes to shard owners.
+#[derive(Args)]
+struct WriteArgs {
+    /// How long one shard owner has to take a write before the write is
+    /// queued for it (hinted handoff), e.g. `10s`.
+    #[arg(long)]
+    write_timeout: Option<String>,
+    /// Bytes of queued writes one storage node may have waiting on this
+    /// coordinator, in MiB; past it writes for the node are refused.
+    #[arg(long)]
+    hinted_handoff_max_mib: Option<u64>,
+    /// Age of a node's oldest queued write past which new writes for it
+    /// are refused, e.g. `168h`.
+    #[arg(long)]
+    hinted_handoff_max_age: Option<String>,
+}
+
+impl WriteArgs {
+    /// Fills in `write_timeout` and the hinted-handoff bounds.
+    fn apply(
+        self,
+        f: &ConfigFile,
+        timeout: &mut std::time::Duration,
+        handoff: &mut HandoffConfig,
+    ) -> Result<(), String> {
+        if let Some(t) = f
+            .pick_opt(self.write_timeout, "write_timeout")
+            .map_err(|e| e.0)?
+        {
+            *timeout = duration_flag("--write-timeout", t)?;
+        }
+        if let Some(mib) = f
+            .pick_opt(self.hinted_handoff_max_mib, "hinted_handoff_max_mib")
+            .map_err(|e| e.0)?
+        {
+            handoff.max_bytes = mib << 20;
+        }
+        if let Some(age) = f
+            .pick_opt(self.hinted_handoff_max_age, "hinted_handoff_max_age")
+            .map_err(|e| e.0)?
+        {
+            handoff.max_age = duration_flag("--hinted-handoff-max-age", age)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -281,6 +338,15 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         write_memory_limit_bytes: a.write_memory_limit_mib << 20,
         ..DevConfig::new(&a.data_dir)
     };
+    let mut config = config;
+    let mut handoff = HandoffConfig::new("");
+    a.writes.apply(
+        &ConfigFile::default(),
+        &mut config.write_timeout,
+        &mut handoff,
+    )?;
+    config.hinted_handoff_max_bytes = handoff.max_bytes;
+    config.hinted_handoff_max_age = handoff.max_age;
     let cluster = DevCluster::start(config).await.map_err(|e| e.to_string())?;
     let addrs = cluster.addrs();
     println!("strata dev: data directory {}", a.data_dir.display());
@@ -468,7 +534,18 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
             .pick(a.catalog, "catalog", "127.0.0.1:8090".into())
             .map_err(|e| e.0)?,
         write_memory_limit_bytes: a.write_memory_limit_mib << 20,
+        handoff: HandoffConfig::new(
+            PathBuf::from(
+                f.pick(a.data_dir, "data_dir", "./strata-data/coordinator".into())
+                    .map_err(|e| e.0)?,
+            )
+            .join("hints"),
+        ),
+        write_timeout: DEFAULT_OWNER_TIMEOUT,
     };
+    let mut config = config;
+    a.writes
+        .apply(&f, &mut config.write_timeout, &mut config.handoff)?;
     let c = Coordinator::start(config)
         .await
         .map_err(|e| e.to_string())?;

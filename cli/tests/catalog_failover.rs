@@ -163,11 +163,14 @@ async fn the_catalog_survives_its_leader_killed_or_paused() {
         ],
     );
     let coordinator = |name: &str| {
+        let data = dir.join(name);
         start_role(
             dir,
             name,
             &[
                 "coordinator",
+                "--data-dir",
+                data.to_str().unwrap(),
                 "--http-addr",
                 "127.0.0.1:0",
                 "--flight-addr",

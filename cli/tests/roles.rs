@@ -50,9 +50,12 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
         &["storage", "--config", config.to_str().unwrap()],
         &dir.path().join("s2.json"),
     );
+    let coordinator_dir = dir.path().join("coordinator");
     let (_coord, addrs) = ServerProcess::start(
         &[
             "coordinator",
+            "--data-dir",
+            coordinator_dir.to_str().unwrap(),
             "--http-addr",
             "127.0.0.1:0",
             "--flight-addr",
@@ -84,7 +87,7 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
     let got = rows(&sql.query("SELECT count(*), sum(v) FROM m").await.unwrap());
     assert_eq!(got, vec![format!("100|{}", (0..100).sum::<i64>())]);
     let got = rows(&sql.query("SHOW DATABASES").await.unwrap());
-    assert_eq!(got, vec!["roles|NULL|1w|1|NULL|NULL"]);
+    assert_eq!(got, vec!["roles|NULL|1w|1|NULL|NULL|one"]);
 
     // Both storage nodes hold shards of the table, listed as Flights named
     // [database, table, shard_id].

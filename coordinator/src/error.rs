@@ -12,13 +12,21 @@ pub enum Error {
     DatabaseNotFound { database: String },
 
     #[snafu(display(
-        "write to shard {shard_id} did not reach its consistency level ({consistency}): \
-         {acks} of {required} replicas acknowledged; {failures}"
+        "{}: shard {shard_id} is stored on {stored} of its {owners} owners, and consistency \
+         '{consistency}' needs {required}{}; {failures}",
+        if *stored == 0 { "write failed" } else { "partial write" },
+        if *hinted > 0 {
+            format!("; {hinted} will receive it through hinted handoff")
+        } else {
+            String::new()
+        }
     ))]
     Consistency {
         shard_id: u64,
         consistency: String,
-        acks: usize,
+        owners: usize,
+        stored: usize,
+        hinted: usize,
         required: usize,
         failures: String,
     },
@@ -53,6 +61,11 @@ pub enum Error {
 
     #[snafu(display("cannot start the query runtime: {source}"))]
     Runtime { source: std::io::Error },
+
+    #[snafu(display("cannot open the hinted-handoff queues: {source}"))]
+    Handoff {
+        source: crate::handoff::HandoffError,
+    },
 
     #[snafu(display(
         "the request body is larger than {limit_bytes} bytes (after decompression); split it \
@@ -110,6 +123,9 @@ impl Error {
             Error::BodyTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             Error::UnsupportedEncoding { .. } => S::UNSUPPORTED_MEDIA_TYPE,
             Error::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
+            // As InfluxDB Enterprise: some owners have it ("partial
+            // write"), or none could take it.
+            Error::Consistency { stored, .. } if *stored > 0 => S::INTERNAL_SERVER_ERROR,
             Error::Consistency { .. } | Error::DeleteIncomplete { .. } => S::SERVICE_UNAVAILABLE,
             // As InfluxDB answers a write over max-series-per-database.
             Error::WriteRefused { .. } => S::BAD_REQUEST,
@@ -121,9 +137,10 @@ impl Error {
                 tonic::Code::Unavailable => S::SERVICE_UNAVAILABLE,
                 _ => S::INTERNAL_SERVER_ERROR,
             },
-            Error::Bind { .. } | Error::Arrow { .. } | Error::Runtime { .. } => {
-                S::INTERNAL_SERVER_ERROR
-            }
+            Error::Bind { .. }
+            | Error::Arrow { .. }
+            | Error::Runtime { .. }
+            | Error::Handoff { .. } => S::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -153,9 +170,10 @@ impl Error {
                 tonic::Code::InvalidArgument
             }
             Error::Query { source } => query_code(source),
-            Error::Bind { .. } | Error::Arrow { .. } | Error::Runtime { .. } => {
-                tonic::Code::Internal
-            }
+            Error::Bind { .. }
+            | Error::Arrow { .. }
+            | Error::Runtime { .. }
+            | Error::Handoff { .. } => tonic::Code::Internal,
         }
     }
 }

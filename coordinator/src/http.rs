@@ -271,12 +271,13 @@ async fn write_inner(
             reason: format!("'{p}' is not one of ns, us, ms, s"),
         })?,
     };
-    let consistency = match consistency.as_deref() {
-        None => Consistency::All,
-        Some(c) => Consistency::parse(c).ok_or_else(|| Error::BadParameter {
+    // None: the database's own level.
+    let consistency = match consistency.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(Consistency::parse(c).ok_or_else(|| Error::BadParameter {
             name: "consistency",
             reason: format!("'{c}' is not one of any, one, quorum, all"),
-        })?,
+        })?),
     };
     let encoding = Encoding::of(headers)?;
     let mut held = None;

@@ -6,6 +6,7 @@ pub mod dist_plan;
 pub mod error;
 pub mod executor;
 pub mod flight_sql;
+pub mod handoff;
 pub mod http;
 pub mod line_protocol;
 pub mod node_clients;

@@ -4,9 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::FlightClient;
+use arrow_flight::{FlightClient, FlightDescriptor};
+use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
+use strata_proto::CATALOG_VERSION_HEADER;
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest gRPC message exchanged with a storage node.
@@ -42,4 +47,43 @@ impl NodeClients {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(FlightClient::new_from_inner(inner))
     }
+}
+
+/// Sends one shard's batches to the node at `addr` with Flight `DoPut`; the
+/// node checks them against a catalog at least `catalog_version` new.
+pub async fn put_shard(
+    nodes: &NodeClients,
+    addr: &str,
+    catalog_version: u64,
+    database: &str,
+    table: &str,
+    shard_id: u64,
+    batches: Vec<RecordBatch>,
+) -> Result<(), FlightError> {
+    let mut client = nodes
+        .flight(addr)
+        .map_err(|e| FlightError::Tonic(Box::new(e)))?;
+    client.add_header(CATALOG_VERSION_HEADER, &catalog_version.to_string())?;
+    let desc = FlightDescriptor::new_path(vec![
+        database.to_string(),
+        table.to_string(),
+        shard_id.to_string(),
+    ]);
+    // Batches may have different columns: each goes with its own schema
+    // message (an encoder keeps the first schema it saw), the first with
+    // the descriptor.
+    let mut desc = Some(desc);
+    let encoders: Vec<_> = batches
+        .into_iter()
+        .map(|b| {
+            FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(desc.take())
+                .with_dictionary_handling(DictionaryHandling::Resend)
+                .build(futures::stream::iter([Ok(b)]))
+        })
+        .collect();
+    let data = futures::stream::iter(encoders).flatten();
+    let results = client.do_put(data.boxed()).await?;
+    let _acks: Vec<_> = results.try_collect().await?;
+    Ok(())
 }

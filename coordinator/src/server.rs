@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::error::{BindSnafu, CatalogSnafu, Result, RuntimeSnafu};
+use crate::error::{BindSnafu, CatalogSnafu, HandoffSnafu, Result, RuntimeSnafu};
 use crate::executor::QueryExecutor;
 use crate::flight_sql::StrataFlightSql;
+use crate::handoff::{Handoff, HandoffConfig};
 use crate::http::{router, HttpState, WriteBudget};
 use crate::node_clients::{NodeClients, MAX_MESSAGE_BYTES};
 use crate::query::QueryEngine;
@@ -27,12 +28,19 @@ pub struct CoordinatorConfig {
     /// Memory in-flight write requests may hold (bodies, decoded text,
     /// parsed rows); past it writes get 503 with `Retry-After`.
     pub write_memory_limit_bytes: usize,
+    /// Where writes for owners that could not take them wait (hinted
+    /// handoff), and its bounds.
+    pub handoff: HandoffConfig,
+    /// How long one shard owner has to take a write before it is queued
+    /// for it.
+    pub write_timeout: Duration,
 }
 
 pub struct Coordinator {
     http_addr: SocketAddr,
     flight_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    handoff: std::sync::Arc<Handoff>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -43,8 +51,20 @@ impl Coordinator {
             .context(CatalogSnafu)?;
         let nodes = NodeClients::default();
         let executor = QueryExecutor::with_default_threads().context(RuntimeSnafu)?;
-        let engine = QueryEngine::new(catalog.clone(), nodes.clone(), executor);
-        let writer = WriteRouter::new(catalog, nodes);
+        let handoff = Handoff::open(
+            config.handoff.clone(),
+            nodes.clone(),
+            catalog.clone(),
+            config.write_timeout,
+        )
+        .context(HandoffSnafu)?;
+        let writer = WriteRouter::new(
+            catalog.clone(),
+            nodes.clone(),
+            handoff.clone(),
+            config.write_timeout,
+        );
+        let engine = QueryEngine::new(catalog, nodes, executor, writer.clone());
 
         let http_listener = TcpListener::bind(&config.http_listen)
             .await
@@ -108,6 +128,7 @@ impl Coordinator {
             http_addr,
             flight_addr,
             shutdown,
+            handoff,
             tasks,
         })
     }
@@ -123,6 +144,7 @@ impl Coordinator {
     /// Stops accepting requests and waits for the servers to finish.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        self.handoff.shutdown();
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
@@ -132,5 +154,6 @@ impl Coordinator {
 impl Drop for Coordinator {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        self.handoff.shutdown();
     }
 }

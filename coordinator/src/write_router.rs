@@ -6,31 +6,34 @@
 //! 3. find or create the shard group of each row's time window;
 //! 4. hash each row's series key to a shard of its group;
 //! 5. build one Arrow batch per (table, shard) and send it with Flight
-//!    `DoPut` to every owner, waiting for as many acknowledgements as the
-//!    consistency level asks for.
+//!    `DoPut` to every owner, answering as soon as the consistency level
+//!    is met; an owner that is down, behind on queued writes or slower
+//!    than the owner timeout gets the rows through hinted handoff
+//!    ([`crate::handoff`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Builder, Int64Builder,
     RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
 use arrow::datatypes::{Field, Int32Type, Schema};
-use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
-use arrow_flight::FlightDescriptor;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use snafu::ResultExt;
 use strata_catalog::command::{ColumnConflict, CommandResult};
-use strata_catalog::model::{Column, ColumnKind, Database, FieldType, ShardGroup, TIME_COLUMN};
+use strata_catalog::model::{
+    Column, ColumnKind, Database, FieldType, NodeState, ShardGroup, TIME_COLUMN,
+};
 use strata_catalog::{CatalogClient, CatalogData, Command};
 
 use crate::error::{CatalogSnafu, Error, Result};
+use crate::handoff::{Handoff, Hint};
 use crate::line_protocol::{parse_lines_keeping, FieldValue, LineError, ParsedLine, SeriesKey};
-use crate::node_clients::NodeClients;
-use strata_proto::CATALOG_VERSION_HEADER;
+use crate::node_clients::{put_shard, NodeClients};
 
 /// Timestamp precision of a write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,43 +67,9 @@ impl Precision {
     }
 }
 
-/// How many replicas of each shard must acknowledge a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consistency {
-    Any,
-    One,
-    Quorum,
-    All,
-}
-
-impl Consistency {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "any" => Some(Self::Any),
-            "one" => Some(Self::One),
-            "quorum" => Some(Self::Quorum),
-            "all" => Some(Self::All),
-            _ => None,
-        }
-    }
-
-    fn required(self, replicas: usize) -> usize {
-        match self {
-            Self::Any | Self::One => 1,
-            Self::Quorum => replicas / 2 + 1,
-            Self::All => replicas,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Any => "any",
-            Self::One => "one",
-            Self::Quorum => "quorum",
-            Self::All => "all",
-        }
-    }
-}
+/// How many owners of each shard must take a write before it is
+/// acknowledged.
+pub use strata_catalog::model::WriteConsistency as Consistency;
 
 /// What a write did: lines stored, and the lines refused with why.
 #[derive(Debug, Default)]
@@ -124,6 +93,22 @@ pub const MAX_TABLE_COLUMNS: usize = 10_000;
 pub struct WriteRouter {
     catalog: CatalogClient,
     nodes: NodeClients,
+    handoff: Arc<Handoff>,
+    /// How long one owner has to take a write before it is queued for it.
+    owner_timeout: Duration,
+}
+
+/// The default of `--write-timeout`.
+pub const DEFAULT_OWNER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What became of a write for one owner.
+enum Delivery {
+    /// The owner has it durably.
+    Stored,
+    /// Queued for the owner on this coordinator, durably.
+    Hinted,
+    /// Neither; `refused` when the owner refused the rows for good.
+    Failed { refused: bool, message: String },
 }
 
 /// A line that passed parsing, with its time in nanoseconds.
@@ -145,8 +130,22 @@ impl WriteOutcome {
 }
 
 impl WriteRouter {
-    pub fn new(catalog: CatalogClient, nodes: NodeClients) -> Self {
-        Self { catalog, nodes }
+    pub fn new(
+        catalog: CatalogClient,
+        nodes: NodeClients,
+        handoff: Arc<Handoff>,
+        owner_timeout: Duration,
+    ) -> Self {
+        Self {
+            catalog,
+            nodes,
+            handoff,
+            owner_timeout,
+        }
+    }
+
+    pub fn handoff(&self) -> &Arc<Handoff> {
+        &self.handoff
     }
 
     #[tracing::instrument(name = "write", skip_all, fields(db = %database))]
@@ -155,7 +154,7 @@ impl WriteRouter {
         database: &str,
         body: &str,
         precision: Precision,
-        consistency: Consistency,
+        consistency: Option<Consistency>,
         now_ns: i64,
     ) -> Result<WriteOutcome> {
         let (parsed, mut errors, parse_rejected) = parse_lines_keeping(body, MAX_LINE_ERRORS);
@@ -194,7 +193,7 @@ impl WriteRouter {
         &self,
         database: &str,
         lines: Vec<ParsedLine<'_>>,
-        consistency: Consistency,
+        consistency: Option<Consistency>,
         now_ns: i64,
     ) -> Result<WriteOutcome> {
         let rows = lines
@@ -215,7 +214,7 @@ impl WriteRouter {
         rows: Vec<Row<'_>>,
         mut errors: Vec<LineError>,
         uncounted: usize,
-        consistency: Consistency,
+        consistency: Option<Consistency>,
         now_ns: i64,
     ) -> Result<WriteOutcome> {
         // Group by table.
@@ -252,6 +251,7 @@ impl WriteRouter {
                 database: database.to_string(),
             })?
             .clone();
+        let consistency = consistency.unwrap_or(db.options.consistency);
         let oldest = db
             .options
             .retention_ns
@@ -473,6 +473,9 @@ impl WriteRouter {
         Ok(groups)
     }
 
+    /// Sends one shard's rows to its owners; returns once the consistency
+    /// level is met, leaving the slower owners to finish (or have the rows
+    /// queued for them) in the background.
     #[allow(clippy::too_many_arguments)]
     async fn send_shard(
         &self,
@@ -485,41 +488,68 @@ impl WriteRouter {
         consistency: Consistency,
     ) -> Result<()> {
         let required = consistency.required(owners.len());
-        let attempts = owners.iter().map(|node_id| {
-            let addr = state.nodes.get(node_id).map(|n| n.flight_addr.clone());
-            let batches = batches.clone();
-            let version = state.version;
-            async move {
-                let Some(addr) = addr else {
-                    return Err((false, format!("node {node_id} is not registered")));
-                };
-                self.put(&addr, version, database, table, shard_id, batches)
-                    .await
-                    .map_err(|e| {
-                        let refused = matches!(
-                            &e,
-                            FlightError::Tonic(s) if s.code() == tonic::Code::FailedPrecondition
-                        );
-                        let message = match &e {
-                            FlightError::Tonic(s) if refused => s.message().to_string(),
-                            e => e.to_string(),
-                        };
-                        (refused, format!("node {node_id} at {addr}: {message}"))
-                    })
-            }
+        let met = |stored: usize, hinted: usize| {
+            stored >= required && (consistency != Consistency::Any || stored + hinted >= 1)
+        };
+        let hint = Arc::new(Hint {
+            database: database.to_string(),
+            table: table.to_string(),
+            shard_id,
+            batches,
         });
-        let results = futures::future::join_all(attempts).await;
-        let acks = results.iter().filter(|r| r.is_ok()).count();
-        if acks >= required {
+        let mut pending: futures::stream::FuturesUnordered<_> = owners
+            .iter()
+            .map(|node_id| {
+                let node = state.nodes.get(node_id);
+                let target = Target {
+                    node_id: *node_id,
+                    addr: node.map(|n| n.flight_addr.clone()),
+                    down: node.is_none_or(|n| n.state == NodeState::Down),
+                    catalog_version: state.version,
+                };
+                deliver(
+                    self.nodes.clone(),
+                    self.handoff.clone(),
+                    self.owner_timeout,
+                    target,
+                    hint.clone(),
+                )
+            })
+            .collect();
+        let (mut stored, mut hinted) = (0, 0);
+        let mut refused = false;
+        let mut failures = vec![];
+        while let Some(d) = pending.next().await {
+            match d {
+                Delivery::Stored => stored += 1,
+                Delivery::Hinted => hinted += 1,
+                Delivery::Failed {
+                    refused: r,
+                    message,
+                } => {
+                    refused |= r;
+                    failures.push(message);
+                }
+            }
+            if met(stored, hinted) {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            // Met already: the rest go on without the client.
+            tokio::spawn(async move {
+                while let Some(d) = pending.next().await {
+                    if let Delivery::Failed { message, .. } = d {
+                        tracing::warn!(shard = shard_id, error = %message, "a replica missed an acknowledged write");
+                    }
+                }
+            });
+        }
+        if met(stored, hinted) {
             return Ok(());
         }
         // A node that refused the rows for good (a series limit): retrying
         // cannot help, so it is the client's error, not an outage.
-        let refused = results.iter().any(|r| matches!(r, Err((true, _))));
-        let failures: Vec<String> = results
-            .into_iter()
-            .filter_map(|r| r.err().map(|(_, m)| m))
-            .collect();
         if refused {
             return Err(Error::WriteRefused {
                 shard_id,
@@ -529,49 +559,111 @@ impl WriteRouter {
         Err(Error::Consistency {
             shard_id,
             consistency: consistency.name().to_string(),
-            acks,
+            owners: owners.len(),
+            stored,
+            hinted,
             required,
             failures: failures.join("; "),
         })
     }
+}
 
-    async fn put(
-        &self,
-        addr: &str,
-        catalog_version: u64,
-        database: &str,
-        table: &str,
-        shard_id: u64,
-        batches: Vec<RecordBatch>,
-    ) -> std::result::Result<(), FlightError> {
-        let mut client = self
-            .nodes
-            .flight(addr)
-            .map_err(|e| FlightError::Tonic(Box::new(e)))?;
-        // The node checks the batches against a catalog at least this new.
-        client.add_header(CATALOG_VERSION_HEADER, &catalog_version.to_string())?;
-        let desc = FlightDescriptor::new_path(vec![
-            database.to_string(),
-            table.to_string(),
-            shard_id.to_string(),
-        ]);
-        // Batches may have different columns: each goes with its own schema
-        // message (an encoder keeps the first schema it saw), the first
-        // with the descriptor.
-        let mut desc = Some(desc);
-        let encoders: Vec<_> = batches
-            .into_iter()
-            .map(|b| {
-                FlightDataEncoderBuilder::new()
-                    .with_flight_descriptor(desc.take())
-                    .with_dictionary_handling(DictionaryHandling::Resend)
-                    .build(futures::stream::iter([Ok(b)]))
+/// An owner as the catalog describes it when the write is routed.
+struct Target {
+    node_id: u64,
+    addr: Option<String>,
+    down: bool,
+    catalog_version: u64,
+}
+
+/// Gets a write to one owner: straight to it, unless it has writes queued
+/// (they go first), is marked down, or does not answer in time — then
+/// into its hinted-handoff queue.
+async fn deliver(
+    nodes: NodeClients,
+    handoff: Arc<Handoff>,
+    timeout: Duration,
+    target: Target,
+    hint: Arc<Hint>,
+) -> Delivery {
+    let node_id = target.node_id;
+    let queue = || {
+        let handoff = handoff.clone();
+        let hint = hint.clone();
+        async move {
+            handoff.enqueue(node_id, &hint).await.map_err(|e| {
+                tracing::error!(node = node_id, error = %e, "cannot queue a write for a node");
+                e.to_string()
             })
-            .collect();
-        let data = futures::stream::iter(encoders).flatten();
-        let results = client.do_put(data.boxed()).await?;
-        let _acks: Vec<_> = results.try_collect().await?;
-        Ok(())
+        }
+    };
+    let direct = match &target.addr {
+        Some(addr) if !target.down && !handoff.pending(node_id) => Some(addr.clone()),
+        _ => None,
+    };
+    let Some(addr) = direct else {
+        // Behind earlier writes: a node that is up and draining its queue
+        // takes this one soon, and then holds it as any other.
+        return match queue().await {
+            Ok(seq) if !target.down && handoff.wait_delivered(node_id, seq, timeout).await => {
+                Delivery::Stored
+            }
+            Ok(_) => Delivery::Hinted,
+            Err(e) => Delivery::Failed {
+                refused: false,
+                message: format!(
+                    "node {node_id} is {}, and {e}",
+                    if target.down {
+                        "down"
+                    } else {
+                        "behind on queued writes"
+                    }
+                ),
+            },
+        };
+    };
+    let sent = tokio::time::timeout(
+        timeout,
+        put_shard(
+            &nodes,
+            &addr,
+            target.catalog_version,
+            &hint.database,
+            &hint.table,
+            hint.shard_id,
+            hint.batches.clone(),
+        ),
+    )
+    .await;
+    let message = match sent {
+        Ok(Ok(())) => return Delivery::Stored,
+        Ok(Err(e)) => {
+            if let FlightError::Tonic(s) = &e {
+                use tonic::Code;
+                // Refused for good: a retry later would be refused again.
+                if matches!(
+                    s.code(),
+                    Code::FailedPrecondition | Code::InvalidArgument | Code::NotFound
+                ) {
+                    return Delivery::Failed {
+                        refused: s.code() == Code::FailedPrecondition,
+                        message: format!("node {node_id} at {addr}: {}", s.message()),
+                    };
+                }
+            }
+            format!("node {node_id} at {addr}: {e}")
+        }
+        Err(_) => format!(
+            "node {node_id} at {addr} did not answer within {} ms",
+            timeout.as_millis()
+        ),
+    };
+    match queue().await {
+        Ok(_) => Delivery::Hinted,
+        Err(e) => Delivery::Failed {
+            refused: false,
+            message: format!("{message}; and {e}"),
+        },
     }
 }
 

@@ -31,6 +31,7 @@ pub const CATALOG_NAME: &str = "strata";
 pub struct StrataCatalog {
     pub catalog: CatalogClient,
     pub nodes: NodeClients,
+    pub handoff: Arc<crate::handoff::Handoff>,
     pub query_id: String,
 }
 
@@ -51,6 +52,8 @@ impl CatalogProvider for StrataCatalog {
         if name == SYSTEM_SCHEMA {
             return Some(Arc::new(SystemSchema {
                 catalog: self.catalog.clone(),
+                nodes: self.nodes.clone(),
+                handoff: self.handoff.clone(),
             }));
         }
         self.catalog.state().databases.contains_key(name).then(|| {

@@ -1,8 +1,11 @@
 //! strata's own statements, handled before DataFusion sees the SQL:
 //!
 //! - `CREATE DATABASE [IF NOT EXISTS] name [WITH] [RETENTION <dur>|INF]
-//!   [SHARD DURATION <dur>] [SHARD KEY (<tag>, ...)] [REPLICATION <n>] [SHARDS <n>]`
+//!   [SHARD DURATION <dur>] [SHARD KEY (<tag>, ...)] [REPLICATION <n>] [SHARDS <n>]
+//!   [CONSISTENCY any|one|quorum|all]`
 //! - `ALTER DATABASE name SHARD KEY (<tag>, ...)` (for new shard groups)
+//! - `ALTER DATABASE name CONSISTENCY any|one|quorum|all` (writes that do
+//!   not name a level)
 //! - `DROP DATABASE [IF EXISTS] name`
 //! - `DROP TABLE [IF EXISTS] [db.]name` (InfluxQL: `DROP MEASUREMENT name`):
 //!   the table's rows are deleted from the storage nodes
@@ -13,7 +16,7 @@
 //! Durations are an integer and a unit: `ns us ms s m h d w`
 //! (e.g. `30d`, `1h`); `INF` means keep forever.
 
-use strata_catalog::model::{default_shard_group_duration, DatabaseOptions};
+use strata_catalog::model::{default_shard_group_duration, DatabaseOptions, WriteConsistency};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OwnStatement {
@@ -36,6 +39,11 @@ pub enum OwnStatement {
     AlterDatabase {
         name: String,
         shard_key: Vec<String>,
+    },
+    /// `ALTER DATABASE name CONSISTENCY level`.
+    SetConsistency {
+        name: String,
+        consistency: WriteConsistency,
     },
     ShowDatabases,
     /// Handled by [`super::delete`].
@@ -216,10 +224,17 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     }
     if is(at(0), "alter") && is(at(1), "database") {
         let name = unquote(at(2).ok_or("ALTER DATABASE needs a database name")?);
+        if is(at(3), "consistency") {
+            let consistency = parse_consistency(at(4))?;
+            if let Some(extra) = at(5) {
+                return Err(format!("unexpected '{extra}' after the consistency level"));
+            }
+            return Ok(Some(OwnStatement::SetConsistency { name, consistency }));
+        }
         if !is(at(3), "shard") || !at(4).is_some_and(|k| is_key_keyword(k)) {
             return Err(
-                "ALTER DATABASE changes the SHARD KEY (...) of new shard groups; \
-                 other options cannot be changed yet"
+                "ALTER DATABASE changes the SHARD KEY (...) of new shard groups or the \
+                 CONSISTENCY of writes; other options cannot be changed yet"
                     .into(),
             );
         }
@@ -311,6 +326,10 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
                     .ok_or("REPLICATION needs a whole number of at least 1")?;
                 i += 2;
             }
+            "consistency" => {
+                options.consistency = parse_consistency(at(i + 1))?;
+                i += 2;
+            }
             "shards" => {
                 options.shards_per_group = Some(
                     value(i + 1)?
@@ -325,7 +344,7 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown database option '{other}'; expected RETENTION, SHARD DURATION, SHARD KEY, REPLICATION or SHARDS"
+                    "unknown database option '{other}'; expected RETENTION, SHARD DURATION, SHARD KEY, REPLICATION, SHARDS or CONSISTENCY"
                 ))
             }
         }
@@ -349,6 +368,13 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
         options,
         if_not_exists,
     }))
+}
+
+/// A write consistency level named in a statement.
+fn parse_consistency(word: Option<&String>) -> Result<WriteConsistency, String> {
+    let word = word.ok_or("CONSISTENCY needs a level: any, one, quorum or all")?;
+    WriteConsistency::parse(word.trim_matches('\''))
+        .ok_or_else(|| format!("'{word}' is not a consistency level: any, one, quorum or all"))
 }
 
 /// Whether a token is `KEY`, maybe with the list glued on (`KEY(a,b)`).
@@ -458,6 +484,7 @@ fn with_list_words(text: &str) -> Result<Vec<String>, String> {
             }
             "replication" | "replication_factor" => words.extend(["replication".into(), value]),
             "shards" | "shards_per_group" => words.extend(["shards".into(), value]),
+            "consistency" => words.extend(["consistency".into(), value]),
             "shard_key" => {
                 let names: Vec<&str> = value.split(',').map(str::trim).collect();
                 words.extend(["shard".into(), format!("key({})", names.join(","))]);
@@ -465,7 +492,7 @@ fn with_list_words(text: &str) -> Result<Vec<String>, String> {
             other => {
                 return Err(format!(
                     "unknown database option '{other}'; expected retention (ttl), \
-                     shard_duration, replication, shards or shard_key"
+                     shard_duration, replication, shards, shard_key or consistency"
                 ))
             }
         }

@@ -27,7 +27,7 @@ use crate::dist_plan::{DistributePlan, StrataOptions};
 use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
 use crate::executor::QueryExecutor;
 use crate::node_clients::NodeClients;
-use crate::write_router::{Consistency, WriteRouter};
+use crate::write_router::WriteRouter;
 use catalog_provider::{StrataCatalog, CATALOG_NAME};
 use ddl::{format_duration, OwnStatement};
 
@@ -63,6 +63,8 @@ fn show_databases_schema() -> SchemaRef {
         Field::new("shards", DataType::UInt32, true),
         // NULL: rows are placed by series.
         Field::new("shard_key", DataType::Utf8, true),
+        // Of writes that do not name one.
+        Field::new("consistency", DataType::Utf8, false),
     ]))
 }
 
@@ -78,9 +80,14 @@ impl Planned {
 }
 
 impl QueryEngine {
-    pub fn new(catalog: CatalogClient, nodes: NodeClients, executor: QueryExecutor) -> Self {
+    pub fn new(
+        catalog: CatalogClient,
+        nodes: NodeClients,
+        executor: QueryExecutor,
+        writer: WriteRouter,
+    ) -> Self {
         Self {
-            writer: WriteRouter::new(catalog.clone(), nodes.clone()),
+            writer,
             catalog,
             nodes,
             executor,
@@ -115,6 +122,7 @@ impl QueryEngine {
             Arc::new(StrataCatalog {
                 catalog: self.catalog.clone(),
                 nodes: self.nodes.clone(),
+                handoff: self.writer.handoff().clone(),
                 query_id: query_id.to_string(),
             }),
         );
@@ -267,7 +275,7 @@ impl QueryEngine {
                     })?;
                 let outcome = self
                     .writer
-                    .write_lines(&s.database, lines, Consistency::All, now_ns)
+                    .write_lines(&s.database, lines, None, now_ns)
                     .await
                     .map_err(|e| Error::InsertInterrupted {
                         written,
@@ -412,6 +420,16 @@ impl QueryEngine {
                     .context(CatalogSnafu)?;
                 Ok(vec![])
             }
+            OwnStatement::SetConsistency { name, consistency } => {
+                self.catalog
+                    .execute(Command::SetWriteConsistency {
+                        database: name,
+                        consistency,
+                    })
+                    .await
+                    .context(CatalogSnafu)?;
+                Ok(vec![])
+            }
             OwnStatement::DropDatabase { name, if_exists } => {
                 self.catalog
                     .execute(Command::DropDatabase { name, if_exists })
@@ -470,6 +488,9 @@ impl QueryEngine {
                         let key = &d.options.shard_key;
                         (!key.is_empty()).then(|| key.join(", "))
                     }))),
+                    Arc::new(StringArray::from_iter_values(
+                        dbs.iter().map(|d| d.options.consistency.name()),
+                    )),
                 ];
                 Ok(vec![
                     RecordBatch::try_new(schema, columns).context(crate::error::ArrowSnafu)?

@@ -1,8 +1,9 @@
 //! The `system` schema: the cluster described as tables, queryable with
 //! the same SQL and clients as data. Computed when scanned:
 //! `system.catalog` asks every catalog member, `system.nodes` asks the
-//! leader when it last heard from each storage node, the others read the
-//! catalog this coordinator holds.
+//! leader when it last heard from each storage node,
+//! `system.hinted_handoff` shows this coordinator's queues, the others
+//! read the catalog this coordinator holds.
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ use strata_catalog::client::survey;
 use strata_catalog::liveness::now_ms;
 use strata_catalog::CatalogClient;
 
+use crate::handoff::Handoff;
+use crate::node_clients::NodeClients;
+
 /// The schema name; no database may take it.
 pub const SYSTEM_SCHEMA: &str = "system";
 
@@ -33,18 +37,22 @@ enum Kind {
     Databases,
     ShardGroups,
     Shards,
+    HintedHandoff,
 }
 
-const TABLES: [(&str, Kind); 5] = [
+const TABLES: [(&str, Kind); 6] = [
     ("catalog", Kind::Catalog),
     ("nodes", Kind::Nodes),
     ("databases", Kind::Databases),
     ("shard_groups", Kind::ShardGroups),
     ("shards", Kind::Shards),
+    ("hinted_handoff", Kind::HintedHandoff),
 ];
 
 pub struct SystemSchema {
     pub catalog: CatalogClient,
+    pub nodes: NodeClients,
+    pub handoff: Arc<Handoff>,
 }
 
 impl fmt::Debug for SystemSchema {
@@ -64,6 +72,8 @@ impl SchemaProvider for SystemSchema {
             Arc::new(SystemTable {
                 kind: *kind,
                 catalog: self.catalog.clone(),
+                nodes: self.nodes.clone(),
+                handoff: self.handoff.clone(),
             }) as Arc<dyn TableProvider>
         }))
     }
@@ -76,6 +86,9 @@ impl SchemaProvider for SystemSchema {
 struct SystemTable {
     kind: Kind,
     catalog: CatalogClient,
+    #[allow(dead_code)]
+    nodes: NodeClients,
+    handoff: Arc<Handoff>,
 }
 
 impl fmt::Debug for SystemTable {
@@ -120,6 +133,7 @@ fn schema(kind: Kind) -> SchemaRef {
             f("replication_factor", DataType::UInt32, false),
             f("shards_per_group", DataType::UInt32, true),
             f("shard_key", DataType::Utf8, true),
+            f("consistency", DataType::Utf8, false),
             f("table_count", DataType::UInt64, false),
             f("shard_group_count", DataType::UInt64, false),
         ],
@@ -138,6 +152,18 @@ fn schema(kind: Kind) -> SchemaRef {
             f("start", ts(), false),
             f("end", ts(), false),
             f("owners", owners, false),
+        ],
+        Kind::HintedHandoff => vec![
+            f("node_id", DataType::UInt64, false),
+            f("entries", DataType::UInt64, false),
+            f("bytes", DataType::UInt64, false),
+            f("oldest", ts(), true),
+            f("oldest_age_ms", DataType::UInt64, true),
+            f("state", DataType::Utf8, false),
+            f("delivered", DataType::UInt64, false),
+            f("discarded", DataType::UInt64, false),
+            f("refused", DataType::UInt64, false),
+            f("last_error", DataType::Utf8, true),
         ],
     }))
 }
@@ -235,6 +261,9 @@ impl SystemTable {
                     Arc::new(StringArray::from_iter(dbs.iter().map(|d| {
                         (!d.options.shard_key.is_empty()).then(|| d.options.shard_key.join(","))
                     }))),
+                    Arc::new(StringArray::from_iter_values(
+                        dbs.iter().map(|d| d.options.consistency.name()),
+                    )),
                     Arc::new(UInt64Array::from_iter_values(
                         dbs.iter().map(|d| d.tables.len() as u64),
                     )),
@@ -304,6 +333,33 @@ impl SystemTable {
                         shards.iter().map(|(_, g, _)| g.end_ns),
                     )),
                     Arc::new(owners.finish()),
+                ]
+            }
+            Kind::HintedHandoff => {
+                let queues = self.handoff.stats();
+                let now = now_ms();
+                let u = |f: &dyn Fn(&crate::handoff::QueueStats) -> u64| {
+                    Arc::new(UInt64Array::from_iter_values(queues.iter().map(f))) as ArrayRef
+                };
+                vec![
+                    u(&|q| q.node_id),
+                    u(&|q| q.entries),
+                    u(&|q| q.bytes),
+                    Arc::new(TimestampNanosecondArray::from_iter(
+                        queues.iter().map(|q| q.oldest_ms.map(ms_to_ns)),
+                    )),
+                    Arc::new(UInt64Array::from_iter(queues.iter().map(|q| {
+                        q.oldest_ms.map(|t| now.saturating_sub(t).max(0) as u64)
+                    }))),
+                    Arc::new(StringArray::from_iter_values(
+                        queues.iter().map(|q| q.state),
+                    )),
+                    u(&|q| q.delivered),
+                    u(&|q| q.discarded),
+                    u(&|q| q.refused),
+                    Arc::new(StringArray::from_iter(
+                        queues.iter().map(|q| q.last_error.as_deref()),
+                    )),
                 ]
             }
         })
