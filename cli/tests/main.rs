@@ -13,6 +13,7 @@ mod insert;
 mod last_value;
 mod line_protocol;
 mod repl;
+mod replication;
 mod roles;
 mod support;
 mod system_tables;

@@ -13,12 +13,17 @@ pub enum Error {
 
     #[snafu(display(
         "{}: shard {shard_id} is stored on {stored} of its {owners} owners, and consistency \
-         '{consistency}' needs {required}{}; {failures}",
+         '{consistency}' needs {required}{}{}",
         if *stored == 0 { "write failed" } else { "partial write" },
         if *hinted > 0 {
             format!("; {hinted} will receive it through hinted handoff")
         } else {
             String::new()
+        },
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!("; {failures}")
         }
     ))]
     Consistency {

@@ -157,6 +157,8 @@ struct V1WriteParams {
 struct V2WriteParams {
     bucket: Option<String>,
     precision: Option<String>,
+    /// Not an InfluxDB 2 parameter; accepted as on `/write`.
+    consistency: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,7 +235,7 @@ async fn write_v2(
     let db = p
         .bucket
         .map(|b| b.split('/').next().unwrap_or_default().to_string());
-    write(&state, db, p.precision, None, &headers, body).await
+    write(&state, db, p.precision, p.consistency, &headers, body).await
 }
 
 async fn write(

@@ -12,6 +12,7 @@ use arrow_flight::{FlightClient, FlightDescriptor};
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use strata_proto::CATALOG_VERSION_HEADER;
+use strata_storage::digest::ShardDigest;
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest gRPC message exchanged with a storage node.
@@ -86,4 +87,29 @@ pub async fn put_shard(
     let results = client.do_put(data.boxed()).await?;
     let _acks: Vec<_> = results.try_collect().await?;
     Ok(())
+}
+
+/// Digests of the shards (of what the node at `addr` holds of them), in
+/// time buckets of `bucket_ns`.
+pub async fn shard_digests(
+    nodes: &NodeClients,
+    addr: &str,
+    shard_ids: &[u64],
+    bucket_ns: i64,
+) -> Result<Vec<ShardDigest>, String> {
+    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
+    let body = serde_json::json!({ "shard_ids": shard_ids, "bucket_ns": bucket_ns });
+    let action = arrow_flight::Action::new(
+        strata_proto::SHARD_DIGEST_ACTION,
+        bytes::Bytes::from(body.to_string()),
+    );
+    let results: Vec<bytes::Bytes> = client
+        .do_action(action)
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = results.first().ok_or("the node answered no digest")?;
+    serde_json::from_slice(first).map_err(|e| format!("unreadable digests: {e}"))
 }

@@ -31,3 +31,7 @@ pub const CATALOG_VERSION_HEADER: &str = "strata-catalog-version";
 /// Storage-node Flight action: how the node is doing, as JSON
 /// (`{"node_id", "flush_failures", "last_flush_error"}`).
 pub const HEALTH_ACTION: &str = "health";
+
+/// Flight action on a storage node: digests of the shards named in its
+/// JSON body (`{"shard_ids": [..], "bucket_ns": n}`), answered as JSON.
+pub const SHARD_DIGEST_ACTION: &str = "shard_digest";

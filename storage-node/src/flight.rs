@@ -184,6 +184,17 @@ impl StorageFlightService {
     }
 }
 
+/// What the `shard_digest` action asks for (JSON).
+#[derive(serde::Deserialize)]
+struct DigestRequest {
+    shard_ids: Vec<u64>,
+    /// Width of a time bucket, in nanoseconds.
+    bucket_ns: Option<i64>,
+}
+
+/// Time bucket of a shard digest unless the request names one: an hour.
+pub const DEFAULT_DIGEST_BUCKET_NS: i64 = 3_600_000_000_000;
+
 /// How often a node refreshes its catalog for requests that name what it
 /// does not know and carry no catalog version.
 const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -494,8 +505,37 @@ impl FlightService for StorageFlightService {
                 );
                 Ok(Response::new(Box::pin(stream::empty())))
             }
+            strata_proto::SHARD_DIGEST_ACTION => {
+                let req: DigestRequest =
+                    serde_json::from_slice(&request.get_ref().body).map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "the shard_digest action's body is unreadable: {e}"
+                        ))
+                    })?;
+                if req.shard_ids.len() > 100_000 {
+                    return Err(Status::invalid_argument(
+                        "shard_digest takes at most 100000 shards at a time",
+                    ));
+                }
+                let mut digests = Vec::with_capacity(req.shard_ids.len());
+                for shard_id in req.shard_ids {
+                    let d = crate::digest::shard_digest(
+                        &self.ctx,
+                        &self.engine,
+                        shard_id,
+                        req.bucket_ns.unwrap_or(DEFAULT_DIGEST_BUCKET_NS),
+                    )
+                    .await
+                    .map_err(|e| into_status(StorageError::Query { source: e }))?;
+                    digests.push(d);
+                }
+                let body = serde_json::to_vec(&digests).expect("digests serialize");
+                let result = arrow_flight::Result { body: body.into() };
+                Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+            }
             other => Err(Status::invalid_argument(format!(
-                "unknown action '{other}'; storage nodes know: health, flush, compact, delete"
+                "unknown action '{other}'; storage nodes know: health, flush, compact, delete, \
+                 shard_digest"
             ))),
         }
     }

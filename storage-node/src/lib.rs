@@ -4,6 +4,7 @@
 pub mod compaction;
 pub mod dedup;
 pub mod delete;
+pub mod digest;
 pub mod drops;
 pub mod engine;
 pub mod error;

@@ -71,6 +71,12 @@ pub struct ShardTable {
     snapshot: ScanSnapshot,
 }
 
+impl ShardTable {
+    pub fn new(schema: SchemaRef, snapshot: ScanSnapshot) -> Self {
+        Self { schema, snapshot }
+    }
+}
+
 impl std::fmt::Debug for ShardTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardTable")

@@ -38,15 +38,17 @@ enum Kind {
     ShardGroups,
     Shards,
     HintedHandoff,
+    ShardReplicas,
 }
 
-const TABLES: [(&str, Kind); 6] = [
+const TABLES: [(&str, Kind); 7] = [
     ("catalog", Kind::Catalog),
     ("nodes", Kind::Nodes),
     ("databases", Kind::Databases),
     ("shard_groups", Kind::ShardGroups),
     ("shards", Kind::Shards),
     ("hinted_handoff", Kind::HintedHandoff),
+    ("shard_replicas", Kind::ShardReplicas),
 ];
 
 pub struct SystemSchema {
@@ -86,7 +88,6 @@ impl SchemaProvider for SystemSchema {
 struct SystemTable {
     kind: Kind,
     catalog: CatalogClient,
-    #[allow(dead_code)]
     nodes: NodeClients,
     handoff: Arc<Handoff>,
 }
@@ -164,6 +165,15 @@ fn schema(kind: Kind) -> SchemaRef {
             f("discarded", DataType::UInt64, false),
             f("refused", DataType::UInt64, false),
             f("last_error", DataType::Utf8, true),
+        ],
+        Kind::ShardReplicas => vec![
+            f("database", DataType::Utf8, false),
+            f("shard_id", DataType::UInt64, false),
+            f("node_id", DataType::UInt64, false),
+            f("rows", DataType::UInt64, true),
+            // Hex of the sum of the row hashes: replicas agree when equal.
+            f("digest", DataType::Utf8, true),
+            f("error", DataType::Utf8, true),
         ],
     }))
 }
@@ -333,6 +343,84 @@ impl SystemTable {
                         shards.iter().map(|(_, g, _)| g.end_ns),
                     )),
                     Arc::new(owners.finish()),
+                ]
+            }
+            Kind::ShardReplicas => {
+                // Every replica of every shard, asked of its node (one call
+                // per node, all nodes at once).
+                let mut by_node: std::collections::BTreeMap<u64, Vec<(String, u64)>> =
+                    Default::default();
+                for db in state.databases.values() {
+                    for g in &db.shard_groups {
+                        for s in &g.shards {
+                            for o in &s.owners {
+                                by_node.entry(*o).or_default().push((db.name.clone(), s.id));
+                            }
+                        }
+                    }
+                }
+                let asks = by_node.into_iter().map(|(node_id, shards)| {
+                    let addr = state.nodes.get(&node_id).map(|n| n.flight_addr.clone());
+                    let nodes = self.nodes.clone();
+                    async move {
+                        let ids: Vec<u64> = shards.iter().map(|(_, s)| *s).collect();
+                        let answer = match addr {
+                            None => Err("node is not registered".to_string()),
+                            Some(addr) => tokio::time::timeout(
+                                std::time::Duration::from_secs(30),
+                                crate::node_clients::shard_digests(
+                                    &nodes,
+                                    &addr,
+                                    &ids,
+                                    strata_storage::flight::DEFAULT_DIGEST_BUCKET_NS,
+                                ),
+                            )
+                            .await
+                            .unwrap_or_else(|_| Err("no answer within 30 s".into()))
+                            .map_err(|e| format!("node {node_id} at {addr}: {e}")),
+                        };
+                        (node_id, shards, answer)
+                    }
+                });
+                let answers = futures::future::join_all(asks).await;
+                let mut rows: Vec<(
+                    String,
+                    u64,
+                    u64,
+                    Option<u64>,
+                    Option<String>,
+                    Option<String>,
+                )> = vec![];
+                for (node_id, shards, answer) in answers {
+                    for (db, shard_id) in shards {
+                        match &answer {
+                            Ok(digests) => {
+                                let d = digests.iter().find(|d| d.shard_id == shard_id);
+                                rows.push((
+                                    db,
+                                    shard_id,
+                                    node_id,
+                                    Some(d.map_or(0, |d| d.rows)),
+                                    Some(format!("{:016x}", d.map_or(0, |d| d.digest))),
+                                    None,
+                                ));
+                            }
+                            Err(e) => {
+                                rows.push((db, shard_id, node_id, None, None, Some(e.clone())))
+                            }
+                        }
+                    }
+                }
+                rows.sort_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| r.0.as_str()),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                    Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.3))),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.4.as_deref()))),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.5.as_deref()))),
                 ]
             }
             Kind::HintedHandoff => {
