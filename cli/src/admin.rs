@@ -1,5 +1,6 @@
 //! `strata admin`: operator commands. `admin catalog status|add|remove`
-//! show the catalog's members and change them at run time.
+//! show the catalog's members and change them at run time; `admin repair`
+//! compares the replicas of shards and makes them equal.
 
 use std::time::Duration;
 
@@ -12,6 +13,30 @@ pub enum AdminCommand {
     /// The catalog's members and their membership.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Compares the replicas of every shard (or those named) by digest and
+    /// copies rows a replica lacks from those that hold them.
+    Repair(RepairArgs),
+}
+
+#[derive(Args)]
+pub struct RepairArgs {
+    #[command(flatten)]
+    pub addrs: CatalogAddrs,
+    /// Only this database's shards.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Only this shard.
+    #[arg(long)]
+    pub shard: Option<u64>,
+    /// Width of the time buckets compared, e.g. `1h`.
+    #[arg(long, default_value = "1h")]
+    pub bucket: String,
+    /// Compare and report; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// `table` or `json`.
+    #[arg(long, default_value = "table")]
+    pub format: String,
 }
 
 #[derive(Subcommand)]
@@ -112,7 +137,10 @@ pub fn format_table(rows: &[MemberRow]) -> String {
 }
 
 pub async fn run(command: AdminCommand) -> Result<(), String> {
-    let AdminCommand::Catalog(command) = command;
+    let command = match command {
+        AdminCommand::Catalog(c) => c,
+        AdminCommand::Repair(a) => return repair(a).await,
+    };
     match command {
         CatalogCommand::Status(a) => {
             let members = Members::parse(&a.addrs.catalog).map_err(|e| e.to_string())?;
@@ -201,4 +229,101 @@ async fn change(members: &Members, node_id: u64, add: bool) -> Result<(), String
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+async fn repair(a: RepairArgs) -> Result<(), String> {
+    use strata_coordinator::repair::{repair, RepairScope};
+    let bucket_ns = match strata_coordinator::query::ddl::parse_duration(&a.bucket) {
+        Ok(ns) if ns > 0 => ns,
+        _ => {
+            return Err(format!(
+                "--bucket must be a duration like '1h', not '{}'",
+                a.bucket
+            ))
+        }
+    };
+    if !matches!(a.format.as_str(), "table" | "json") {
+        return Err(format!(
+            "--format must be table or json, not '{}'",
+            a.format
+        ));
+    }
+    let catalog = strata_catalog::CatalogClient::connect(&a.addrs.catalog, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = catalog.state();
+    if let Some(db) = &a.database {
+        if !state.databases.contains_key(db) {
+            return Err(format!("database '{db}' not found"));
+        }
+    }
+    let scope = RepairScope {
+        database: a.database.clone(),
+        shard_id: a.shard,
+        bucket_ns,
+        dry_run: a.dry_run,
+    };
+    let in_scope = strata_coordinator::repair::shards_in(&state, &scope).len();
+    if in_scope == 0 {
+        return Err(match (a.shard, &a.database) {
+            (Some(s), _) => format!("shard {s} is not a shard with more than one replica"),
+            _ => "no shard has more than one replica: nothing to compare".to_string(),
+        });
+    }
+    let nodes = strata_coordinator::node_clients::NodeClients::default();
+    let reports = repair(&state, &nodes, &scope).await;
+    if a.format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "{:<16} {:>8} {:<10} {:>8} {:>10} {:<24} {:>9}  error",
+            "database", "shard", "owners", "buckets", "differing", "rows written", "conflicts"
+        );
+        for r in &reports {
+            let owners: Vec<String> = r.owners.iter().map(|o| o.to_string()).collect();
+            let written: Vec<String> = r
+                .rows_written
+                .iter()
+                .map(|(n, rows)| format!("{rows} to node {n}"))
+                .collect();
+            println!(
+                "{:<16} {:>8} {:<10} {:>8} {:>10} {:<24} {:>9}  {}",
+                r.database,
+                r.shard_id,
+                owners.join(","),
+                r.buckets,
+                r.differing,
+                if written.is_empty() {
+                    "-".to_string()
+                } else {
+                    written.join(", ")
+                },
+                r.conflicts,
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+        let rows: u64 = reports.iter().flat_map(|r| r.rows_written.values()).sum();
+        println!(
+            "{} shards compared, {} with differences, {rows} rows {}, {} failed",
+            reports.len(),
+            reports.iter().filter(|r| r.differing > 0).count(),
+            if a.dry_run {
+                "to write (dry run)"
+            } else {
+                "written"
+            },
+            reports.iter().filter(|r| r.error.is_some()).count()
+        );
+    }
+    if let Some(failed) = reports.iter().find(|r| r.error.is_some()) {
+        return Err(format!(
+            "shard {} could not be repaired: {}",
+            failed.shard_id,
+            failed.error.as_deref().unwrap_or_default()
+        ));
+    }
+    Ok(())
 }

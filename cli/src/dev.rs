@@ -40,6 +40,10 @@ pub struct DevConfig {
     /// Bounds of each node's hinted-handoff queue.
     pub hinted_handoff_max_bytes: u64,
     pub hinted_handoff_max_age: Duration,
+    /// Background anti-entropy: how often (`None`: never) and the share of
+    /// time it may take.
+    pub anti_entropy_interval: Option<Duration>,
+    pub anti_entropy_share: f64,
 }
 
 impl DevConfig {
@@ -60,6 +64,8 @@ impl DevConfig {
             write_timeout: strata_coordinator::write_router::DEFAULT_OWNER_TIMEOUT,
             hinted_handoff_max_bytes: HandoffConfig::DEFAULT_MAX_BYTES,
             hinted_handoff_max_age: HandoffConfig::DEFAULT_MAX_AGE,
+            anti_entropy_interval: Some(CoordinatorConfig::DEFAULT_ANTI_ENTROPY_INTERVAL),
+            anti_entropy_share: CoordinatorConfig::DEFAULT_ANTI_ENTROPY_SHARE,
         }
     }
 
@@ -205,6 +211,8 @@ impl DevCluster {
                 ..HandoffConfig::new(config.data_dir.join("coordinator").join("hints"))
             },
             write_timeout: config.write_timeout,
+            anti_entropy_interval: config.anti_entropy_interval,
+            anti_entropy_share: config.anti_entropy_share,
         })
         .await
         .context(CoordinatorSnafu)?;

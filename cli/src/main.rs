@@ -177,6 +177,24 @@ struct CoordinatorArgs {
     addr_file: Option<PathBuf>,
 }
 
+impl WriteSettings {
+    fn of(c: &CoordinatorConfig) -> Self {
+        Self {
+            timeout: c.write_timeout,
+            handoff: c.handoff.clone(),
+            anti_entropy_interval: c.anti_entropy_interval,
+            anti_entropy_share: c.anti_entropy_share,
+        }
+    }
+
+    fn set(self, c: &mut CoordinatorConfig) {
+        c.write_timeout = self.timeout;
+        c.handoff = self.handoff;
+        c.anti_entropy_interval = self.anti_entropy_interval;
+        c.anti_entropy_share = self.anti_entropy_share;
+    }
+}
+
 /// How a coordinator routes writes to shard owners.
 #[derive(Args)]
 struct WriteArgs {
@@ -192,21 +210,54 @@ struct WriteArgs {
     /// are refused, e.g. `168h`.
     #[arg(long)]
     hinted_handoff_max_age: Option<String>,
+    /// How often background anti-entropy compares the replicas of every
+    /// shard and repairs them, e.g. `10m`; `off` never.
+    #[arg(long)]
+    anti_entropy_interval: Option<String>,
+    /// Share of the time background anti-entropy may spend working
+    /// (0.01 to 1; it pauses between shards to keep to it).
+    #[arg(long)]
+    anti_entropy_share: Option<f64>,
+}
+
+/// What [`WriteArgs`] set.
+struct WriteSettings {
+    timeout: std::time::Duration,
+    handoff: HandoffConfig,
+    anti_entropy_interval: Option<std::time::Duration>,
+    anti_entropy_share: f64,
 }
 
 impl WriteArgs {
-    /// Fills in `write_timeout` and the hinted-handoff bounds.
-    fn apply(
-        self,
-        f: &ConfigFile,
-        timeout: &mut std::time::Duration,
-        handoff: &mut HandoffConfig,
-    ) -> Result<(), String> {
+    /// Fills in the write timeout, the hinted-handoff bounds and
+    /// anti-entropy.
+    fn apply(self, f: &ConfigFile, w: &mut WriteSettings) -> Result<(), String> {
+        let (timeout, handoff) = (&mut w.timeout, &mut w.handoff);
         if let Some(t) = f
             .pick_opt(self.write_timeout, "write_timeout")
             .map_err(|e| e.0)?
         {
             *timeout = duration_flag("--write-timeout", t)?;
+        }
+        if let Some(i) = f
+            .pick_opt(self.anti_entropy_interval, "anti_entropy_interval")
+            .map_err(|e| e.0)?
+        {
+            w.anti_entropy_interval = match i.as_str() {
+                "off" | "0" => None,
+                _ => Some(duration_flag("--anti-entropy-interval", i)?),
+            };
+        }
+        if let Some(share) = f
+            .pick_opt(self.anti_entropy_share, "anti_entropy_share")
+            .map_err(|e| e.0)?
+        {
+            if !(0.01..=1.0).contains(&share) {
+                return Err(format!(
+                    "--anti-entropy-share must be from 0.01 to 1, not {share}"
+                ));
+            }
+            w.anti_entropy_share = share;
         }
         if let Some(mib) = f
             .pick_opt(self.hinted_handoff_max_mib, "hinted_handoff_max_mib")
@@ -339,14 +390,22 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         ..DevConfig::new(&a.data_dir)
     };
     let mut config = config;
-    let mut handoff = HandoffConfig::new("");
-    a.writes.apply(
-        &ConfigFile::default(),
-        &mut config.write_timeout,
-        &mut handoff,
-    )?;
-    config.hinted_handoff_max_bytes = handoff.max_bytes;
-    config.hinted_handoff_max_age = handoff.max_age;
+    let mut w = WriteSettings {
+        timeout: config.write_timeout,
+        handoff: HandoffConfig {
+            max_bytes: config.hinted_handoff_max_bytes,
+            max_age: config.hinted_handoff_max_age,
+            ..HandoffConfig::new("")
+        },
+        anti_entropy_interval: config.anti_entropy_interval,
+        anti_entropy_share: config.anti_entropy_share,
+    };
+    a.writes.apply(&ConfigFile::default(), &mut w)?;
+    config.write_timeout = w.timeout;
+    config.hinted_handoff_max_bytes = w.handoff.max_bytes;
+    config.hinted_handoff_max_age = w.handoff.max_age;
+    config.anti_entropy_interval = w.anti_entropy_interval;
+    config.anti_entropy_share = w.anti_entropy_share;
     let cluster = DevCluster::start(config).await.map_err(|e| e.to_string())?;
     let addrs = cluster.addrs();
     println!("strata dev: data directory {}", a.data_dir.display());
@@ -542,10 +601,13 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
             .join("hints"),
         ),
         write_timeout: DEFAULT_OWNER_TIMEOUT,
+        anti_entropy_interval: Some(CoordinatorConfig::DEFAULT_ANTI_ENTROPY_INTERVAL),
+        anti_entropy_share: CoordinatorConfig::DEFAULT_ANTI_ENTROPY_SHARE,
     };
     let mut config = config;
-    a.writes
-        .apply(&f, &mut config.write_timeout, &mut config.handoff)?;
+    let mut w = WriteSettings::of(&config);
+    a.writes.apply(&f, &mut w)?;
+    w.set(&mut config);
     let c = Coordinator::start(config)
         .await
         .map_err(|e| e.to_string())?;

@@ -22,6 +22,8 @@ struct Cluster {
     catalog: String,
     _catalog: ServerProcess,
     nodes: Vec<Option<ServerProcess>>,
+    /// Each node's Flight address, as last started.
+    node_addrs: Vec<String>,
     coordinator: Option<ServerProcess>,
     http: String,
     flight: String,
@@ -55,6 +57,7 @@ impl Cluster {
             catalog,
             _catalog: catalog_process,
             nodes: (0..nodes).map(|_| None).collect(),
+            node_addrs: vec![String::new(); nodes as usize],
             coordinator: None,
             http: String::new(),
             flight: String::new(),
@@ -70,7 +73,7 @@ impl Cluster {
 
     fn start_node(&mut self, id: u64) {
         let data = self.dir.join(format!("storage-{id}"));
-        let (p, _) = strata(
+        let (p, a) = strata(
             &[
                 "storage",
                 "--node-id",
@@ -90,6 +93,39 @@ impl Cluster {
             &format!("storage-{id}"),
         );
         self.nodes[id as usize - 1] = Some(p);
+        self.node_addrs[id as usize - 1] = a["storage"].as_str().unwrap().to_string();
+    }
+
+    /// Has the node write its memtables to Parquet.
+    async fn flush_node(&self, id: u64) {
+        let addr = &self.node_addrs[id as usize - 1];
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = arrow_flight::FlightClient::new(channel);
+        let results = client
+            .do_action(arrow_flight::Action::new("flush", ""))
+            .await
+            .unwrap();
+        let _: Vec<_> = futures::TryStreamExt::try_collect(results).await.unwrap();
+    }
+
+    /// Runs `strata admin repair` against the cluster; its output.
+    fn admin_repair(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(crate::support::strata_bin())
+            .args(["admin", "repair", "--catalog", &self.catalog])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "admin repair failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     fn kill_node(&mut self, id: u64) {
@@ -524,4 +560,94 @@ async fn consistency_levels_all_any_and_the_last_write_winning_after_replay() {
     c.wait_drained().await;
     // Hints go in order: 11 (not acknowledged, but queued) then 12.
     assert_eq!(c.sql(Some("single"), "SELECT seq FROM m").await, vec!["12"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repair_restores_a_lost_file_without_bringing_deleted_rows_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), 2).await;
+    c.sql(None, "CREATE DATABASE heal WITH REPLICATION 2").await;
+    let second = 1_000_000_000i64;
+    let points = |r: std::ops::Range<i64>| -> String {
+        r.map(|p| format!("m,writer=w0 seq={p}i {}\n", BASE_NS + p * second))
+            .collect()
+    };
+    assert_eq!(c.write("heal", "all", points(0..200)).await.0, 204);
+    c.flush_node(1).await;
+    c.flush_node(2).await;
+
+    // A delete while node 2 is down: applied on node 1, queued for node 2
+    // behind nothing, delivered when it is back.
+    c.kill_node(2);
+    c.sql(
+        Some("heal"),
+        &format!(
+            "DELETE FROM m WHERE time >= {} AND time < {}",
+            BASE_NS + 50 * second,
+            BASE_NS + 100 * second
+        ),
+    )
+    .await;
+    c.start_node(2);
+    c.wait_node_state(2, "up").await;
+    c.wait_drained().await;
+    assert_eq!(c.write("heal", "all", points(200..300)).await.0, 204);
+    c.flush_node(1).await;
+    c.flush_node(2).await;
+    let agreed = c.replicas("heal").await;
+    assert_eq!(assert_replicas_agree(&agreed, 2), vec![250]);
+
+    // Node 2 loses the Parquet file holding points 0..200.
+    c.kill_node(2);
+    let mut files: Vec<PathBuf> = crate::support::walk(&tmp.path().join("storage-2/shards"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    assert_eq!(files.len(), 2, "{files:?}");
+    std::fs::remove_file(&files[0]).unwrap();
+    c.start_node(2);
+    c.wait_node_state(2, "up").await;
+    let replicas = c.replicas("heal").await;
+    let rows: Vec<&str> = replicas
+        .iter()
+        .map(|r| r.split('|').nth(2).unwrap())
+        .collect();
+    assert_eq!(rows, vec!["250", "100"], "{replicas:?}");
+
+    let dry = c.admin_repair(&["--database", "heal", "--dry-run"]);
+    assert!(dry.contains("150 to node 2"), "{dry}");
+    assert_eq!(
+        c.replicas("heal").await,
+        replicas,
+        "a dry run writes nothing"
+    );
+    let report = c.admin_repair(&["--database", "heal"]);
+    println!("{report}");
+    assert!(report.contains("150 to node 2"), "{report}");
+    assert!(report.contains("150 rows written"), "{report}");
+    let repaired = c.replicas("heal").await;
+    assert_eq!(assert_replicas_agree(&repaired, 2), vec![250]);
+    // The deleted range stays deleted; the rest is back.
+    let seqs: Vec<i64> = stored_points(&c, "heal")
+        .await
+        .iter()
+        .map(|p| p.1)
+        .collect();
+    let expected: Vec<i64> = (0..50).chain(100..300).collect();
+    assert_eq!(seqs, expected);
+    // Repair times show; a second repair finds nothing to do.
+    let times = c
+        .sql(
+            None,
+            "SELECT count(*) FROM system.shard_replicas WHERE database = 'heal' \
+             AND last_repair IS NOT NULL",
+        )
+        .await;
+    assert_eq!(times, vec!["2"]);
+    let again = c.admin_repair(&["--database", "heal"]);
+    assert!(
+        again.contains("0 with differences, 0 rows written"),
+        "{again}"
+    );
 }

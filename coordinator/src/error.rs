@@ -37,8 +37,9 @@ pub enum Error {
     },
 
     #[snafu(display(
-        "DELETE from '{table}' did not reach every replica, so some rows may remain: \
-         {failures}; run it again once the nodes are back (deleting twice is harmless)"
+        "DELETE from '{table}' was applied by no replica of some shards, so their rows \
+         remain for now: {failures}; run it again once the nodes are back (deleting twice \
+         is harmless)"
     ))]
     DeleteIncomplete { table: String, failures: String },
     #[snafu(display("request body is not valid {what}: {reason}"))]

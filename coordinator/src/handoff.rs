@@ -6,7 +6,8 @@
 //! of their first entry. An entry is one `DoPut` — database, table, shard
 //! and the Arrow batches — framed as `len u32 | crc32 u32 | body`, and is
 //! fsynced before the write it belongs to counts it. A replayer per queue
-//! sends the entries in order once the node answers; the sequence number of
+//! sends the entries in order once the node answers; deletes that missed
+//! a node queue the same way, in order with the writes around them; the sequence number of
 //! the last one it delivered is kept in `<dir>/<node id>/delivered` (written
 //! and fsynced before the entry leaves the queue), so a restart neither
 //! loses an entry nor sends a delivered one again ahead of newer writes.
@@ -33,7 +34,7 @@ use strata_catalog::model::NodeState;
 use strata_catalog::CatalogClient;
 use tokio::sync::{watch, Notify};
 
-use crate::node_clients::{put_shard, NodeClients};
+use crate::node_clients::{delete_on, put_shard, NodeClients};
 
 #[derive(Debug, Snafu)]
 pub enum HandoffError {
@@ -97,13 +98,15 @@ impl HandoffConfig {
     }
 }
 
-/// One write for one shard, as queued for an owner.
+/// One write (or delete) for one shard, as queued for an owner.
 #[derive(Debug, Clone)]
 pub struct Hint {
     pub database: String,
     pub table: String,
     pub shard_id: u64,
     pub batches: Vec<RecordBatch>,
+    /// A delete instead of a write: the encoded `DeleteRequest`.
+    pub delete: Option<Vec<u8>>,
 }
 
 /// What `system.hinted_handoff` shows of one queue.
@@ -177,6 +180,10 @@ pub struct Handoff {
     /// Held locked while the queues are this process's.
     _lock: File,
 }
+
+/// Most entries, and bytes, a replayer sends in one call.
+const REPLAY_RUN_ENTRIES: usize = 256;
+const REPLAY_RUN_BYTES: u64 = 8 << 20;
 
 /// How long a replayer waits between tries at a node that does not answer
 /// or is marked down, growing from the first to the second.
@@ -399,12 +406,12 @@ async fn replay(handoff: std::sync::Weak<Handoff>, queue: Arc<Queue>) {
         };
         let read = {
             let q = queue.clone();
-            tokio::task::spawn_blocking(move || q.read(&head))
+            tokio::task::spawn_blocking(move || q.read_run(&head))
                 .await
                 .expect("hint read does not panic")
         };
-        let hint = match read {
-            Ok(hint) => hint,
+        let (hint, last, count) = match read {
+            Ok(run) => run,
             Err(e) => {
                 // Unreadable after it was fsynced: the disk failed. Passed
                 // over so the queue is not stuck behind it, loudly.
@@ -415,19 +422,24 @@ async fn replay(handoff: std::sync::Weak<Handoff>, queue: Arc<Queue>) {
             }
         };
         queue.state.lock().replaying = true;
-        let sent = tokio::time::timeout(
-            h.timeout,
-            put_shard(
-                &h.nodes,
-                &node.flight_addr,
-                state.version,
-                &hint.database,
-                &hint.table,
-                hint.shard_id,
-                hint.batches,
-            ),
-        )
-        .await;
+        let send = async {
+            match hint.delete.clone() {
+                Some(request) => delete_on(&h.nodes, &node.flight_addr, request).await,
+                None => {
+                    put_shard(
+                        &h.nodes,
+                        &node.flight_addr,
+                        state.version,
+                        &hint.database,
+                        &hint.table,
+                        hint.shard_id,
+                        hint.batches.clone(),
+                    )
+                    .await
+                }
+            }
+        };
+        let sent = tokio::time::timeout(h.timeout, send).await;
         drop(h);
         let outcome = match sent {
             Ok(Ok(())) => Ok(()),
@@ -438,13 +450,13 @@ async fn replay(handoff: std::sync::Weak<Handoff>, queue: Arc<Queue>) {
             Ok(()) => {
                 backoff = BACKOFF.0;
                 last_probe_of_down = None;
-                if let Err(e) = finish(&queue, &head).await {
+                if let Err(e) = finish(&queue, &last).await {
                     tracing::error!(node = queue.node_id, error = %e, "cannot record a delivered hint");
                     tokio::time::sleep(BACKOFF.1).await;
                     continue;
                 }
                 let mut st = queue.state.lock();
-                st.delivered += 1;
+                st.delivered += count;
                 st.last_error = None;
                 if st.entries.is_empty() {
                     tracing::info!(
@@ -458,10 +470,10 @@ async fn replay(handoff: std::sync::Weak<Handoff>, queue: Arc<Queue>) {
                 tracing::warn!(node = queue.node_id, seq = head.seq, database = %hint.database, table = %hint.table, shard = hint.shard_id, error = %message, "node refused a hinted write for good; passed over");
                 {
                     let mut st = queue.state.lock();
-                    st.discarded += 1;
+                    st.discarded += count;
                     st.last_error = Some(message);
                 }
-                let _ = finish(&queue, &head).await;
+                let _ = finish(&queue, &last).await;
             }
             Err((false, message)) => {
                 {
@@ -488,7 +500,8 @@ fn permanent(e: &arrow_flight::error::FlightError) -> bool {
         if matches!(s.code(), Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument))
 }
 
-/// Records the head entry as delivered and takes it off the queue.
+/// Records the entries up to `head` as delivered and takes them off the
+/// queue.
 async fn finish(queue: &Arc<Queue>, head: &EntryMeta) -> Result<()> {
     let q = queue.clone();
     let head = *head;
@@ -612,6 +625,45 @@ impl Queue {
         Ok(seq)
     }
 
+    /// The head entry, and when it is a write, the writes to the same
+    /// shard and table right behind it, as one (they go in one `DoPut`);
+    /// with the last entry taken and how many.
+    fn read_run(&self, head: &EntryMeta) -> Result<(Hint, EntryMeta, u64)> {
+        let mut hint = self.read(head)?;
+        let (mut last, mut count) = (*head, 1);
+        if hint.delete.is_some() {
+            return Ok((hint, last, count));
+        }
+        let behind: Vec<EntryMeta> = self
+            .state
+            .lock()
+            .entries
+            .iter()
+            .skip(1)
+            .take(REPLAY_RUN_ENTRIES - 1)
+            .copied()
+            .collect();
+        let mut bytes = head.len;
+        for meta in behind {
+            if bytes + meta.len > REPLAY_RUN_BYTES {
+                break;
+            }
+            let next = self.read(&meta)?;
+            let same = next.delete.is_none()
+                && next.shard_id == hint.shard_id
+                && next.table == hint.table
+                && next.database == hint.database;
+            if !same {
+                break;
+            }
+            hint.batches.extend(next.batches);
+            bytes += meta.len;
+            last = meta;
+            count += 1;
+        }
+        Ok((hint, last, count))
+    }
+
     fn read(&self, meta: &EntryMeta) -> Result<Hint> {
         let path = self.dir.join(format!("{:020}.hints", meta.segment));
         let io = |source| HandoffError::Io {
@@ -627,16 +679,16 @@ impl Queue {
         decode(body).map_err(invalid)
     }
 
-    /// Records `head` as delivered, takes it off the queue and deletes the
-    /// segment files left with nothing to deliver.
+    /// Records every entry up to `head` as delivered, takes them off the
+    /// queue and deletes the segment files left with nothing to deliver.
     fn delivered(&self, head: &EntryMeta) -> Result<()> {
         write_delivered(&self.dir.join("delivered"), head.seq)?;
         let mut segs = self.segments.lock();
         let (empty, first_left) = {
             let mut st = self.state.lock();
-            if st.entries.front().is_some_and(|e| e.seq == head.seq) {
+            while let Some(e) = st.entries.front().copied().filter(|e| e.seq <= head.seq) {
                 st.entries.pop_front();
-                st.bytes = st.bytes.saturating_sub(head.len);
+                st.bytes = st.bytes.saturating_sub(e.len);
             }
             st.delivered_seq = head.seq;
             (st.entries.is_empty(), st.entries.front().map(|e| e.segment))
@@ -768,13 +820,20 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// `database | table | shard u64 | batch count u32 | (len u32 | Arrow IPC
-/// stream)...`, each batch its own stream (batches differ in columns).
+/// `kind u8 | database | table | shard u64 | ...`: a write (kind 0)
+/// continues `batch count u32 | (len u32 | Arrow IPC stream)...`, each
+/// batch its own stream (batches differ in columns); a delete (kind 1)
+/// `len u32 | DeleteRequest`.
 fn encode(hint: &Hint) -> Result<Vec<u8>> {
-    let mut out = vec![];
+    let mut out = vec![hint.delete.is_some() as u8];
     put_str(&mut out, &hint.database);
     put_str(&mut out, &hint.table);
     out.extend_from_slice(&hint.shard_id.to_le_bytes());
+    if let Some(request) = &hint.delete {
+        out.extend_from_slice(&(request.len() as u32).to_le_bytes());
+        out.extend_from_slice(request);
+        return Ok(out);
+    }
     out.extend_from_slice(&(hint.batches.len() as u32).to_le_bytes());
     for b in &hint.batches {
         let mut ipc = vec![];
@@ -804,9 +863,20 @@ fn decode(mut body: &[u8]) -> Result<Hint, String> {
         let n = u32_of(body)? as usize;
         String::from_utf8(take(body, n)?.to_vec()).map_err(|e| e.to_string())
     }
+    let kind = take(&mut body, 1)?[0];
     let database = str_of(&mut body)?;
     let table = str_of(&mut body)?;
     let shard_id = u64::from_le_bytes(take(&mut body, 8)?.try_into().expect("8"));
+    if kind == 1 {
+        let n = u32_of(&mut body)? as usize;
+        return Ok(Hint {
+            database,
+            table,
+            shard_id,
+            batches: vec![],
+            delete: Some(take(&mut body, n)?.to_vec()),
+        });
+    }
     let count = u32_of(&mut body)?;
     let mut batches = vec![];
     for _ in 0..count {
@@ -822,6 +892,7 @@ fn decode(mut body: &[u8]) -> Result<Hint, String> {
         table,
         shard_id,
         batches,
+        delete: None,
     })
 }
 
@@ -853,6 +924,7 @@ mod tests {
             table: "cpu".into(),
             shard_id: 7,
             batches: vec![batch],
+            delete: None,
         }
     }
 
@@ -899,6 +971,31 @@ mod tests {
         // New entries number after the old ones.
         let seq = q.append(&encode(&hint(5.0)).unwrap(), 1 << 20).unwrap();
         assert_eq!(seq, 6);
+    }
+
+    #[test]
+    fn writes_to_one_shard_in_a_row_replay_as_one_and_a_delete_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(2, dir.path().join("2")).unwrap();
+        for v in 0..3 {
+            q.append(&encode(&hint(v as f64)).unwrap(), 1 << 20)
+                .unwrap();
+        }
+        let delete = Hint {
+            delete: Some(vec![1, 2, 3]),
+            batches: vec![],
+            ..hint(0.0)
+        };
+        q.append(&encode(&delete).unwrap(), 1 << 20).unwrap();
+        q.append(&encode(&hint(9.0)).unwrap(), 1 << 20).unwrap();
+        let head = *q.state.lock().entries.front().unwrap();
+        let (run, last, count) = q.read_run(&head).unwrap();
+        assert_eq!((count, last.seq, run.batches.len()), (3, 3, 3));
+        q.delivered(&last).unwrap();
+        let head = *q.state.lock().entries.front().unwrap();
+        let (run, _, count) = q.read_run(&head).unwrap();
+        assert_eq!((count, run.delete), (1, Some(vec![1, 2, 3])));
+        assert_eq!(q.state.lock().entries.len(), 2);
     }
 
     #[test]

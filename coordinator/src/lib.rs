@@ -11,6 +11,7 @@ pub mod http;
 pub mod line_protocol;
 pub mod node_clients;
 pub mod query;
+pub mod repair;
 pub mod server;
 pub mod write_router;
 

@@ -113,3 +113,17 @@ pub async fn shard_digests(
     let first = results.first().ok_or("the node answered no digest")?;
     serde_json::from_slice(first).map_err(|e| format!("unreadable digests: {e}"))
 }
+
+/// Sends a delete (an encoded `DeleteRequest`) to the node at `addr`.
+pub async fn delete_on(
+    nodes: &NodeClients,
+    addr: &str,
+    request: Vec<u8>,
+) -> Result<(), FlightError> {
+    let mut client = nodes
+        .flight(addr)
+        .map_err(|e| FlightError::Tonic(Box::new(e)))?;
+    let action = arrow_flight::Action::new("delete", bytes::Bytes::from(request));
+    let _: Vec<bytes::Bytes> = client.do_action(action).await?.try_collect().await?;
+    Ok(())
+}

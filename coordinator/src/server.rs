@@ -34,6 +34,15 @@ pub struct CoordinatorConfig {
     /// How long one shard owner has to take a write before it is queued
     /// for it.
     pub write_timeout: Duration,
+    /// How often background anti-entropy compares every shard's replicas
+    /// (`None`: never), and the share of time it may take.
+    pub anti_entropy_interval: Option<Duration>,
+    pub anti_entropy_share: f64,
+}
+
+impl CoordinatorConfig {
+    pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(600);
+    pub const DEFAULT_ANTI_ENTROPY_SHARE: f64 = 0.1;
 }
 
 pub struct Coordinator {
@@ -64,7 +73,7 @@ impl Coordinator {
             handoff.clone(),
             config.write_timeout,
         );
-        let engine = QueryEngine::new(catalog, nodes, executor, writer.clone());
+        let engine = QueryEngine::new(catalog.clone(), nodes.clone(), executor, writer.clone());
 
         let http_listener = TcpListener::bind(&config.http_listen)
             .await
@@ -86,6 +95,22 @@ impl Coordinator {
 
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = vec![];
+        if let Some(interval) = config.anti_entropy_interval {
+            let mut stop = rx.clone();
+            let repair = crate::repair::run_background(
+                catalog,
+                nodes,
+                handoff.clone(),
+                interval,
+                config.anti_entropy_share,
+            );
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = repair => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            }));
+        }
 
         let app = router(HttpState {
             writer,

@@ -33,7 +33,7 @@ use strata_catalog::{CatalogClient, CatalogData, Command};
 use crate::error::{CatalogSnafu, Error, Result};
 use crate::handoff::{Handoff, Hint};
 use crate::line_protocol::{parse_lines_keeping, FieldValue, LineError, ParsedLine, SeriesKey};
-use crate::node_clients::{put_shard, NodeClients};
+use crate::node_clients::{delete_on, put_shard, NodeClients};
 
 /// Timestamp precision of a write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -496,6 +496,7 @@ impl WriteRouter {
             table: table.to_string(),
             shard_id,
             batches,
+            delete: None,
         });
         let mut pending: futures::stream::FuturesUnordered<_> = owners
             .iter()
@@ -568,6 +569,61 @@ impl WriteRouter {
     }
 }
 
+impl WriteRouter {
+    /// Sends a delete (an encoded `DeleteRequest`) to every owner of a
+    /// shard; an owner that cannot take it now gets it through hinted
+    /// handoff, after the writes queued for it. Whether one owner applied
+    /// it, and what became of the others.
+    pub async fn delete_shard(
+        &self,
+        state: &CatalogData,
+        database: &str,
+        table: &str,
+        shard_id: u64,
+        owners: &[u64],
+        request: Vec<u8>,
+    ) -> (bool, Vec<String>) {
+        let hint = Arc::new(Hint {
+            database: database.to_string(),
+            table: table.to_string(),
+            shard_id,
+            batches: vec![],
+            delete: Some(request),
+        });
+        let deliveries = owners.iter().map(|node_id| {
+            let node = state.nodes.get(node_id);
+            let target = Target {
+                node_id: *node_id,
+                addr: node.map(|n| n.flight_addr.clone()),
+                down: node.is_none_or(|n| n.state == NodeState::Down),
+                catalog_version: state.version,
+            };
+            deliver(
+                self.nodes.clone(),
+                self.handoff.clone(),
+                self.owner_timeout,
+                target,
+                hint.clone(),
+            )
+        });
+        let mut applied = false;
+        let mut notes = vec![];
+        for (node_id, d) in owners
+            .iter()
+            .zip(futures::future::join_all(deliveries).await)
+        {
+            match d {
+                Delivery::Stored => applied = true,
+                Delivery::Hinted => notes.push(format!(
+                    "node {node_id} will apply it through hinted handoff"
+                )),
+                Delivery::Failed { message, .. } => notes.push(message),
+            }
+        }
+        (applied, notes)
+    }
+}
+
 /// An owner as the catalog describes it when the write is routed.
 struct Target {
     node_id: u64,
@@ -622,19 +678,24 @@ async fn deliver(
             },
         };
     };
-    let sent = tokio::time::timeout(
-        timeout,
-        put_shard(
-            &nodes,
-            &addr,
-            target.catalog_version,
-            &hint.database,
-            &hint.table,
-            hint.shard_id,
-            hint.batches.clone(),
-        ),
-    )
-    .await;
+    let send = async {
+        match hint.delete.clone() {
+            Some(request) => delete_on(&nodes, &addr, request).await,
+            None => {
+                put_shard(
+                    &nodes,
+                    &addr,
+                    target.catalog_version,
+                    &hint.database,
+                    &hint.table,
+                    hint.shard_id,
+                    hint.batches.clone(),
+                )
+                .await
+            }
+        }
+    };
+    let sent = tokio::time::timeout(timeout, send).await;
     let message = match sent {
         Ok(Ok(())) => return Delivery::Stored,
         Ok(Err(e)) => {

@@ -35,3 +35,12 @@ pub const HEALTH_ACTION: &str = "health";
 /// Flight action on a storage node: digests of the shards named in its
 /// JSON body (`{"shard_ids": [..], "bucket_ns": n}`), answered as JSON.
 pub const SHARD_DIGEST_ACTION: &str = "shard_digest";
+
+/// Flight action on a storage node: the deduplicated rows of one table of
+/// one shard in a time range (JSON body `{"table", "shard_id", "start_ns",
+/// "end_ns"}`), each answer an Arrow IPC stream.
+pub const SHARD_ROWS_ACTION: &str = "shard_rows";
+
+/// Flight action on a storage node: records that a repair compared the
+/// shards (JSON body `{"shard_ids": [..], "at_ms": n}`).
+pub const REPAIRED_ACTION: &str = "repaired";

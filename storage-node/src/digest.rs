@@ -16,7 +16,8 @@ use arrow::datatypes::{
     DataType, Float64Type, Int64Type, TimeUnit, TimestampNanosecondType, UInt64Type,
 };
 use datafusion::error::DataFusionError;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{col, lit, SessionContext};
+use datafusion::scalar::ScalarValue;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -46,26 +47,73 @@ pub struct ShardDigest {
     /// The sum of every bucket's digest.
     pub digest: u64,
     pub tables: Vec<TableDigest>,
+    /// When a repair last compared this replica with the others
+    /// (milliseconds since the epoch).
+    #[serde(default)]
+    pub last_repair_ms: Option<i64>,
+}
+
+/// When each shard was last repaired on this node, kept in
+/// `repairs.json` in the data directory.
+pub struct RepairLog {
+    path: std::path::PathBuf,
+    times: parking_lot::Mutex<BTreeMap<u64, i64>>,
+}
+
+impl RepairLog {
+    pub fn open(data_dir: &std::path::Path) -> Self {
+        let path = data_dir.join("repairs.json");
+        let times = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            path,
+            times: parking_lot::Mutex::new(times),
+        }
+    }
+
+    pub fn get(&self, shard_id: u64) -> Option<i64> {
+        self.times.lock().get(&shard_id).copied()
+    }
+
+    /// Records the repair of the shards; best effort (a lost time only
+    /// shows as an older repair).
+    pub fn record(&self, shard_ids: &[u64], at_ms: i64) {
+        let bytes = {
+            let mut times = self.times.lock();
+            for s in shard_ids {
+                times.insert(*s, at_ms);
+            }
+            serde_json::to_vec(&*times).expect("times serialize")
+        };
+        if let Err(e) = strata_catalog::fsutil::write_atomic(&self.path, &bytes) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot record repair times");
+        }
+    }
 }
 
 /// The rows of one table of one shard as a scan answers them:
-/// deduplicated, deletes applied.
+/// deduplicated, deletes applied; only those in `[start, end)` of time
+/// when a range is given.
 pub async fn table_rows(
     ctx: &SessionContext,
     engine: &Engine,
     table: &str,
     shard_id: u64,
+    range: Option<(i64, i64)>,
 ) -> Result<Vec<RecordBatch>, DataFusionError> {
     let snapshot = engine.snapshot(table, &[shard_id]);
     let Some(schema) = snapshot.schema() else {
         return Ok(vec![]);
     };
     let provider = Arc::new(ShardTable::new(schema, snapshot));
-    ctx.read_table(provider)?
-        .execute_stream()
-        .await?
-        .try_collect()
-        .await
+    let mut df = ctx.read_table(provider)?;
+    if let Some((start, end)) = range {
+        let ts = |t: i64| lit(ScalarValue::TimestampNanosecond(Some(t), None));
+        df = df.filter(col(TIME).gt_eq(ts(start)).and(col(TIME).lt(ts(end))))?;
+    }
+    df.execute_stream().await?.try_collect().await
 }
 
 /// The digest of everything this node holds of a shard, bucketed by
@@ -88,10 +136,11 @@ pub async fn shard_digest(
         rows: 0,
         digest: 0,
         tables: vec![],
+        last_repair_ms: None,
     };
     for table in tables {
         let mut buckets: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
-        for batch in table_rows(ctx, engine, &table, shard_id).await? {
+        for batch in table_rows(ctx, engine, &table, shard_id, None).await? {
             let hashes = row_hashes(&batch)?;
             let times = batch
                 .column_by_name(TIME)

@@ -330,7 +330,24 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).context(IoSnafu { path: dir })?;
-        let manifest = Manifest::load(dir).context(ManifestSnafu)?;
+        let mut manifest = Manifest::load(dir).context(ManifestSnafu)?;
+        // A file the manifest lists but the disk lost (deleted, a failed
+        // disk restored from an old copy): its rows are gone from this
+        // replica. The node starts without it, says so, and anti-entropy
+        // (`strata admin repair`) copies them back from another replica.
+        let lost: Vec<String> = manifest
+            .files
+            .iter()
+            .filter(|f| !dir.join(&f.path).exists())
+            .map(|f| f.path.clone())
+            .collect();
+        if !lost.is_empty() {
+            for path in &lost {
+                tracing::error!(file = %path, "a Parquet file of this node is missing; its rows are gone from this replica until a repair (strata admin repair) copies them from another");
+            }
+            manifest.files.retain(|f| !lost.contains(&f.path));
+            manifest.store(dir).context(ManifestSnafu)?;
+        }
         remove_orphans(dir, &manifest)?;
         let next_file_id = manifest.next_file_id;
         let wal_dir = dir.join("wal");

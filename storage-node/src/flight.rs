@@ -43,6 +43,8 @@ pub struct StorageFlightService {
     pub last_refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Applies the catalog's drops; a write first waits for any pending.
     pub drops: Arc<crate::drops::Dropper>,
+    /// When each shard was last repaired here.
+    pub repairs: crate::digest::RepairLog,
 }
 
 /// Parses a descriptor path `[database, table, shard_id]`.
@@ -190,6 +192,22 @@ struct DigestRequest {
     shard_ids: Vec<u64>,
     /// Width of a time bucket, in nanoseconds.
     bucket_ns: Option<i64>,
+}
+
+/// What the `shard_rows` action asks for (JSON).
+#[derive(serde::Deserialize)]
+struct RowsRequest {
+    table: String,
+    shard_id: u64,
+    start_ns: i64,
+    end_ns: i64,
+}
+
+/// What the `repaired` action records (JSON).
+#[derive(serde::Deserialize)]
+struct RepairedRequest {
+    shard_ids: Vec<u64>,
+    at_ms: i64,
 }
 
 /// Time bucket of a shard digest unless the request names one: an hour.
@@ -527,15 +545,64 @@ impl FlightService for StorageFlightService {
                     )
                     .await
                     .map_err(|e| into_status(StorageError::Query { source: e }))?;
-                    digests.push(d);
+                    digests.push(crate::digest::ShardDigest {
+                        last_repair_ms: self.repairs.get(shard_id),
+                        ..d
+                    });
                 }
                 let body = serde_json::to_vec(&digests).expect("digests serialize");
                 let result = arrow_flight::Result { body: body.into() };
                 Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
             }
+            strata_proto::SHARD_ROWS_ACTION => {
+                let req: RowsRequest =
+                    serde_json::from_slice(&request.get_ref().body).map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "the shard_rows action's body is unreadable: {e}"
+                        ))
+                    })?;
+                let batches = crate::digest::table_rows(
+                    &self.ctx,
+                    &self.engine,
+                    &req.table,
+                    req.shard_id,
+                    Some((req.start_ns, req.end_ns)),
+                )
+                .await
+                .map_err(|e| into_status(StorageError::Query { source: e }))?;
+                // One Arrow IPC stream per answer, of at most 8,192 rows.
+                let mut answers = vec![];
+                for b in batches {
+                    let mut offset = 0;
+                    while offset < b.num_rows() {
+                        let part = b.slice(offset, 8192.min(b.num_rows() - offset));
+                        offset += part.num_rows();
+                        let mut ipc = vec![];
+                        let mut w =
+                            arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &part.schema())
+                                .map_err(|e| Status::internal(e.to_string()))?;
+                        w.write(&part)
+                            .map_err(|e| Status::internal(e.to_string()))?;
+                        w.finish().map_err(|e| Status::internal(e.to_string()))?;
+                        drop(w);
+                        answers.push(Ok(arrow_flight::Result { body: ipc.into() }));
+                    }
+                }
+                Ok(Response::new(Box::pin(stream::iter(answers))))
+            }
+            strata_proto::REPAIRED_ACTION => {
+                let req: RepairedRequest = serde_json::from_slice(&request.get_ref().body)
+                    .map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "the repaired action's body is unreadable: {e}"
+                        ))
+                    })?;
+                self.repairs.record(&req.shard_ids, req.at_ms);
+                Ok(Response::new(Box::pin(stream::empty())))
+            }
             other => Err(Status::invalid_argument(format!(
                 "unknown action '{other}'; storage nodes know: health, flush, compact, delete, \
-                 shard_digest"
+                 shard_digest, shard_rows, repaired"
             ))),
         }
     }

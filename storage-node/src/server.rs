@@ -71,6 +71,7 @@ impl StorageNode {
             catalog: catalog.clone(),
             last_refresh: tokio::sync::Mutex::new(None),
             drops: dropper.clone(),
+            repairs: crate::digest::RepairLog::open(engine.data_dir()),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(

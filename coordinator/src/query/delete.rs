@@ -9,9 +9,10 @@
 //!   against strings (a row without the tag has the empty string).
 //!
 //! Without WHERE every row of the table goes. The delete is sent to every
-//! replica of every shard whose time window overlaps the range; all must
-//! apply it, or the statement fails naming the shards and nodes (running it
-//! again is harmless).
+//! replica of every shard whose time window overlaps the range; a replica
+//! that cannot take it now gets it through hinted handoff, in order with
+//! its writes. When no replica of a shard applied it the statement fails
+//! naming the shards and nodes (running it again is harmless).
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr as SqlExpr, FromTable, ObjectName, Statement, TableFactor, UnaryOperator,

@@ -300,9 +300,10 @@ impl QueryEngine {
     }
 
     /// Sends a DELETE to every replica of every shard whose window overlaps
-    /// its time range; all must apply it.
+    /// its time range. A replica that cannot apply it now gets it through
+    /// hinted handoff, in order with its writes; the DELETE fails when a
+    /// shard has no replica that applied it (it is still queued for them).
     pub async fn delete(&self, d: delete::DeleteStatement) -> Result<()> {
-        use arrow_flight::Action;
         use prost::Message;
         let state = self.catalog.state();
         let db = state
@@ -324,33 +325,21 @@ impl QueryEngine {
                     predicate: Some(d.predicate.clone()),
                 }
                 .encode_to_vec();
-                for node in &shard.owners {
-                    let addr = state.nodes.get(node).map(|n| n.flight_addr.clone());
-                    let (nodes, body, shard_id, node) =
-                        (self.nodes.clone(), body.clone(), shard.id, *node);
-                    sends.push(async move {
-                        let outcome = async {
-                            let addr = addr.ok_or_else(|| "not registered".to_string())?;
-                            let mut client =
-                                nodes.flight(&addr).map_err(|e| e.message().to_string())?;
-                            let action = Action::new("delete", body);
-                            let mut results =
-                                client.do_action(action).await.map_err(|e| e.to_string())?;
-                            while let Some(r) = futures::StreamExt::next(&mut results).await {
-                                r.map_err(|e| e.to_string())?;
-                            }
-                            Ok::<_, String>(())
-                        }
+                let (state, shard_id, d) = (&state, shard.id, &d);
+                sends.push(async move {
+                    let (applied, notes) = self
+                        .writer
+                        .delete_shard(state, &d.database, &d.table, shard_id, &shard.owners, body)
                         .await;
-                        outcome.map_err(|e| format!("shard {shard_id} on node {node}: {e}"))
-                    });
-                }
+                    (shard_id, applied, notes)
+                });
             }
         }
         let failures: Vec<String> = futures::future::join_all(sends)
             .await
             .into_iter()
-            .filter_map(|r| r.err())
+            .filter(|(_, applied, _)| !applied)
+            .map(|(shard, _, notes)| format!("shard {shard}: {}", notes.join("; ")))
             .collect();
         if !failures.is_empty() {
             return Err(Error::DeleteIncomplete {

@@ -173,6 +173,7 @@ fn schema(kind: Kind) -> SchemaRef {
             f("rows", DataType::UInt64, true),
             // Hex of the sum of the row hashes: replicas agree when equal.
             f("digest", DataType::Utf8, true),
+            f("last_repair", ts(), true),
             f("error", DataType::Utf8, true),
         ],
     }))
@@ -383,12 +384,14 @@ impl SystemTable {
                     }
                 });
                 let answers = futures::future::join_all(asks).await;
+                #[allow(clippy::type_complexity)]
                 let mut rows: Vec<(
                     String,
                     u64,
                     u64,
                     Option<u64>,
                     Option<String>,
+                    Option<i64>,
                     Option<String>,
                 )> = vec![];
                 for (node_id, shards, answer) in answers {
@@ -402,16 +405,23 @@ impl SystemTable {
                                     node_id,
                                     Some(d.map_or(0, |d| d.rows)),
                                     Some(format!("{:016x}", d.map_or(0, |d| d.digest))),
+                                    d.and_then(|d| d.last_repair_ms).map(ms_to_ns),
                                     None,
                                 ));
                             }
-                            Err(e) => {
-                                rows.push((db, shard_id, node_id, None, None, Some(e.clone())))
-                            }
+                            Err(e) => rows.push((
+                                db,
+                                shard_id,
+                                node_id,
+                                None,
+                                None,
+                                None,
+                                Some(e.clone()),
+                            )),
                         }
                     }
                 }
-                rows.sort_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
+                rows.sort_by_key(|r| (r.1, r.2));
                 vec![
                     Arc::new(StringArray::from_iter_values(
                         rows.iter().map(|r| r.0.as_str()),
@@ -420,7 +430,10 @@ impl SystemTable {
                     Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.2))),
                     Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.3))),
                     Arc::new(StringArray::from_iter(rows.iter().map(|r| r.4.as_deref()))),
-                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.5.as_deref()))),
+                    Arc::new(TimestampNanosecondArray::from_iter(
+                        rows.iter().map(|r| r.5),
+                    )),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.6.as_deref()))),
                 ]
             }
             Kind::HintedHandoff => {
