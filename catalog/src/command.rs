@@ -55,6 +55,22 @@ pub enum Command {
         database: String,
         shard_key: Vec<String>,
     },
+    /// Takes a storage node out of the cluster: each shard replica it held
+    /// moves to a live node that holds none of that shard (the fewest
+    /// shards first), marked as filling until copied; the id may not
+    /// register again. Refused while the node is up, and when a shard
+    /// would be left with no replica unless `force`.
+    RemoveNode {
+        id: u64,
+        #[serde(default)]
+        force: bool,
+    },
+    /// The replica of `shard_id` on `node_id` holds what the others do:
+    /// reads may use it.
+    ReplicaFilled {
+        shard_id: u64,
+        node_id: u64,
+    },
     /// Sets the consistency level of writes to the database that do not
     /// name one.
     SetWriteConsistency {
@@ -94,8 +110,23 @@ pub enum Command {
 pub enum CommandResult {
     Done,
     ShardGroup(ShardGroup),
-    ColumnsAdded { conflicts: Vec<ColumnConflict> },
+    ColumnsAdded {
+        conflicts: Vec<ColumnConflict>,
+    },
+    /// What a node's removal moved.
+    NodeRemoved {
+        moves: Vec<ReplicaMove>,
+    },
     Rejected(Rejection),
+}
+
+/// One shard replica of a removed node: where it went (`None`: no live
+/// node could take it, the shard has one replica fewer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMove {
+    pub database: String,
+    pub shard_id: u64,
+    pub to: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +165,19 @@ pub enum Rejection {
     TimeOutOfRange {
         time_ns: i64,
     },
+    /// A node to remove is still up.
+    NodeUp {
+        id: u64,
+    },
+    /// Removing the node would leave these shards with no replica.
+    ShardsWouldBeLost {
+        id: u64,
+        shard_ids: Vec<u64>,
+    },
+    /// The id belonged to a node removed from the cluster.
+    NodeRemoved {
+        id: u64,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -161,6 +205,26 @@ impl std::fmt::Display for Rejection {
                 f,
                 "storage node id {id} belongs to another data directory (last at {addr}); \
                  a node whose data is lost joins under a new --node-id"
+            ),
+            Rejection::NodeUp { id } => write!(
+                f,
+                "storage node {id} is up; stop it before removing it (its replicas are copied \
+                 from the other owners)"
+            ),
+            Rejection::ShardsWouldBeLost { id, shard_ids } => write!(
+                f,
+                "storage node {id} holds the only replica of shards {}; removing it loses \
+                 their rows (--force to remove it anyway)",
+                shard_ids
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Rejection::NodeRemoved { id } => write!(
+                f,
+                "storage node id {id} was removed from the cluster; a node joins under a new \
+                 --node-id"
             ),
             Rejection::NoStorageNodes => write!(
                 f,
@@ -287,6 +351,9 @@ impl CatalogData {
                 at_ms,
                 instance,
             } => {
+                if self.removed_nodes.contains(id) {
+                    return CommandResult::Rejected(Rejection::NodeRemoved { id: *id });
+                }
                 if let Some(n) = self.nodes.get(id) {
                     if !n.instance.is_empty() && !instance.is_empty() && n.instance != *instance {
                         return CommandResult::Rejected(Rejection::NodeIdTaken {
@@ -316,6 +383,22 @@ impl CatalogData {
                 }
                 CommandResult::Done
             }
+            Command::RemoveNode { id, force } => self.remove_node(*id, *force),
+            Command::ReplicaFilled { shard_id, node_id } => {
+                let shard = self
+                    .databases
+                    .values_mut()
+                    .flat_map(|d| d.shard_groups.iter_mut())
+                    .flat_map(|g| g.shards.iter_mut())
+                    .find(|s| s.id == *shard_id);
+                if let Some(s) = shard {
+                    if s.filling.contains(node_id) {
+                        s.filling.retain(|n| n != node_id);
+                        self.changed();
+                    }
+                }
+                CommandResult::Done
+            }
             Command::SetNodeState { id, state, at_ms } => match self.nodes.get_mut(id) {
                 Some(node) if node.state != *state => {
                     node.state = *state;
@@ -327,6 +410,76 @@ impl CatalogData {
                 None => CommandResult::Rejected(Rejection::NodeNotFound { id: *id }),
             },
         }
+    }
+
+    fn remove_node(&mut self, id: u64, force: bool) -> CommandResult {
+        match self.nodes.get(&id) {
+            None => return CommandResult::Rejected(Rejection::NodeNotFound { id }),
+            Some(n) if n.state == NodeState::Up => {
+                return CommandResult::Rejected(Rejection::NodeUp { id })
+            }
+            Some(_) => {}
+        }
+        let alone: Vec<u64> = self
+            .databases
+            .values()
+            .flat_map(|d| d.shard_groups.iter())
+            .flat_map(|g| g.shards.iter())
+            .filter(|s| s.owners == [id])
+            .map(|s| s.id)
+            .collect();
+        if !alone.is_empty() && !force {
+            return CommandResult::Rejected(Rejection::ShardsWouldBeLost {
+                id,
+                shard_ids: alone,
+            });
+        }
+        let live: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Up && n.id != id)
+            .map(|n| n.id)
+            .collect();
+        let mut load = self.shards_per_node();
+        let mut moves = vec![];
+        for db in self.databases.values_mut() {
+            for g in &mut db.shard_groups {
+                for s in &mut g.shards {
+                    let Some(at) = s.owners.iter().position(|o| *o == id) else {
+                        continue;
+                    };
+                    let to = live
+                        .iter()
+                        .filter(|n| !s.owners.contains(n))
+                        .min_by_key(|n| (load.get(n).copied().unwrap_or(0), **n))
+                        .copied();
+                    s.filling.retain(|n| *n != id);
+                    match to {
+                        Some(to) => {
+                            *load.entry(to).or_default() += 1;
+                            s.owners.remove(at);
+                            s.owners.push(to);
+                            // With no other owner there is nothing to copy.
+                            if s.owners.len() > 1 {
+                                s.filling.push(to);
+                            }
+                        }
+                        None => {
+                            s.owners.remove(at);
+                        }
+                    }
+                    moves.push(ReplicaMove {
+                        database: db.name.clone(),
+                        shard_id: s.id,
+                        to,
+                    });
+                }
+            }
+        }
+        self.nodes.remove(&id);
+        self.removed_nodes.insert(id);
+        self.changed();
+        CommandResult::NodeRemoved { moves }
     }
 
     fn expire(&mut self, now_ms: i64) -> CommandResult {
@@ -463,6 +616,7 @@ impl CatalogData {
             shards.push(Shard {
                 id: self.next_id,
                 owners,
+                filling: vec![],
             });
             self.next_id += 1;
         }
@@ -508,6 +662,95 @@ mod tests {
             });
         }
         c
+    }
+
+    #[test]
+    fn removing_a_node_moves_its_replicas_to_live_nodes_and_retires_its_id() {
+        let mut c = with_nodes(4);
+        for (name, rf) in [("two", 2), ("one", 1)] {
+            c.apply(&Command::CreateDatabase {
+                name: name.into(),
+                options: DatabaseOptions {
+                    shard_group_duration_ns: HOUR_NS,
+                    replication_factor: rf,
+                    shards_per_group: Some(4),
+                    ..Default::default()
+                },
+                if_not_exists: false,
+            });
+            c.apply(&Command::CreateShardGroup {
+                database: name.into(),
+                time_ns: 0,
+            });
+        }
+        let remove = Command::RemoveNode {
+            id: 4,
+            force: false,
+        };
+        assert_eq!(
+            c.apply(&remove),
+            CommandResult::Rejected(Rejection::NodeUp { id: 4 })
+        );
+        c.apply(&Command::SetNodeState {
+            id: 4,
+            state: NodeState::Down,
+            at_ms: 1,
+        });
+        // Node 4 holds the only replica of one shard of `one`.
+        let CommandResult::Rejected(Rejection::ShardsWouldBeLost { shard_ids, .. }) =
+            c.apply(&remove)
+        else {
+            panic!("expected a refusal");
+        };
+        assert_eq!(shard_ids.len(), 1);
+        let CommandResult::NodeRemoved { moves } =
+            c.apply(&Command::RemoveNode { id: 4, force: true })
+        else {
+            panic!("expected moves");
+        };
+        assert_eq!(
+            moves.len(),
+            3,
+            "two replicas of `two`, one of `one`: {moves:?}"
+        );
+        assert!(!c.nodes.contains_key(&4));
+        for db in c.databases.values() {
+            for s in &db.shard_groups[0].shards {
+                assert!(!s.owners.contains(&4), "{s:?}");
+                assert_eq!(s.owners.len(), db.options.replication_factor as usize);
+                let unique: std::collections::BTreeSet<_> = s.owners.iter().collect();
+                assert_eq!(unique.len(), s.owners.len());
+                // A moved replica of `two` fills from the other; `one`'s
+                // shard had no other replica to copy from.
+                match db.name.as_str() {
+                    "one" => assert!(s.filling.is_empty()),
+                    _ => assert!(s.filling.iter().all(|f| s.owners.contains(f))),
+                }
+            }
+        }
+        let filling: Vec<(u64, u64)> = c.databases["two"].shard_groups[0]
+            .shards
+            .iter()
+            .flat_map(|s| s.filling.iter().map(move |n| (s.id, *n)))
+            .collect();
+        assert_eq!(filling.len(), 2);
+        for (shard_id, node_id) in filling {
+            c.apply(&Command::ReplicaFilled { shard_id, node_id });
+        }
+        assert!(c.databases["two"].shard_groups[0]
+            .shards
+            .iter()
+            .all(|s| s.filling.is_empty()));
+        // The id may not come back.
+        assert_eq!(
+            c.apply(&Command::RegisterNode {
+                id: 4,
+                flight_addr: "127.0.0.1:9004".into(),
+                at_ms: 2,
+                instance: String::new(),
+            }),
+            CommandResult::Rejected(Rejection::NodeRemoved { id: 4 })
+        );
     }
 
     #[test]

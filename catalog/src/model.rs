@@ -45,6 +45,10 @@ pub struct CatalogData {
     /// an id below `next_id` that no group holds was dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped_tables: Vec<DroppedTable>,
+    /// Storage nodes removed from the cluster: their ids may not register
+    /// again (their data was moved to other nodes).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub removed_nodes: std::collections::BTreeSet<u64>,
 }
 
 /// How long the catalog remembers a dropped table for storage nodes that
@@ -434,6 +438,11 @@ pub struct Shard {
     pub id: u64,
     /// Storage node ids holding a replica, first is preferred for reads.
     pub owners: Vec<u64>,
+    /// Owners given the shard by a node's removal whose copy is still
+    /// being filled from the other replicas: they take writes, and reads
+    /// go to them only when no other replica answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filling: Vec<u64>,
 }
 
 #[cfg(test)]

@@ -16,6 +16,28 @@ pub enum AdminCommand {
     /// Compares the replicas of every shard (or those named) by digest and
     /// copies rows a replica lacks from those that hold them.
     Repair(RepairArgs),
+    /// Storage nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Takes a dead storage node out of the cluster: its shard replicas
+    /// move to live nodes and are copied there from the other replicas.
+    Remove(NodeRemoveArgs),
+}
+
+#[derive(Args)]
+pub struct NodeRemoveArgs {
+    #[command(flatten)]
+    pub addrs: CatalogAddrs,
+    #[arg(long)]
+    pub node_id: u64,
+    /// Remove it even when it holds the only replica of some shards
+    /// (their rows are lost).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]
@@ -140,6 +162,7 @@ pub async fn run(command: AdminCommand) -> Result<(), String> {
     let command = match command {
         AdminCommand::Catalog(c) => c,
         AdminCommand::Repair(a) => return repair(a).await,
+        AdminCommand::Node(NodeCommand::Remove(a)) => return remove_node(a).await,
     };
     match command {
         CatalogCommand::Status(a) => {
@@ -272,6 +295,9 @@ async fn repair(a: RepairArgs) -> Result<(), String> {
     }
     let nodes = strata_coordinator::node_clients::NodeClients::default();
     let reports = repair(&state, &nodes, &scope).await;
+    if !a.dry_run {
+        mark_filled(&catalog, &state, &reports).await?;
+    }
     if a.format == "json" {
         println!(
             "{}",
@@ -323,6 +349,120 @@ async fn repair(a: RepairArgs) -> Result<(), String> {
             "shard {} could not be repaired: {}",
             failed.shard_id,
             failed.error.as_deref().unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Replicas being filled after a node's removal that a repair compared
+/// without error hold what the others do: reads may use them.
+async fn mark_filled(
+    catalog: &strata_catalog::CatalogClient,
+    state: &strata_catalog::CatalogData,
+    reports: &[strata_coordinator::repair::ShardRepair],
+) -> Result<(), String> {
+    for r in reports.iter().filter(|r| r.error.is_none()) {
+        let filling = state
+            .databases
+            .get(&r.database)
+            .and_then(|d| {
+                d.shard_groups
+                    .iter()
+                    .flat_map(|g| g.shards.iter())
+                    .find(|s| s.id == r.shard_id)
+            })
+            .map(|s| s.filling.clone())
+            .unwrap_or_default();
+        for node_id in filling {
+            catalog
+                .execute(strata_catalog::Command::ReplicaFilled {
+                    shard_id: r.shard_id,
+                    node_id,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+async fn remove_node(a: NodeRemoveArgs) -> Result<(), String> {
+    use strata_catalog::command::CommandResult;
+    use strata_coordinator::repair::{repair_shard, RepairScope};
+    let catalog = strata_catalog::CatalogClient::connect(&a.addrs.catalog, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = catalog
+        .execute(strata_catalog::Command::RemoveNode {
+            id: a.node_id,
+            force: a.force,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let CommandResult::NodeRemoved { moves } = result else {
+        return Err(format!("unexpected answer from the catalog: {result:?}"));
+    };
+    println!(
+        "storage node {} removed; {} shard replicas to move",
+        a.node_id,
+        moves.len()
+    );
+    let state = catalog.state();
+    let nodes = strata_coordinator::node_clients::NodeClients::default();
+    let mut reports = vec![];
+    let mut failed = vec![];
+    for m in &moves {
+        let Some(to) = m.to else {
+            println!(
+                "  {} shard {}: no live node can take a replica; it has one fewer",
+                m.database, m.shard_id
+            );
+            continue;
+        };
+        let found = state.databases.get(&m.database).and_then(|d| {
+            d.shard_groups
+                .iter()
+                .flat_map(|g| g.shards.iter())
+                .find(|s| s.id == m.shard_id)
+                .map(|s| (d, s))
+        });
+        let Some((db, shard)) = found else {
+            continue;
+        };
+        if shard.owners.len() < 2 {
+            println!(
+                "  {} shard {}: now on node {to} (no replica to copy from)",
+                m.database, m.shard_id
+            );
+            continue;
+        }
+        let scope = RepairScope {
+            shard_id: Some(shard.id),
+            ..RepairScope::default()
+        };
+        let r = repair_shard(&state, &nodes, db, shard, &scope).await;
+        match &r.error {
+            None => println!(
+                "  {} shard {}: now on node {to}, {} rows copied",
+                m.database,
+                m.shard_id,
+                r.rows_written.get(&to).copied().unwrap_or(0)
+            ),
+            Some(e) => {
+                println!(
+                    "  {} shard {}: now on node {to}, copy failed: {e}",
+                    m.database, m.shard_id
+                );
+                failed.push(m.shard_id);
+            }
+        }
+        reports.push(r);
+    }
+    mark_filled(&catalog, &state, &reports).await?;
+    if !failed.is_empty() {
+        return Err(format!(
+            "copies of shards {failed:?} failed; run `strata admin repair --shard ID` for each once \
+             their other replicas answer (until then reads use those replicas)"
         ));
     }
     Ok(())

@@ -651,3 +651,104 @@ async fn repair_restores_a_lost_file_without_bringing_deleted_rows_back() {
         "{again}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_dead_node_restores_the_replication_factor_and_reads_stay_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), 3).await;
+    c.sql(None, "CREATE DATABASE moved WITH REPLICATION 2 SHARDS 3")
+        .await;
+    // 600 points over many series, so every shard holds some.
+    let body: String = (0..600)
+        .map(|p| format!("m,writer=w{} seq={p}i {}\n", p % 30, BASE_NS + p * 1000))
+        .collect();
+    assert_eq!(c.write("moved", "all", body).await.0, 204);
+    let count = "SELECT count(*) FROM m";
+    assert_eq!(c.sql(Some("moved"), count).await, vec!["600"]);
+
+    // A live node is not removed.
+    let out = std::process::Command::new(crate::support::strata_bin())
+        .args([
+            "admin",
+            "node",
+            "remove",
+            "--catalog",
+            &c.catalog,
+            "--node-id",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage node 3 is up; stop it"), "{err}");
+
+    c.kill_node(3);
+    c.wait_node_state(3, "down").await;
+    // Queries keep answering every row while the node is removed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (flight, stop) = (c.flight.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = vec![];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut s = SqlClient::connect(&flight, Some("moved".into()))
+                    .await
+                    .unwrap();
+                answers.push(rows(&s.query(count).await.unwrap()));
+            }
+            answers
+        })
+    };
+    let out = std::process::Command::new(crate::support::strata_bin())
+        .args([
+            "admin",
+            "node",
+            "remove",
+            "--catalog",
+            &c.catalog,
+            "--node-id",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{report}");
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("storage node 3 removed"), "{report}");
+    assert!(report.contains("rows copied"), "{report}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = reader.await.unwrap();
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|a| a == &vec!["600".to_string()]),
+        "{answers:?}"
+    );
+
+    // Every shard is back to two replicas, on the live nodes, agreeing.
+    let owners = c
+        .sql(
+            None,
+            "SELECT shard_id, owners FROM system.shards WHERE database = 'moved'",
+        )
+        .await;
+    assert_eq!(owners.len(), 3);
+    for o in &owners {
+        let list = o.split_once('|').unwrap().1;
+        assert!(!list.contains('3'), "{owners:?}");
+        assert_eq!(list.matches(',').count(), 1, "two owners: {owners:?}");
+    }
+    let replicas = c.replicas("moved").await;
+    let per_shard = assert_replicas_agree(&replicas, 2);
+    assert_eq!(per_shard.iter().sum::<u64>(), 600);
+    assert!(replicas.iter().all(|r| r.split('|').nth(1) != Some("3")));
+    assert_eq!(c.sql(Some("moved"), count).await, vec!["600"]);
+    let nodes = c
+        .sql(None, "SELECT node_id FROM system.nodes ORDER BY node_id")
+        .await;
+    assert_eq!(nodes, vec!["1", "2"]);
+}

@@ -385,10 +385,11 @@ async fn replay(handoff: std::sync::Weak<Handoff>, queue: Arc<Queue>) {
         };
         let Some(h) = handoff.upgrade() else { return };
         let state = h.catalog.state();
+        let removed = state.removed_nodes.contains(&queue.node_id);
         let node = state.nodes.get(&queue.node_id).cloned();
         // A node the catalog marks down is still probed now and then: the
         // catalog learns of a return only with the next heartbeat.
-        let down = node.as_ref().is_none_or(|n| n.state == NodeState::Down);
+        let down = !removed && node.as_ref().is_none_or(|n| n.state == NodeState::Down);
         if down && last_probe_of_down.is_some_and(|t| t.elapsed() < BACKOFF.1) {
             drop(h);
             queue.state.lock().replaying = false;
@@ -398,12 +399,12 @@ async fn replay(handoff: std::sync::Weak<Handoff>, queue: Arc<Queue>) {
         if down {
             last_probe_of_down = Some(tokio::time::Instant::now());
         }
-        let Some(node) = node else {
+        if node.is_none() && !removed {
             queue.state.lock().last_error = Some("node is not registered".into());
             drop(h);
             tokio::time::sleep(BACKOFF.1).await;
             continue;
-        };
+        }
         let read = {
             let q = queue.clone();
             tokio::task::spawn_blocking(move || q.read_run(&head))
@@ -421,23 +422,49 @@ async fn replay(handoff: std::sync::Weak<Handoff>, queue: Arc<Queue>) {
                 continue;
             }
         };
+        // Writes for a node removed from the cluster go to the shard's
+        // owners now (an `any` write may have no other copy); a write they
+        // hold already is the same rows again.
+        let targets: Vec<String> = match &node {
+            Some(n) => vec![n.flight_addr.clone()],
+            None => state
+                .databases
+                .get(&hint.database)
+                .and_then(|d| {
+                    d.shard_groups
+                        .iter()
+                        .flat_map(|g| g.shards.iter())
+                        .find(|s| s.id == hint.shard_id)
+                })
+                .map(|s| {
+                    s.owners
+                        .iter()
+                        .filter_map(|o| state.nodes.get(o).map(|n| n.flight_addr.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
         queue.state.lock().replaying = true;
         let send = async {
-            match hint.delete.clone() {
-                Some(request) => delete_on(&h.nodes, &node.flight_addr, request).await,
-                None => {
-                    put_shard(
-                        &h.nodes,
-                        &node.flight_addr,
-                        state.version,
-                        &hint.database,
-                        &hint.table,
-                        hint.shard_id,
-                        hint.batches.clone(),
-                    )
-                    .await
+            for addr in &targets {
+                match hint.delete.clone() {
+                    Some(request) => delete_on(&h.nodes, addr, request).await?,
+                    None => {
+                        put_shard(
+                            &h.nodes,
+                            addr,
+                            state.version,
+                            &hint.database,
+                            &hint.table,
+                            hint.shard_id,
+                            hint.batches.clone(),
+                        )
+                        .await?
+                    }
                 }
             }
+            // No owner left (the shard was dropped): nothing to deliver.
+            Ok(())
         };
         let sent = tokio::time::timeout(h.timeout, send).await;
         drop(h);

@@ -81,6 +81,7 @@ mod tests {
                 .map(|id| strata_catalog::model::Shard {
                     id,
                     owners: vec![1],
+                    filling: vec![],
                 })
                 .collect(),
             shard_key: key.iter().map(|k| k.to_string()).collect(),

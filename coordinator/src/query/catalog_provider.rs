@@ -192,7 +192,7 @@ impl TableProvider for StrataTable {
                     pruning.shards_kept += 1;
                     tasks.push(Task {
                         shard_ids: vec![shard.id],
-                        replicas: live_first(&state, &shard.owners)
+                        replicas: read_order(&state, shard, &self.inner.query_id)
                             .map(|n| (n, state.nodes.get(&n).map(|i| i.flight_addr.clone())))
                             .collect(),
                         window: Some((group.start_ns, group.end_ns)),
@@ -275,9 +275,32 @@ fn expr_depth(e: &Expr) -> usize {
     v.deepest
 }
 
-/// A shard's owners with those the catalog counts as up first (each kept
-/// in placement order): a replica on a node marked down is tried last.
-fn live_first(state: &strata_catalog::CatalogData, owners: &[u64]) -> impl Iterator<Item = u64> {
-    let (up, down): (Vec<u64>, Vec<u64>) = owners.iter().partition(|n| state.node_is_up(**n));
-    up.into_iter().chain(down)
+/// The order a query tries a shard's replicas in: those on nodes the
+/// catalog counts as up, starting at one picked by the query and shard so
+/// that reads spread over the replicas; then replicas still being filled
+/// after a node's removal; then those on nodes marked down.
+fn read_order(
+    state: &strata_catalog::CatalogData,
+    shard: &strata_catalog::model::Shard,
+    query_id: &str,
+) -> impl Iterator<Item = u64> {
+    use std::hash::BuildHasher;
+    let mut ready = vec![];
+    let mut filling = vec![];
+    let mut down = vec![];
+    for n in &shard.owners {
+        if !state.node_is_up(*n) {
+            down.push(*n);
+        } else if shard.filling.contains(n) {
+            filling.push(*n);
+        } else {
+            ready.push(*n);
+        }
+    }
+    if ready.len() > 1 {
+        let h = foldhash::fast::FixedState::with_seed(0).hash_one((query_id, shard.id));
+        let start = (h % ready.len() as u64) as usize;
+        ready.rotate_left(start);
+    }
+    ready.into_iter().chain(filling).chain(down)
 }
