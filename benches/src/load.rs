@@ -23,6 +23,9 @@ pub struct LoadConfig {
     pub progress_every: Option<Duration>,
     /// Size of the input in bytes, when known: the progress bar's 100 %.
     pub total_bytes: Option<u64>,
+    /// `?consistency=` of every request (`any`, `one`, `quorum`, `all`);
+    /// none leaves it to the server.
+    pub consistency: Option<String>,
 }
 
 #[derive(Debug, Snafu)]
@@ -154,12 +157,15 @@ pub async fn load(
     config: &LoadConfig,
     input: impl BufRead + Send + 'static,
 ) -> Result<LoadSummary, LoadError> {
-    let url = format!(
+    let mut url = format!(
         "{}/write?db={}&precision={}",
         config.url.trim_end_matches('/'),
         config.db,
         config.precision
     );
+    if let Some(c) = &config.consistency {
+        url.push_str(&format!("&consistency={c}"));
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(config.workers * 2);
     let batch_size = config.batch_size.max(1);
     let reader = tokio::task::spawn_blocking(move || -> Result<(), LoadError> {
@@ -374,6 +380,7 @@ mod tests {
             precision: "ns".into(),
             progress_every: None,
             total_bytes: None,
+            consistency: None,
         };
         let summary = load(&config, std::io::Cursor::new("m v=1 1\nm v=2 2\n"))
             .await

@@ -159,6 +159,10 @@ pub struct LoadArgs {
     /// Precision of the file's timestamps.
     #[arg(long, default_value = "ns")]
     precision: String,
+    /// Write consistency of every request (`any`, `one`, `quorum`, `all`;
+    /// default: the database's).
+    #[arg(long)]
+    consistency: Option<String>,
 }
 
 #[derive(Args)]
@@ -336,6 +340,7 @@ async fn load(a: LoadArgs) -> Result<(), String> {
         precision: a.precision,
         progress_every: Some(Duration::from_secs(1)),
         total_bytes: None,
+        consistency: a.consistency,
     };
     let summary = if a.file.as_os_str() == "-" {
         strata_benches::load::load(&config, BufReader::new(std::io::stdin())).await

@@ -535,6 +535,12 @@ impl FlightService for StorageFlightService {
                         "shard_digest takes at most 100000 shards at a time",
                     ));
                 }
+                // A bucket per row would make the answer as large as the data.
+                if req.bucket_ns.is_some_and(|b| b < 1_000_000_000) {
+                    return Err(Status::invalid_argument(
+                        "shard_digest buckets are at least 1 s wide",
+                    ));
+                }
                 let mut digests = Vec::with_capacity(req.shard_ids.len());
                 for shard_id in req.shard_ids {
                     let d = crate::digest::shard_digest(
