@@ -65,7 +65,7 @@ async fn sql_client_runs_commands_and_scripts() {
     assert!(ok, "{err}");
     assert_eq!(
         out,
-        "k,doubled\nb,5.0\nname,retention,shard_group_duration,replication_factor,shards,shard_key\nrepl,,1w,1,,\n"
+        "k,doubled\nb,5.0\nname,retention,shard_group_duration,replication_factor,shards,shard_key,consistency\nrepl,,1w,1,,,one\n"
     );
 
     // Errors go to stderr with the server's words, and the exit code says so.
