@@ -56,6 +56,10 @@ pub struct RepairArgs {
     /// Compare and report; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// A differing bucket of more rows than this is compared per series
+    /// range first, and only the ranges that differ are read.
+    #[arg(long, default_value_t = 10_000)]
+    pub split_rows: u64,
     /// `table` or `json`.
     #[arg(long, default_value = "table")]
     pub format: String,
@@ -285,6 +289,7 @@ async fn repair(a: RepairArgs) -> Result<(), String> {
         shard_id: a.shard,
         bucket_ns,
         dry_run: a.dry_run,
+        split_rows: a.split_rows,
     };
     let in_scope = strata_coordinator::repair::shards_in(&state, &scope).len();
     if in_scope == 0 {
@@ -329,6 +334,13 @@ async fn repair(a: RepairArgs) -> Result<(), String> {
                 },
                 r.conflicts,
                 r.error.as_deref().unwrap_or("")
+            );
+        }
+        let compared: usize = reports.iter().map(|r| r.ranges_compared).sum();
+        if compared > 0 {
+            let differing: usize = reports.iter().map(|r| r.ranges_differing).sum();
+            println!(
+                "large buckets compared per series range: {differing} of {compared} ranges differed and were read"
             );
         }
         let rows: u64 = reports.iter().flat_map(|r| r.rows_written.values()).sum();

@@ -5,7 +5,9 @@
 //! 1. every owner digests its rows per table and time bucket (row count
 //!    and a sum of row hashes, [`strata_storage::digest`]);
 //! 2. buckets whose digests are not the same everywhere are read from
-//!    every owner (deduplicated rows, deletes applied);
+//!    every owner (deduplicated rows, deletes applied); a bucket of more
+//!    than `split_rows` rows is first digested per series range (64
+//!    ranges by series hash) and only the ranges that differ are read;
 //! 3. per series and time the repair settles each field's value: the one
 //!    most replicas hold (a field some replica lacks takes the value of
 //!    those that have it; on a tie, the replica holding the most rows of
@@ -46,7 +48,13 @@ pub struct RepairScope {
     pub bucket_ns: i64,
     /// Compare and report only.
     pub dry_run: bool,
+    /// A differing bucket holding more rows than this is compared per
+    /// series range before rows are read.
+    pub split_rows: u64,
 }
+
+/// Series ranges a large differing bucket is compared in.
+const SERIES_RANGES: u32 = 64;
 
 impl Default for RepairScope {
     fn default() -> Self {
@@ -55,6 +63,7 @@ impl Default for RepairScope {
             shard_id: None,
             bucket_ns: strata_storage::flight::DEFAULT_DIGEST_BUCKET_NS,
             dry_run: false,
+            split_rows: 10_000,
         }
     }
 }
@@ -69,6 +78,10 @@ pub struct ShardRepair {
     pub buckets: usize,
     /// Of which the replicas' digests differed.
     pub differing: usize,
+    /// Series ranges of large differing buckets that differed (and were
+    /// read), out of those compared.
+    pub ranges_differing: usize,
+    pub ranges_compared: usize,
     /// Rows written to each node.
     pub rows_written: BTreeMap<u64, u64>,
     /// Rows whose replicas held different values for a field.
@@ -183,10 +196,47 @@ async fn compare_and_repair(
         };
         let end = start.saturating_add(scope.bucket_ns);
         let table_name = table.as_str();
+        // A large bucket: only the series ranges that differ are read.
+        let mut series = None;
+        if sums.iter().any(|s| s.0 > scope.split_rows) {
+            let asks = owners.iter().map(|(id, addr)| async move {
+                tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    series_ranges(nodes, addr, &db.name, table_name, shard.id, start, end),
+                )
+                .await
+                .unwrap_or_else(|_| Err("no answer in time".into()))
+                .map_err(|e| format!("node {id} at {addr}: {e}"))
+            });
+            let ranges: Vec<Vec<(u64, u64)>> = futures::future::try_join_all(asks).await?;
+            let wanted: Vec<u32> = (0..SERIES_RANGES)
+                .filter(|p| {
+                    let first = ranges[0].get(*p as usize);
+                    ranges.iter().any(|r| r.get(*p as usize) != first)
+                })
+                .collect();
+            report.ranges_compared += SERIES_RANGES as usize;
+            report.ranges_differing += wanted.len();
+            if wanted.is_empty() {
+                continue;
+            }
+            series = Some(serde_json::json!({
+                "database": db.name, "parts": SERIES_RANGES, "wanted": wanted,
+            }));
+        }
+        let series = &series;
         let reads = owners.iter().map(|(id, addr)| async move {
             tokio::time::timeout(
                 CALL_TIMEOUT,
-                shard_rows(nodes, addr, table_name, shard.id, start, end),
+                shard_rows(
+                    nodes,
+                    addr,
+                    table_name,
+                    shard.id,
+                    start,
+                    end,
+                    series.clone(),
+                ),
             )
             .await
             .unwrap_or_else(|_| Err("no answer in time".into()))
@@ -255,7 +305,39 @@ async fn mark_repaired(
     Ok(())
 }
 
-/// The rows of one table of one shard in `[start, end)` held by the node.
+/// Row count and digest of each series range of one table of one shard in
+/// `[start, end)` held by the node.
+async fn series_ranges(
+    nodes: &NodeClients,
+    addr: &str,
+    database: &str,
+    table: &str,
+    shard_id: u64,
+    start_ns: i64,
+    end_ns: i64,
+) -> Result<Vec<(u64, u64)>, String> {
+    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
+    let body = serde_json::json!({
+        "database": database, "table": table, "shard_id": shard_id,
+        "start_ns": start_ns, "end_ns": end_ns, "parts": SERIES_RANGES,
+    });
+    let action = arrow_flight::Action::new(
+        strata_proto::SHARD_PARTS_ACTION,
+        bytes::Bytes::from(body.to_string()),
+    );
+    let answers: Vec<bytes::Bytes> = client
+        .do_action(action)
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = answers.first().ok_or("the node answered no digest")?;
+    serde_json::from_slice(first).map_err(|e| format!("unreadable series digests: {e}"))
+}
+
+/// The rows of one table of one shard in `[start, end)` held by the node
+/// (only those of some series ranges when `series` names them).
 pub async fn shard_rows(
     nodes: &NodeClients,
     addr: &str,
@@ -263,10 +345,12 @@ pub async fn shard_rows(
     shard_id: u64,
     start_ns: i64,
     end_ns: i64,
+    series: Option<serde_json::Value>,
 ) -> Result<Vec<RecordBatch>, String> {
     let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
     let body = serde_json::json!({
         "table": table, "shard_id": shard_id, "start_ns": start_ns, "end_ns": end_ns,
+        "series": series,
     });
     let action = arrow_flight::Action::new(
         strata_proto::SHARD_ROWS_ACTION,

@@ -41,6 +41,12 @@ pub const SHARD_DIGEST_ACTION: &str = "shard_digest";
 /// "end_ns"}`), each answer an Arrow IPC stream.
 pub const SHARD_ROWS_ACTION: &str = "shard_rows";
 
+/// Flight action on a storage node: row count and digest of each of
+/// `parts` series ranges (series hash modulo `parts`) of one table of one
+/// shard in a time range (JSON body `{"database", "table", "shard_id",
+/// "start_ns", "end_ns", "parts"}`), answered as a JSON list.
+pub const SHARD_PARTS_ACTION: &str = "shard_parts";
+
 /// Flight action on a storage node: records that a repair compared the
 /// shards (JSON body `{"shard_ids": [..], "at_ms": n}`).
 pub const REPAIRED_ACTION: &str = "repaired";

@@ -175,6 +175,66 @@ pub async fn shard_digest(
     Ok(out)
 }
 
+/// Which of `parts` series ranges each row falls in: its series hash
+/// (over the tag columns named in `tags`) modulo `parts`.
+pub fn series_parts(
+    batch: &RecordBatch,
+    tags: &[String],
+    parts: u32,
+) -> Result<Vec<u32>, DataFusionError> {
+    let indices: Vec<usize> = batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| tags.iter().any(|t| t == f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    let series = batch.project(&indices)?;
+    let parts = parts.max(1) as u64;
+    Ok(row_hashes_of(&series, batch.num_rows())?
+        .into_iter()
+        .map(|h| (h % parts) as u32)
+        .collect())
+}
+
+/// Row count and digest of each of `parts` series ranges of the rows.
+pub fn parts_digest(
+    batches: &[RecordBatch],
+    tags: &[String],
+    parts: u32,
+) -> Result<Vec<(u64, u64)>, DataFusionError> {
+    let mut out = vec![(0u64, 0u64); parts.max(1) as usize];
+    for b in batches {
+        let part = series_parts(b, tags, parts)?;
+        for (p, h) in part.into_iter().zip(row_hashes(b)?) {
+            let d = &mut out[p as usize];
+            d.0 += 1;
+            d.1 = d.1.wrapping_add(h);
+        }
+    }
+    Ok(out)
+}
+
+/// The rows of the batches in the series ranges `wanted` of `parts`.
+pub fn keep_parts(
+    batches: Vec<RecordBatch>,
+    tags: &[String],
+    parts: u32,
+    wanted: &[u32],
+) -> Result<Vec<RecordBatch>, DataFusionError> {
+    batches
+        .into_iter()
+        .map(|b| {
+            let mask: arrow::array::BooleanArray = series_parts(&b, tags, parts)?
+                .into_iter()
+                .map(|p| Some(wanted.contains(&p)))
+                .collect();
+            Ok(arrow::compute::filter_record_batch(&b, &mask)?)
+        })
+        .collect()
+}
+
 /// FNV-1a, 64 bits: stable across processes and versions, unlike the
 /// standard library's hashers.
 #[derive(Clone, Copy)]
@@ -203,6 +263,11 @@ impl Fnv {
 
 /// One hash per row of the batch, over its non-null cells by column name.
 pub fn row_hashes(batch: &RecordBatch) -> Result<Vec<u64>, DataFusionError> {
+    row_hashes_of(batch, batch.num_rows())
+}
+
+/// As [`row_hashes`], for `rows` rows (a batch of no columns has rows).
+fn row_hashes_of(batch: &RecordBatch, rows: usize) -> Result<Vec<u64>, DataFusionError> {
     let schema = batch.schema();
     let mut columns: Vec<(&str, ArrayRef)> = schema
         .fields()
@@ -211,7 +276,7 @@ pub fn row_hashes(batch: &RecordBatch) -> Result<Vec<u64>, DataFusionError> {
         .map(|(f, c)| (f.name().as_str(), c.clone()))
         .collect();
     columns.sort_by(|a, b| a.0.cmp(b.0));
-    let mut hashes = vec![Fnv::new(); batch.num_rows()];
+    let mut hashes = vec![Fnv::new(); rows];
     for (name, column) in columns {
         let column = match column.data_type() {
             DataType::Dictionary(_, _) => arrow::compute::cast(&column, &DataType::Utf8)?,
@@ -275,6 +340,40 @@ pub fn row_hashes(batch: &RecordBatch) -> Result<Vec<u64>, DataFusionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_ranges_split_rows_by_series_and_add_up_to_the_whole() {
+        let hosts: Vec<String> = (0..200).map(|i| format!("h{}", i % 40)).collect();
+        let b = batch(vec![
+            (
+                "host",
+                Arc::new(arrow::array::StringArray::from_iter_values(hosts.iter())) as ArrayRef,
+            ),
+            (
+                "usage",
+                Arc::new(Float64Array::from_iter_values((0..200).map(|v| v as f64))) as ArrayRef,
+            ),
+            (
+                "time",
+                Arc::new(TimestampNanosecondArray::from_iter_values(0..200)) as ArrayRef,
+            ),
+        ]);
+        let tags = vec!["host".to_string()];
+        let parts = parts_digest(std::slice::from_ref(&b), &tags, 8).unwrap();
+        let total: u64 = parts.iter().map(|p| p.0).sum();
+        let sum = parts.iter().fold(0u64, |a, p| a.wrapping_add(p.1));
+        let whole = row_hashes(&b)
+            .unwrap()
+            .into_iter()
+            .fold(0u64, u64::wrapping_add);
+        assert_eq!((total, sum), (200, whole));
+        assert!(parts.iter().filter(|p| p.0 > 0).count() > 1, "{parts:?}");
+        // A series lies in one range: keeping a range keeps whole series.
+        let kept = keep_parts(vec![b.clone()], &tags, 8, &[3]).unwrap();
+        let n: usize = kept.iter().map(|k| k.num_rows()).sum();
+        assert_eq!(n as u64, parts[3].0);
+        assert_eq!(n % 5, 0, "each host has 5 rows");
+    }
     use arrow::array::{DictionaryArray, Float64Array, TimestampNanosecondArray};
     use arrow::datatypes::Int32Type;
     use arrow::datatypes::{Field, Schema};

@@ -101,6 +101,17 @@ impl StorageFlightService {
 }
 
 impl StorageFlightService {
+    /// The tag columns of a table, as the catalog knows them.
+    fn tags_of(&self, database: &str, table: &str) -> Vec<String> {
+        self.catalog
+            .state()
+            .databases
+            .get(database)
+            .and_then(|d| d.tables.get(table))
+            .map(|t| t.tag_names().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
     /// Brings this node's copy of the catalog up to `version` (the
     /// sender's) when it is older; without a version, refreshes it, at
     /// most once per [`REFRESH_INTERVAL`] however many requests ask, so a
@@ -201,6 +212,29 @@ struct RowsRequest {
     shard_id: u64,
     start_ns: i64,
     end_ns: i64,
+    /// Only the rows of these series ranges.
+    #[serde(default)]
+    series: Option<SeriesRanges>,
+}
+
+/// Series ranges `wanted` of `parts` (by series hash) of a table.
+#[derive(serde::Deserialize)]
+struct SeriesRanges {
+    database: String,
+    parts: u32,
+    wanted: Vec<u32>,
+}
+
+/// What the `shard_parts` action asks for (JSON): the digest of each of
+/// `parts` series ranges of one table of one shard in a time range.
+#[derive(serde::Deserialize)]
+struct PartsRequest {
+    database: String,
+    table: String,
+    shard_id: u64,
+    start_ns: i64,
+    end_ns: i64,
+    parts: u32,
 }
 
 /// What the `repaired` action records (JSON).
@@ -576,6 +610,14 @@ impl FlightService for StorageFlightService {
                 )
                 .await
                 .map_err(|e| into_status(StorageError::Query { source: e }))?;
+                let batches = match &req.series {
+                    None => batches,
+                    Some(r) => {
+                        let tags = self.tags_of(&r.database, &req.table);
+                        crate::digest::keep_parts(batches, &tags, r.parts, &r.wanted)
+                            .map_err(|e| into_status(StorageError::Query { source: e }))?
+                    }
+                };
                 // One Arrow IPC stream per answer, of at most 8,192 rows.
                 let mut answers = vec![];
                 for b in batches {
@@ -596,6 +638,34 @@ impl FlightService for StorageFlightService {
                 }
                 Ok(Response::new(Box::pin(stream::iter(answers))))
             }
+            strata_proto::SHARD_PARTS_ACTION => {
+                let req: PartsRequest =
+                    serde_json::from_slice(&request.get_ref().body).map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "the shard_parts action's body is unreadable: {e}"
+                        ))
+                    })?;
+                if !(1..=4096).contains(&req.parts) {
+                    return Err(Status::invalid_argument(
+                        "shard_parts splits into 1 to 4096 series ranges",
+                    ));
+                }
+                let batches = crate::digest::table_rows(
+                    &self.ctx,
+                    &self.engine,
+                    &req.table,
+                    req.shard_id,
+                    Some((req.start_ns, req.end_ns)),
+                )
+                .await
+                .map_err(|e| into_status(StorageError::Query { source: e }))?;
+                let tags = self.tags_of(&req.database, &req.table);
+                let parts = crate::digest::parts_digest(&batches, &tags, req.parts)
+                    .map_err(|e| into_status(StorageError::Query { source: e }))?;
+                let body = serde_json::to_vec(&parts).expect("digests serialize");
+                let result = arrow_flight::Result { body: body.into() };
+                Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+            }
             strata_proto::REPAIRED_ACTION => {
                 let req: RepairedRequest = serde_json::from_slice(&request.get_ref().body)
                     .map_err(|e| {
@@ -608,7 +678,7 @@ impl FlightService for StorageFlightService {
             }
             other => Err(Status::invalid_argument(format!(
                 "unknown action '{other}'; storage nodes know: health, flush, compact, delete, \
-                 shard_digest, shard_rows, repaired"
+                 shard_digest, shard_parts, shard_rows, repaired"
             ))),
         }
     }
