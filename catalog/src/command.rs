@@ -584,11 +584,15 @@ impl CatalogData {
             .unwrap_or_else(|| (live.len() / rf).max(1));
 
         // Live nodes first, each shard's replicas on distinct nodes, every
-        // replica on the node that owns the fewest shards so far, so that
-        // nodes added later or back from an outage fill up first. Ties go
-        // round the nodes starting at a place that moves with each group,
-        // so a shard key's rows do not land on one node in every window.
+        // replica on the node that holds the fewest of this group's
+        // replicas, so a window's shards (and the work of writing and
+        // querying it) spread over every node; among those, the node that
+        // owns the fewest shards overall, so that nodes added later or back
+        // from an outage fill up first. Ties go round the nodes starting at
+        // a place that moves with each group, so a shard key's rows do not
+        // land on one node in every window.
         let mut load = self.shards_per_node();
+        let mut in_group: std::collections::BTreeMap<u64, usize> = Default::default();
         let group_id = self.next_id;
         self.next_id += 1;
         let start = group_id as usize % live.len();
@@ -606,11 +610,18 @@ impl CatalogData {
                         nodes
                             .iter()
                             .filter(|n| !owners.contains(n))
-                            .min_by_key(|n| (load.get(n).copied().unwrap_or(0), turn(n)))
+                            .min_by_key(|n| {
+                                (
+                                    in_group.get(n).copied().unwrap_or(0),
+                                    load.get(n).copied().unwrap_or(0),
+                                    turn(n),
+                                )
+                            })
                     })
                     .copied()
                     .expect("rf is at most the number of nodes");
                 *load.entry(pick).or_default() += 1;
+                *in_group.entry(pick).or_default() += 1;
                 owners.push(pick);
             }
             shards.push(Shard {
@@ -821,6 +832,35 @@ mod tests {
     }
 
     #[test]
+    fn a_new_node_takes_its_share_of_a_group_not_all_of_it() {
+        let mut c = with_nodes(2);
+        c.apply(&Command::CreateDatabase {
+            name: "db".into(),
+            options: DatabaseOptions {
+                shard_group_duration_ns: HOUR_NS,
+                replication_factor: 1,
+                shards_per_group: Some(3),
+                ..Default::default()
+            },
+            if_not_exists: false,
+        });
+        for h in 0..4 {
+            group(&mut c, h * HOUR_NS);
+        }
+        c.apply(&Command::RegisterNode {
+            id: 3,
+            flight_addr: "127.0.0.1:9003".into(),
+            at_ms: 1,
+            instance: String::new(),
+        });
+        let g = group(&mut c, 4 * HOUR_NS);
+        let mut owners: Vec<u64> = g.shards.iter().map(|s| s.owners[0]).collect();
+        assert_eq!(owners[0], 3, "the empty node goes first: {g:?}");
+        owners.sort();
+        assert_eq!(owners, vec![1, 2, 3], "{g:?}");
+    }
+
+    #[test]
     fn placement_skips_down_nodes_and_fills_the_emptiest_first() {
         let mut c = with_nodes(3);
         c.apply(&Command::CreateDatabase {
@@ -851,7 +891,6 @@ mod tests {
             assert!(!s.owners.contains(&2), "{g:?}");
             assert_eq!(s.owners.len(), 2);
         }
-        // Back up, node 2 owns the fewest shards: new shards go there first.
         c.apply(&Command::RegisterNode {
             id: 2,
             flight_addr: "127.0.0.1:9002".into(),
@@ -860,8 +899,14 @@ mod tests {
         });
         assert!(c.node_is_up(2));
         assert_eq!(c.nodes[&2].state_changed_ms, 9);
+        // Back up, node 2 owns the fewest shards: it takes the group's first
+        // replica, and the group still spreads evenly over the three nodes.
         let g = group(&mut c, 2 * HOUR_NS);
-        assert!(g.shards.iter().all(|s| s.owners.contains(&2)), "{g:?}");
+        assert_eq!(g.shards[0].owners[0], 2, "{g:?}");
+        for id in 1..=3 {
+            let held = g.shards.iter().filter(|s| s.owners.contains(&id)).count();
+            assert_eq!(held, 2, "node {id}: {g:?}");
+        }
 
         // Replicas no live node can take go to a down node (it receives
         // them through hinted handoff): the factor does not drop.

@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::client::MAX_STATE_BYTES;
-use crate::command::Command;
+use crate::command::{Command, CommandResult, Rejection};
 use crate::liveness::{now_ms, Liveness};
 use crate::model::{CatalogData, NodeState};
 use crate::raft::{NodeId, Raft};
@@ -415,6 +415,10 @@ impl CatalogService for CatalogServiceImpl {
                 })
                 .await;
         }
+        let state = self.state.borrow().clone();
+        if state.removed_nodes.contains(&req.node_id) {
+            return Err(removed_node(req.node_id));
+        }
         let timeout = Duration::from_millis(req.timeout_ms.clamp(100, 3_600_000));
         if let Err(addr) =
             self.liveness
@@ -426,7 +430,6 @@ impl CatalogService for CatalogServiceImpl {
                 req.node_id
             )));
         }
-        let state = self.state.borrow().clone();
         if let Some(n) = state.nodes.get(&req.node_id) {
             if !n.instance.is_empty() && !req.instance.is_empty() && n.instance != req.instance {
                 return Err(Status::failed_precondition(format!(
@@ -457,7 +460,15 @@ impl CatalogService for CatalogServiceImpl {
                 instance: req.instance.clone(),
             };
             match self.raft.client_write(command).await {
-                Ok(resp) => resp.data.version,
+                Ok(resp) => match resp.data.result {
+                    CommandResult::Rejected(Rejection::NodeRemoved { id }) => {
+                        return Err(removed_node(id))
+                    }
+                    CommandResult::Rejected(r) => {
+                        return Err(Status::failed_precondition(r.to_string()))
+                    }
+                    _ => resp.data.version,
+                },
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     return self
                         .forward
@@ -535,4 +546,14 @@ impl CatalogService for CatalogServiceImpl {
             members,
         }))
     }
+}
+
+/// What a storage node whose id was removed from the cluster hears: it may
+/// not serve again under that id.
+fn removed_node(id: u64) -> Status {
+    Status::failed_precondition(format!(
+        "storage node {id} was removed from the cluster (strata admin node remove); its \
+         shards live on other nodes now. Start this node with a new --node-id and an empty \
+         data directory to add it back"
+    ))
 }

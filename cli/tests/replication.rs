@@ -760,4 +760,47 @@ async fn removing_a_dead_node_restores_the_replication_factor_and_reads_stay_who
         .sql(None, "SELECT node_id FROM system.nodes ORDER BY node_id")
         .await;
     assert_eq!(nodes, vec!["1", "2"]);
+
+    // The removed node, started again on its old data, is refused and says
+    // why rather than serving unseen.
+    let data = c.dir.join("storage-3");
+    let mut again = std::process::Command::new(crate::support::strata_bin())
+        .args([
+            "storage",
+            "--node-id",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--catalog",
+            &c.catalog,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = again.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = again.kill();
+            panic!("a removed node kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut again.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("storage node 3 was removed from the cluster"),
+        "{err}"
+    );
+    assert_eq!(
+        c.sql(None, "SELECT node_id FROM system.nodes ORDER BY node_id")
+            .await,
+        vec!["1", "2"]
+    );
 }

@@ -232,6 +232,15 @@ async fn heartbeat(
                 failing = false;
             }
             Ok(_) => {}
+            Err(strata_catalog::Error::Rpc { source, .. })
+                if source.code() == tonic::Code::FailedPrecondition =>
+            {
+                // Removed from the cluster, or the id taken by another data
+                // directory: no later beat will be accepted, so say it once
+                // and stop asking.
+                tracing::error!(node_id, "the catalog refuses this node: {}", source.message());
+                return;
+            }
             Err(e) if !failing => {
                 tracing::warn!(node_id, error = %e, "heartbeat did not reach the catalog");
                 failing = true;
