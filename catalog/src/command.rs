@@ -414,6 +414,9 @@ impl CatalogData {
 
     fn remove_node(&mut self, id: u64, force: bool) -> CommandResult {
         match self.nodes.get(&id) {
+            None if self.removed_nodes.contains(&id) => {
+                return CommandResult::Rejected(Rejection::NodeRemoved { id })
+            }
             None => return CommandResult::Rejected(Rejection::NodeNotFound { id }),
             Some(n) if n.state == NodeState::Up => {
                 return CommandResult::Rejected(Rejection::NodeUp { id })

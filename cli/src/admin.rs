@@ -293,8 +293,23 @@ async fn repair(a: RepairArgs) -> Result<(), String> {
     };
     let in_scope = strata_coordinator::repair::shards_in(&state, &scope).len();
     if in_scope == 0 {
+        let find = |id: u64| {
+            state.databases.values().find_map(|d| {
+                d.shard_groups
+                    .iter()
+                    .flat_map(|g| &g.shards)
+                    .find(|s| s.id == id)
+                    .map(|s| (d.name.as_str(), s.owners.len()))
+            })
+        };
         return Err(match (a.shard, &a.database) {
-            (Some(s), _) => format!("shard {s} is not a shard with more than one replica"),
+            (Some(s), db) => match (find(s), db) {
+                (None, _) => format!("shard {s} does not exist (see system.shards)"),
+                (Some((in_db, _)), Some(db)) if in_db != db => {
+                    format!("shard {s} belongs to database '{in_db}', not '{db}'")
+                }
+                _ => format!("shard {s} has one replica: there is nothing to compare it with"),
+            },
             _ => "no shard has more than one replica: nothing to compare".to_string(),
         });
     }

@@ -168,7 +168,8 @@ struct CoordinatorArgs {
     #[arg(long, default_value_t = DEFAULT_WRITE_MEMORY_MIB)]
     write_memory_limit_mib: usize,
     /// Where this coordinator keeps writes for shard owners that could not
-    /// take them (hinted handoff); one directory per coordinator.
+    /// take them (hinted handoff); one directory per coordinator
+    /// [default: ./strata-data/coordinator].
     #[arg(long, env = "STRATA_DATA_DIR")]
     data_dir: Option<String>,
     #[command(flatten)]
@@ -245,7 +246,10 @@ impl WriteArgs {
         {
             w.anti_entropy_interval = match i.as_str() {
                 "off" | "0" => None,
-                _ => Some(duration_flag("--anti-entropy-interval", i)?),
+                _ => Some(
+                    duration_flag("--anti-entropy-interval", i.clone())
+                        .map_err(|e| format!("{e}, or 'off'"))?,
+                ),
             };
         }
         if let Some(share) = f
@@ -263,6 +267,11 @@ impl WriteArgs {
             .pick_opt(self.hinted_handoff_max_mib, "hinted_handoff_max_mib")
             .map_err(|e| e.0)?
         {
+            if !(1..=1 << 30).contains(&mib) {
+                return Err(format!(
+                    "--hinted-handoff-max-mib must be at least 1 (MiB per storage node), not {mib}"
+                ));
+            }
             handoff.max_bytes = mib << 20;
         }
         if let Some(age) = f
@@ -377,6 +386,9 @@ fn main() -> ExitCode {
 
 async fn run_dev(a: DevArgs) -> Result<(), String> {
     init_tracing("info,openraft=warn");
+    if a.data_dir.as_os_str().is_empty() {
+        return Err("--data-dir must name a directory, not be empty".into());
+    }
     std::fs::create_dir_all(&a.data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", a.data_dir.display()))?;
     let config = DevConfig {
@@ -434,10 +446,10 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e: ConfigError| e.0)?;
     let config = CatalogConfig {
         node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
-        data_dir: PathBuf::from(
+        data_dir: data_dir_flag(
             f.pick(a.data_dir, "data_dir", "./strata-data/catalog".into())
                 .map_err(|e| e.0)?,
-        ),
+        )?,
         listen: f
             .pick(a.listen, "listen", "127.0.0.1:8090".into())
             .map_err(|e| e.0)?,
@@ -477,9 +489,10 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
 async fn run_storage(a: StorageArgs) -> Result<(), String> {
     init_tracing("info");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
-    let data_dir = f
-        .pick(a.data_dir, "data_dir", "./strata-data/storage".into())
-        .map_err(|e| e.0)?;
+    let data_dir = data_dir_flag(
+        f.pick(a.data_dir, "data_dir", "./strata-data/storage".into())
+            .map_err(|e| e.0)?,
+    )?;
     let mut engine = EngineConfig::new(&data_dir);
     engine.sync = match f
         .pick(a.wal_sync, "wal_sync", "always".to_string())
@@ -570,6 +583,14 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
 }
 
 /// A duration flag such as `500ms`, `1s` or `2m`.
+/// A `--data-dir` value: any path but an empty one.
+fn data_dir_flag(value: String) -> Result<PathBuf, String> {
+    if value.trim().is_empty() {
+        return Err("--data-dir must name a directory, not be empty".into());
+    }
+    Ok(PathBuf::from(value))
+}
+
 fn duration_flag(flag: &str, value: String) -> Result<std::time::Duration, String> {
     match strata_coordinator::query::ddl::parse_duration(&value) {
         Ok(ns) if ns > 0 => Ok(std::time::Duration::from_nanos(ns as u64)),
@@ -594,10 +615,10 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
             .map_err(|e| e.0)?,
         write_memory_limit_bytes: a.write_memory_limit_mib << 20,
         handoff: HandoffConfig::new(
-            PathBuf::from(
+            data_dir_flag(
                 f.pick(a.data_dir, "data_dir", "./strata-data/coordinator".into())
                     .map_err(|e| e.0)?,
-            )
+            )?
             .join("hints"),
         ),
         write_timeout: DEFAULT_OWNER_TIMEOUT,

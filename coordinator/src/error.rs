@@ -1,6 +1,7 @@
 //! Errors of the coordinator and their single mappings to HTTP and gRPC.
 
 use snafu::Snafu;
+use strata_catalog::command::Rejection;
 
 #[derive(Debug, Snafu)]
 #[snafu(visibility(pub(crate)))]
@@ -122,6 +123,9 @@ impl Error {
                 source.http_status()
             }
             Error::Catalog { source } => match source {
+                strata_catalog::Error::Rejected {
+                    rejection: Rejection::DatabaseNotFound { .. },
+                } => S::NOT_FOUND,
                 strata_catalog::Error::Rejected { .. } => S::BAD_REQUEST,
                 _ => S::SERVICE_UNAVAILABLE,
             },
@@ -162,6 +166,9 @@ impl Error {
                 source.code()
             }
             Error::Catalog { source } => match source {
+                strata_catalog::Error::Rejected {
+                    rejection: Rejection::DatabaseNotFound { .. },
+                } => tonic::Code::NotFound,
                 strata_catalog::Error::Rejected { .. } => tonic::Code::InvalidArgument,
                 _ => tonic::Code::Unavailable,
             },

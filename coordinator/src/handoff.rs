@@ -45,7 +45,7 @@ pub enum HandoffError {
     },
     #[snafu(display(
         "the hinted-handoff queue for node {node_id} is full ({bytes} bytes queued, \
-         limit {limit} bytes; see --hinted-handoff-max-bytes)"
+         limit {limit} bytes; see --hinted-handoff-max-mib)"
     ))]
     Full {
         node_id: u64,

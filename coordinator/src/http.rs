@@ -6,7 +6,8 @@ use std::io::Read;
 
 use arrow::array::RecordBatch;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -146,6 +147,25 @@ fn code_name(status: StatusCode) -> &'static str {
     }
 }
 
+/// Query-string parameters. A malformed query string (a repeated
+/// parameter, a bad escape) is a bad parameter like any other, answered
+/// with the JSON error body rather than axum's plain text.
+struct Params<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(p)) => Ok(Params(p)),
+            Err(e) => Err(error_response(Error::BadParameter {
+                name: "query string",
+                reason: e.body_text(),
+            })),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct V1WriteParams {
     db: Option<String>,
@@ -178,7 +198,7 @@ struct V2DeleteBody {
 /// `_measurement="cpu" AND host="a"`; 204 once every replica applied it.
 async fn delete_v2(
     State(state): State<HttpState>,
-    Query(p): Query<V2DeleteParams>,
+    Params(p): Params<V2DeleteParams>,
     body: Bytes,
 ) -> Response {
     let Some(bucket) = p.bucket else {
@@ -218,7 +238,7 @@ async fn delete_v2(
 
 async fn write_v1(
     State(state): State<HttpState>,
-    Query(p): Query<V1WriteParams>,
+    Params(p): Params<V1WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -227,7 +247,7 @@ async fn write_v1(
 
 async fn write_v2(
     State(state): State<HttpState>,
-    Query(p): Query<V2WriteParams>,
+    Params(p): Params<V2WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -516,13 +536,13 @@ struct SqlParams {
     format: Option<String>,
 }
 
-async fn query_sql_get(State(state): State<HttpState>, Query(p): Query<SqlParams>) -> Response {
+async fn query_sql_get(State(state): State<HttpState>, Params(p): Params<SqlParams>) -> Response {
     query_sql(&state, p).await
 }
 
 async fn query_sql_post(
     State(state): State<HttpState>,
-    Query(mut p): Query<SqlParams>,
+    Params(mut p): Params<SqlParams>,
     body: Bytes,
 ) -> Response {
     if p.q.is_none() {
@@ -735,7 +755,7 @@ struct V1QueryParams {
 /// InfluxDB v1 `/query`: database management statements, which v1 client
 /// libraries send (`CREATE DATABASE`, `DROP DATABASE`, `SHOW DATABASES`),
 /// and `DROP MEASUREMENT m` and `DELETE FROM measurement WHERE ...` in `db`.
-async fn query_v1(State(state): State<HttpState>, Query(p): Query<V1QueryParams>) -> Response {
+async fn query_v1(State(state): State<HttpState>, Params(p): Params<V1QueryParams>) -> Response {
     let Some(q) = p.q else {
         return error_response(Error::BadParameter {
             name: "q",

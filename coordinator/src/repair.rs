@@ -33,7 +33,7 @@ use arrow::datatypes::{DataType, TimestampNanosecondType};
 use datafusion::scalar::ScalarValue;
 use futures::TryStreamExt;
 use serde::Serialize;
-use strata_catalog::model::{Database, Shard, Table, TIME_COLUMN};
+use strata_catalog::model::{Database, NodeState, Shard, Table, TIME_COLUMN};
 use strata_catalog::CatalogData;
 use strata_storage::digest::ShardDigest;
 
@@ -158,6 +158,12 @@ async fn compare_and_repair(
             .nodes
             .get(id)
             .ok_or_else(|| format!("node {id} is not registered"))?;
+        if node.state == NodeState::Down {
+            return Err(format!(
+                "node {id} is down; this shard is compared when it is back (or after \
+                 strata admin node remove moves its replica)"
+            ));
+        }
         owners.push((*id, node.flight_addr.clone()));
     }
     // 1. Digests from every owner.
@@ -544,7 +550,7 @@ fn column_of(
 
 /// Background anti-entropy: every `interval`, each shard in turn, pausing
 /// between shards so that repair keeps to `share` of the time; shards with
-/// writes queued here for an owner wait for the next round.
+/// an owner down or writes queued here for one wait for the next round.
 pub async fn run_background(
     catalog: strata_catalog::CatalogClient,
     nodes: NodeClients,
@@ -557,9 +563,17 @@ pub async fn run_background(
         tokio::time::sleep(interval).await;
         let state = catalog.state();
         let scope = RepairScope::default();
-        let (mut compared, mut repaired, mut written) = (0, 0, 0u64);
+        let (mut compared, mut repaired, mut written, mut skipped) = (0, 0, 0u64, 0);
         for (db, shard) in shards_in(&state, &scope) {
-            if shard.owners.iter().any(|o| handoff.pending(*o)) {
+            // An owner down, or behind on writes queued here: next round.
+            let down = |o: &u64| {
+                state
+                    .nodes
+                    .get(o)
+                    .is_none_or(|n| n.state == NodeState::Down)
+            };
+            if shard.owners.iter().any(|o| handoff.pending(*o) || down(o)) {
+                skipped += 1;
                 continue;
             }
             let started = tokio::time::Instant::now();
@@ -581,6 +595,7 @@ pub async fn run_background(
             compared,
             repaired,
             rows = written,
+            skipped,
             "anti-entropy round done"
         );
     }

@@ -238,7 +238,11 @@ async fn heartbeat(
                 // Removed from the cluster, or the id taken by another data
                 // directory: no later beat will be accepted, so say it once
                 // and stop asking.
-                tracing::error!(node_id, "the catalog refuses this node: {}", source.message());
+                tracing::error!(
+                    node_id,
+                    "the catalog refuses this node: {}",
+                    source.message()
+                );
                 return;
             }
             Err(e) if !failing => {
