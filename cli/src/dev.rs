@@ -11,6 +11,8 @@ use serde::Serialize;
 use strata_catalog::{CatalogConfig, CatalogServer};
 use strata_coordinator::handoff::HandoffConfig;
 use strata_coordinator::{Coordinator, CoordinatorConfig};
+use strata_storage::executor::QueryExecutor;
+use strata_storage::memory::{MemoryLimits, QueryMemory};
 use strata_storage::{EngineConfig, StorageConfig, StorageNode};
 
 #[derive(Debug, Clone)]
@@ -44,6 +46,11 @@ pub struct DevConfig {
     /// time it may take.
     pub anti_entropy_interval: Option<Duration>,
     pub anti_entropy_share: f64,
+    /// Memory one query may hold in a role, and all queries of the process
+    /// together (one budget for every role).
+    pub query_memory: MemoryLimits,
+    /// How long a query may run unless it sets its own limit.
+    pub query_timeout: Option<Duration>,
 }
 
 impl DevConfig {
@@ -66,6 +73,8 @@ impl DevConfig {
             hinted_handoff_max_age: HandoffConfig::DEFAULT_MAX_AGE,
             anti_entropy_interval: Some(CoordinatorConfig::DEFAULT_ANTI_ENTROPY_INTERVAL),
             anti_entropy_share: CoordinatorConfig::DEFAULT_ANTI_ENTROPY_SHARE,
+            query_memory: MemoryLimits::default(),
+            query_timeout: None,
         }
     }
 
@@ -114,6 +123,8 @@ pub enum DevError {
     },
     #[snafu(display("coordinator: {source}"))]
     Coordinator { source: strata_coordinator::Error },
+    #[snafu(display("cannot start the query threads: {message}"))]
+    QueryThreads { message: String },
 }
 
 impl DevCluster {
@@ -178,6 +189,13 @@ impl DevCluster {
             })?;
         }
         let catalog_addr = catalog_list(&catalog);
+        // The roles share the query threads and the memory budget, as one
+        // process of the same size would.
+        let query_memory = QueryMemory::new(config.query_memory);
+        let query_executor =
+            QueryExecutor::with_default_threads().map_err(|e| DevError::QueryThreads {
+                message: e.to_string(),
+            })?;
         let mut storage = vec![];
         for id in 1..=config.storage_nodes as u64 {
             let mut engine = EngineConfig::new(config.data_dir.join(format!("storage-{id}")));
@@ -195,6 +213,8 @@ impl DevCluster {
                 engine,
                 heartbeat_interval: config.heartbeat_interval,
                 heartbeat_timeout: config.heartbeat_timeout,
+                query_memory: query_memory.clone(),
+                query_executor: Some(query_executor.clone()),
             })
             .await
             .context(StorageSnafu { node_id: id })?;
@@ -213,6 +233,9 @@ impl DevCluster {
             write_timeout: config.write_timeout,
             anti_entropy_interval: config.anti_entropy_interval,
             anti_entropy_share: config.anti_entropy_share,
+            query_memory,
+            query_executor: Some(query_executor),
+            query_timeout: config.query_timeout,
         })
         .await
         .context(CoordinatorSnafu)?;

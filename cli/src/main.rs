@@ -12,6 +12,7 @@ use strata_catalog::{CatalogConfig, CatalogServer};
 use strata_coordinator::handoff::HandoffConfig;
 use strata_coordinator::write_router::DEFAULT_OWNER_TIMEOUT;
 use strata_coordinator::{Coordinator, CoordinatorConfig};
+use strata_storage::memory::{MemoryLimits, QueryMemory};
 use strata_storage::wal::{Recovery, SyncPolicy};
 use strata_storage::{EngineConfig, StorageConfig, StorageNode};
 
@@ -74,6 +75,8 @@ struct DevArgs {
     write_memory_limit_mib: usize,
     #[command(flatten)]
     writes: WriteArgs,
+    #[command(flatten)]
+    queries: QueryArgs,
     /// Write the bound addresses as JSON to this file once ready.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -142,6 +145,8 @@ struct StorageArgs {
     /// this node (default 1,000,000; 0 for no limit).
     #[arg(long)]
     max_series_per_database: Option<usize>,
+    #[command(flatten)]
+    queries: QueryMemoryArgs,
     /// How often to tell the catalog this node is alive (e.g. `1s`).
     #[arg(long)]
     heartbeat_interval: Option<String>,
@@ -174,8 +179,79 @@ struct CoordinatorArgs {
     data_dir: Option<String>,
     #[command(flatten)]
     writes: WriteArgs,
+    #[command(flatten)]
+    queries: QueryArgs,
     #[arg(long)]
     addr_file: Option<PathBuf>,
+}
+
+/// How much memory queries may hold.
+#[derive(Args)]
+struct QueryMemoryArgs {
+    /// Memory one query may hold, in MiB (on a storage node: one query's
+    /// fragment); past it sorts, aggregates and joins spill to disk, and
+    /// what cannot spill fails with "resources exhausted" [default: 1024].
+    #[arg(long)]
+    query_memory_limit_mib: Option<usize>,
+    /// Memory all running queries together may hold, in MiB [default: half
+    /// of the machine's memory].
+    #[arg(long)]
+    query_memory_total_mib: Option<usize>,
+}
+
+impl QueryMemoryArgs {
+    fn limits(self, f: &ConfigFile) -> Result<MemoryLimits, String> {
+        let mut limits = MemoryLimits::default();
+        let mib = |flag: &str, v: usize| {
+            if !(1..=1 << 30).contains(&v) {
+                return Err(format!(
+                    "{flag} must be a whole number of MiB, at least 1, not {v}"
+                ));
+            }
+            Ok(v << 20)
+        };
+        if let Some(v) = f
+            .pick_opt(self.query_memory_limit_mib, "query_memory_limit_mib")
+            .map_err(|e| e.0)?
+        {
+            limits.per_query = Some(mib("--query-memory-limit-mib", v)?);
+        }
+        if let Some(v) = f
+            .pick_opt(self.query_memory_total_mib, "query_memory_total_mib")
+            .map_err(|e| e.0)?
+        {
+            limits.total = Some(mib("--query-memory-total-mib", v)?);
+        }
+        Ok(limits)
+    }
+}
+
+/// Limits of the queries a coordinator runs.
+#[derive(Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    memory: QueryMemoryArgs,
+    /// How long a query may run before it is cancelled, e.g. `5m`; `off`
+    /// for no limit. A statement sets its own with the hint
+    /// `/*+ strata.statement_timeout = '30s' */` [default: off].
+    #[arg(long)]
+    query_timeout: Option<String>,
+}
+
+impl QueryArgs {
+    fn apply(self, f: &ConfigFile) -> Result<(MemoryLimits, Option<std::time::Duration>), String> {
+        let timeout = match f
+            .pick_opt(self.query_timeout, "query_timeout")
+            .map_err(|e| e.0)?
+        {
+            None => None,
+            Some(t) if t == "off" || t == "0" => None,
+            Some(t) => {
+                Some(duration_flag("--query-timeout", t).map_err(|e| format!("{e}, or 'off'"))?)
+            }
+        };
+        Ok((self.memory.limits(f)?, timeout))
+    }
 }
 
 impl WriteSettings {
@@ -413,6 +489,7 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         anti_entropy_share: config.anti_entropy_share,
     };
     a.writes.apply(&ConfigFile::default(), &mut w)?;
+    (config.query_memory, config.query_timeout) = a.queries.apply(&ConfigFile::default())?;
     config.write_timeout = w.timeout;
     config.hinted_handoff_max_bytes = w.handoff.max_bytes;
     config.hinted_handoff_max_age = w.handoff.max_age;
@@ -567,6 +644,8 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
             .pick(a.catalog, "catalog", "127.0.0.1:8090".into())
             .map_err(|e| e.0)?,
         engine,
+        query_memory: QueryMemory::new(a.queries.limits(&f)?),
+        query_executor: None,
     };
     let node = StorageNode::start(config)
         .await
@@ -582,7 +661,6 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// A duration flag such as `500ms`, `1s` or `2m`.
 /// A `--data-dir` value: any path but an empty one.
 fn data_dir_flag(value: String) -> Result<PathBuf, String> {
     if value.trim().is_empty() {
@@ -591,6 +669,7 @@ fn data_dir_flag(value: String) -> Result<PathBuf, String> {
     Ok(PathBuf::from(value))
 }
 
+/// A duration flag such as `500ms`, `1s` or `2m`.
 fn duration_flag(flag: &str, value: String) -> Result<std::time::Duration, String> {
     match strata_coordinator::query::ddl::parse_duration(&value) {
         Ok(ns) if ns > 0 => Ok(std::time::Duration::from_nanos(ns as u64)),
@@ -624,8 +703,14 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
         write_timeout: DEFAULT_OWNER_TIMEOUT,
         anti_entropy_interval: Some(CoordinatorConfig::DEFAULT_ANTI_ENTROPY_INTERVAL),
         anti_entropy_share: CoordinatorConfig::DEFAULT_ANTI_ENTROPY_SHARE,
+        query_memory: QueryMemory::new(MemoryLimits::unbounded()),
+        query_executor: None,
+        query_timeout: None,
     };
     let mut config = config;
+    let (memory, timeout) = a.queries.apply(&f)?;
+    config.query_memory = QueryMemory::new(memory);
+    config.query_timeout = timeout;
     let mut w = WriteSettings::of(&config);
     a.writes.apply(&f, &mut w)?;
     w.set(&mut config);

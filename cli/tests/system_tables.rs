@@ -194,6 +194,8 @@ async fn a_stopped_storage_node_is_marked_down_avoided_and_back_up_after_restart
         engine,
         heartbeat_interval: Duration::from_millis(200),
         heartbeat_timeout: Duration::from_secs(1),
+        query_memory: strata_storage::memory::QueryMemory::new(Default::default()),
+        query_executor: None,
     })
     .await
     .unwrap();
@@ -215,6 +217,8 @@ async fn a_stopped_storage_node_is_marked_down_avoided_and_back_up_after_restart
         engine: EngineConfig::new(c.data_dir().join("impostor")),
         heartbeat_interval: Duration::from_millis(200),
         heartbeat_timeout: Duration::from_secs(1),
+        query_memory: strata_storage::memory::QueryMemory::new(Default::default()),
+        query_executor: None,
     })
     .await
     .err()

@@ -39,6 +39,7 @@ use tracing::Instrument;
 
 use strata_storage::flight::schema_to_ipc;
 
+use crate::queries::RunInfo;
 use crate::query::catalog_provider::CATALOG_NAME;
 use crate::query::ddl::OwnStatement;
 use crate::query::{Planned, QueryEngine};
@@ -258,7 +259,11 @@ impl StrataFlightSql {
         flight_info(&schema, ticket.as_any().encode_to_vec(), descriptor)
     }
 
-    async fn run(&self, handle: StatementHandle) -> Result<DoGetStream, Status> {
+    async fn run(
+        &self,
+        handle: StatementHandle,
+        client: Option<std::net::SocketAddr>,
+    ) -> Result<DoGetStream, Status> {
         let waiting = handle.plan_id.as_deref().and_then(|id| {
             let version = self.engine.catalog().state().version;
             self.plans.lock().take(id, version)
@@ -279,9 +284,15 @@ impl StrataFlightSql {
                     .map_err(|e| e.into_status())?,
             };
             let schema = wire_schema(&planned.schema());
+            let info = RunInfo {
+                query_id: query_id.clone(),
+                sql: handle.sql.clone(),
+                database: handle.database.clone(),
+                client: client.map(|a| a.to_string()),
+            };
             let batches = self
                 .engine
-                .execute(planned)
+                .execute(planned, &info)
                 .await
                 .map_err(|e| e.into_status())?;
             Ok(encode_stream(schema, batches))
@@ -292,11 +303,16 @@ impl StrataFlightSql {
 
     /// Runs a statement sent as an update: an INSERT answers the rows it
     /// wrote; any other statement the rows of its result.
-    async fn run_update(&self, sql: String, database: Option<String>) -> Result<i64, Status> {
-        let query_id = uuid::Uuid::new_v4().to_string();
+    async fn run_update(
+        &self,
+        sql: String,
+        database: Option<String>,
+        client: Option<std::net::SocketAddr>,
+    ) -> Result<i64, Status> {
+        let info = RunInfo::new(&sql, database.as_deref()).with_client(client);
         let planned = self
             .engine
-            .plan(&sql, database.as_deref(), &query_id)
+            .plan(&sql, database.as_deref(), &info.query_id)
             .await
             .map_err(|e| e.into_status())?;
         if let Planned::Own(OwnStatement::Insert(insert)) = planned {
@@ -309,7 +325,7 @@ impl StrataFlightSql {
         }
         let stream = self
             .engine
-            .execute(planned)
+            .execute(planned, &info)
             .await
             .map_err(|e| e.into_status())?;
         let batches = datafusion::physical_plan::common::collect(stream)
@@ -355,10 +371,12 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = StatementHandle::decode(&ticket.statement_handle)?;
-        Ok(Response::new(self.run(handle).await?))
+        Ok(Response::new(
+            self.run(handle, request.remote_addr()).await?,
+        ))
     }
 
     async fn get_flight_info_prepared_statement(
@@ -374,10 +392,12 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_prepared_statement(
         &self,
         cmd: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = StatementHandle::decode(&cmd.prepared_statement_handle)?;
-        Ok(Response::new(self.run(handle).await?))
+        Ok(Response::new(
+            self.run(handle, request.remote_addr()).await?,
+        ))
     }
 
     async fn do_action_create_prepared_statement(
@@ -436,7 +456,8 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let database = database_header(request.metadata());
-        self.run_update(cmd.query, database).await
+        self.run_update(cmd.query, database, request.remote_addr())
+            .await
     }
 
     async fn get_flight_info_catalogs(

@@ -18,6 +18,7 @@ use serde_json::json;
 use snafu::ResultExt;
 
 use crate::error::Error;
+use crate::queries::RunInfo;
 use crate::query::ddl::{self, OwnStatement};
 use crate::query::QueryEngine;
 use crate::write_router::{Consistency, Precision, WriteOutcome, WriteRouter};
@@ -625,9 +626,9 @@ async fn query_response(
     db: Option<&str>,
     format: ResultFormat,
 ) -> Result<Response, Error> {
-    let query_id = uuid::Uuid::new_v4().to_string();
-    let planned = state.engine.plan(q, db, &query_id).await?;
-    let mut stream = state.engine.execute(planned).await?;
+    let info = RunInfo::new(q, db);
+    let planned = state.engine.plan(q, db, &info.query_id).await?;
+    let mut stream = state.engine.execute(planned, &info).await?;
     let content_type = [(http::header::CONTENT_TYPE, format.content_type())];
     if format == ResultFormat::Pretty {
         let mut batches = vec![];

@@ -4,12 +4,13 @@
 
 pub mod dist_plan;
 pub mod error;
-pub mod executor;
+pub use strata_storage::executor;
 pub mod flight_sql;
 pub mod handoff;
 pub mod http;
 pub mod line_protocol;
 pub mod node_clients;
+pub mod queries;
 pub mod query;
 pub mod repair;
 pub mod server;

@@ -127,3 +127,48 @@ pub async fn delete_on(
     let _: Vec<bytes::Bytes> = client.do_action(action).await?.try_collect().await?;
     Ok(())
 }
+
+/// The plan fragments running on the node at `addr`.
+pub async fn running_fragments(
+    nodes: &NodeClients,
+    addr: &str,
+) -> Result<Vec<strata_storage::running::FragmentInfo>, String> {
+    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
+    let action = arrow_flight::Action::new(strata_proto::RUNNING_FRAGMENTS_ACTION, "");
+    let results: Vec<bytes::Bytes> = client
+        .do_action(action)
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = results.first().ok_or("the node answered nothing")?;
+    serde_json::from_slice(first).map_err(|e| format!("unreadable fragment list: {e}"))
+}
+
+/// Cancels the fragments of `query_id` on the node at `addr`; how many it
+/// had.
+pub async fn cancel_fragments(
+    nodes: &NodeClients,
+    addr: &str,
+    query_id: &str,
+    reason: &str,
+) -> Result<usize, String> {
+    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
+    let body = serde_json::json!({ "query_id": query_id, "reason": reason });
+    let action = arrow_flight::Action::new(
+        strata_proto::CANCEL_QUERY_ACTION,
+        bytes::Bytes::from(body.to_string()),
+    );
+    let results: Vec<bytes::Bytes> = client
+        .do_action(action)
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = results.first().ok_or("the node answered nothing")?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(first).map_err(|e| format!("unreadable answer: {e}"))?;
+    Ok(answer["cancelled"].as_u64().unwrap_or(0) as usize)
+}

@@ -38,6 +38,13 @@ pub struct CoordinatorConfig {
     /// (`None`: never), and the share of time it may take.
     pub anti_entropy_interval: Option<Duration>,
     pub anti_entropy_share: f64,
+    /// Memory pools of the queries (shared with other roles of the
+    /// process, as in `strata dev`).
+    pub query_memory: strata_storage::memory::QueryMemory,
+    /// Query threads; `None`: a runtime of the coordinator's own.
+    pub query_executor: Option<QueryExecutor>,
+    /// How long a query may run unless it sets its own limit.
+    pub query_timeout: Option<Duration>,
 }
 
 impl CoordinatorConfig {
@@ -59,7 +66,10 @@ impl Coordinator {
             .await
             .context(CatalogSnafu)?;
         let nodes = NodeClients::default();
-        let executor = QueryExecutor::with_default_threads().context(RuntimeSnafu)?;
+        let executor = match config.query_executor.clone() {
+            Some(e) => e,
+            None => QueryExecutor::with_default_threads().context(RuntimeSnafu)?,
+        };
         let handoff = Handoff::open(
             config.handoff.clone(),
             nodes.clone(),
@@ -73,7 +83,8 @@ impl Coordinator {
             handoff.clone(),
             config.write_timeout,
         );
-        let engine = QueryEngine::new(catalog.clone(), nodes.clone(), executor, writer.clone());
+        let engine = QueryEngine::new(catalog.clone(), nodes.clone(), executor, writer.clone())
+            .with_limits(config.query_memory.clone(), config.query_timeout);
 
         let http_listener = TcpListener::bind(&config.http_listen)
             .await

@@ -50,3 +50,15 @@ pub const SHARD_PARTS_ACTION: &str = "shard_parts";
 /// Flight action on a storage node: records that a repair compared the
 /// shards (JSON body `{"shard_ids": [..], "at_ms": n}`).
 pub const REPAIRED_ACTION: &str = "repaired";
+
+/// Flight action on a storage node: the plan fragments running there, as a
+/// JSON list of `{"query_id", "tables", "shards", "started_ms"}`.
+pub const RUNNING_FRAGMENTS_ACTION: &str = "running_fragments";
+
+/// Flight action on a storage node: cancels every fragment of a query
+/// (JSON body `{"query_id", "reason"}`), answering `{"cancelled": n}`.
+pub const CANCEL_QUERY_ACTION: &str = "cancel_query";
+
+/// gRPC metadata carrying the query id of a coordinator's request to a
+/// storage node, so that its spans and logs name the query.
+pub const QUERY_ID_HEADER: &str = "strata-query-id";

@@ -24,6 +24,9 @@ pub enum StorageError {
     #[snafu(display("cannot register with the catalog: {source}"))]
     Register { source: strata_catalog::Error },
 
+    #[snafu(display("cannot start the query threads: {source}"))]
+    QueryRuntime { source: std::io::Error },
+
     #[snafu(display(
         "refused a write to table '{database}.{table}' in shard {shard_id}: {reason}"
     ))]
@@ -69,7 +72,9 @@ pub fn into_status(e: StorageError) -> tonic::Status {
             D::ResourcesExhausted(_) => tonic::Code::ResourceExhausted,
             _ => tonic::Code::Internal,
         },
-        StorageError::Bind { .. } | StorageError::Register { .. } => tonic::Code::Unavailable,
+        StorageError::Bind { .. }
+        | StorageError::Register { .. }
+        | StorageError::QueryRuntime { .. } => tonic::Code::Unavailable,
     };
     tonic::Status::new(code, e.to_string())
 }

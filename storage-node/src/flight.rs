@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::engine::{Engine, TableKey};
 use crate::error::{into_status, StorageError};
 use crate::fragment::{metrics_message, operator_metrics, scan_ticket_bytes, Fragment};
+use crate::running::{hold, until_cancelled, FragmentInfo};
 use crate::validate::{Invalid, TableCheck};
 use strata_catalog::CatalogClient;
 
@@ -45,6 +46,12 @@ pub struct StorageFlightService {
     pub drops: Arc<crate::drops::Dropper>,
     /// When each shard was last repaired here.
     pub repairs: crate::digest::RepairLog,
+    /// Where fragments run: not on the runtime serving gRPC.
+    pub executor: crate::executor::QueryExecutor,
+    /// Each fragment's memory pool.
+    pub memory: crate::memory::QueryMemory,
+    /// The fragments running now.
+    pub fragments: crate::running::Fragments,
 }
 
 /// Parses a descriptor path `[database, table, shard_id]`.
@@ -380,15 +387,34 @@ impl FlightService for StorageFlightService {
             tables = ?leaves.iter().map(|l| l.table.as_str()).collect::<Vec<_>>(),
             shards = ?leaves.iter().flat_map(|l| l.shard_ids.iter()).collect::<Vec<_>>()
         );
-        let (plan, batches) = async {
-            let plan = fragment.bind(&self.ctx, &self.engine).await?;
-            let batches =
-                datafusion::physical_plan::execute_stream(plan.clone(), self.ctx.task_ctx())?;
-            Ok((plan, batches))
-        }
-        .instrument(span)
-        .await
-        .map_err(|e| into_status(StorageError::Query { source: e }))?;
+        let query_id = fragment.query_id.clone();
+        let plan = fragment
+            .bind(&self.ctx, &self.engine)
+            .instrument(span.clone())
+            .await
+            .map_err(|e| into_status(StorageError::Query { source: e }))?;
+        // Listed while it runs, cancellable by query id; its operators draw
+        // on a memory pool of its own and run on the query threads.
+        let (guard, cancel) = self.fragments.register(FragmentInfo {
+            query_id,
+            tables: leaves.iter().map(|l| l.table.clone()).collect(),
+            shards: leaves
+                .iter()
+                .flat_map(|l| l.shard_ids.iter().copied())
+                .collect(),
+            started_ms: strata_catalog::liveness::now_ms(),
+        });
+        let task_ctx = Arc::new(
+            datafusion::execution::TaskContext::from(&self.ctx)
+                .with_runtime(self.memory.runtime(None)),
+        );
+        let run = {
+            let plan = plan.clone();
+            async move { datafusion::physical_plan::execute_stream(plan, task_ctx) }
+                .instrument(span)
+        };
+        let batches = self.executor.run_stream(plan.schema(), run);
+        let batches = hold(until_cancelled(batches, cancel), guard);
         // The schema goes first even when no batch follows.
         let schema = batches.schema();
         let flight = FlightDataEncoderBuilder::new()
@@ -556,6 +582,36 @@ impl FlightService for StorageFlightService {
                     rows_in_memory = removed, "deleted"
                 );
                 Ok(Response::new(Box::pin(stream::empty())))
+            }
+            strata_proto::RUNNING_FRAGMENTS_ACTION => {
+                let body = serde_json::to_vec(&self.fragments.list())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let result = arrow_flight::Result { body: body.into() };
+                Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+            }
+            strata_proto::CANCEL_QUERY_ACTION => {
+                #[derive(serde::Deserialize)]
+                struct Body {
+                    query_id: String,
+                    #[serde(default)]
+                    reason: String,
+                }
+                let b: Body = serde_json::from_slice(&request.get_ref().body).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "cancel_query wants {{\"query_id\", \"reason\"}}: {e}"
+                    ))
+                })?;
+                let reason = match b.reason.is_empty() {
+                    true => format!("query {} was cancelled", b.query_id),
+                    false => b.reason,
+                };
+                let n = self.fragments.cancel_query(&b.query_id, &reason);
+                if n > 0 {
+                    tracing::info!(query_id = %b.query_id, fragments = n, %reason, "cancelled");
+                }
+                let body = serde_json::json!({ "cancelled": n }).to_string();
+                let result = arrow_flight::Result { body: body.into() };
+                Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
             }
             strata_proto::SHARD_DIGEST_ACTION => {
                 let req: DigestRequest =

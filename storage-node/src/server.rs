@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 
 use crate::drops::Dropper;
 use crate::engine::{Engine, EngineConfig};
-use crate::error::{BindSnafu, EngineSnafu, RegisterSnafu, StorageError};
+use crate::error::{BindSnafu, EngineSnafu, QueryRuntimeSnafu, RegisterSnafu, StorageError};
+use crate::executor::QueryExecutor;
 use crate::flight::StorageFlightService;
 
 /// Largest gRPC message a node accepts or sends (a big DoPut batch).
@@ -34,6 +35,12 @@ pub struct StorageConfig {
     pub heartbeat_interval: Duration,
     /// The catalog marks the node down after this long without a heartbeat.
     pub heartbeat_timeout: Duration,
+    /// Memory pools of the fragments (shared with other roles of the
+    /// process, as in `strata dev`).
+    pub query_memory: crate::memory::QueryMemory,
+    /// Threads running plan fragments; `None`: a runtime of the node's
+    /// own, a thread per core.
+    pub query_executor: Option<QueryExecutor>,
 }
 
 impl StorageConfig {
@@ -72,6 +79,12 @@ impl StorageNode {
             last_refresh: tokio::sync::Mutex::new(None),
             drops: dropper.clone(),
             repairs: crate::digest::RepairLog::open(engine.data_dir()),
+            executor: match config.query_executor.clone() {
+                Some(e) => e,
+                None => QueryExecutor::with_default_threads().context(QueryRuntimeSnafu)?,
+            },
+            memory: config.query_memory.clone(),
+            fragments: Default::default(),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(

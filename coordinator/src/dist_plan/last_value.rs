@@ -65,6 +65,12 @@ datafusion::common::extensions_options! {
         /// Answer "latest row per series" queries from the storage nodes'
         /// last-value caches.
         pub last_value_cache: bool, default = true
+        /// Memory this query may hold on the coordinator, in MiB (0: the
+        /// coordinator's `--query-memory-limit-mib`).
+        pub memory_limit_mib: u64, default = 0
+        /// How long the query may run, e.g. `30s` (empty: the
+        /// coordinator's `--query-timeout`).
+        pub statement_timeout: String, default = String::new()
     }
 }
 

@@ -32,6 +32,7 @@ pub struct StrataCatalog {
     pub catalog: CatalogClient,
     pub nodes: NodeClients,
     pub handoff: Arc<crate::handoff::Handoff>,
+    pub queries: crate::queries::Queries,
     pub query_id: String,
 }
 
@@ -54,6 +55,7 @@ impl CatalogProvider for StrataCatalog {
                 catalog: self.catalog.clone(),
                 nodes: self.nodes.clone(),
                 handoff: self.handoff.clone(),
+                queries: self.queries.clone(),
             }));
         }
         self.catalog.state().databases.contains_key(name).then(|| {

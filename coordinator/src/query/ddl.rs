@@ -50,6 +50,11 @@ pub enum OwnStatement {
     Delete(super::delete::DeleteStatement),
     /// Handled by [`super::insert`].
     Insert(super::insert::InsertStatement),
+    /// `KILL [QUERY] '<id>'`: cancels a running query (its id as
+    /// `system.queries` shows it).
+    KillQuery {
+        query_id: String,
+    },
 }
 
 fn tokens(sql: &str) -> Vec<String> {
@@ -206,6 +211,16 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     let at = |i: usize| t.get(i);
     if is(at(0), "show") && is(at(1), "databases") && t.len() == 2 {
         return Ok(Some(OwnStatement::ShowDatabases));
+    }
+    if is(at(0), "kill") {
+        let i = if is(at(1), "query") { 2 } else { 1 };
+        let id = at(i).ok_or("KILL QUERY needs the query's id: KILL QUERY '<query_id>'")?;
+        if let Some(extra) = at(i + 1) {
+            return Err(format!("unexpected '{extra}' after the query id"));
+        }
+        return Ok(Some(OwnStatement::KillQuery {
+            query_id: unquote(id).trim_matches('\'').to_string(),
+        }));
     }
     if is(at(0), "drop") && is(at(1), "database") {
         let (if_exists, i) = if is(at(2), "if") && is(at(3), "exists") {

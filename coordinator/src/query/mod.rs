@@ -13,6 +13,7 @@ pub mod statement;
 pub mod system_tables;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -22,11 +23,14 @@ use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use snafu::ResultExt;
 use strata_catalog::{CatalogClient, Command};
+use strata_storage::memory::{MemoryLimits, QueryMemory};
+use strata_storage::running::until_cancelled;
 
 use crate::dist_plan::{DistributePlan, StrataOptions};
 use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
 use crate::executor::QueryExecutor;
 use crate::node_clients::NodeClients;
+use crate::queries::{Queries, QueryHandle, RunInfo};
 use crate::write_router::WriteRouter;
 use catalog_provider::{StrataCatalog, CATALOG_NAME};
 use ddl::{format_duration, OwnStatement};
@@ -45,6 +49,12 @@ pub struct QueryEngine {
     executor: QueryExecutor,
     /// Where `INSERT` rows go.
     writer: WriteRouter,
+    /// Each query's memory pool, within the process's budget.
+    memory: QueryMemory,
+    /// Running and recent queries.
+    queries: Queries,
+    /// How long a query may run unless it sets its own limit.
+    timeout: Option<Duration>,
 }
 
 /// A statement planned far enough to know its result schema.
@@ -91,7 +101,22 @@ impl QueryEngine {
             catalog,
             nodes,
             executor,
+            memory: QueryMemory::new(MemoryLimits::unbounded()),
+            queries: Queries::default(),
+            timeout: None,
         }
+    }
+
+    /// Limits every query to `memory`'s pools and to `timeout` (unless a
+    /// statement sets its own).
+    pub fn with_limits(mut self, memory: QueryMemory, timeout: Option<Duration>) -> Self {
+        self.memory = memory;
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn queries(&self) -> &Queries {
+        &self.queries
     }
 
     pub fn catalog(&self) -> &CatalogClient {
@@ -102,8 +127,15 @@ impl QueryEngine {
         &self.nodes
     }
 
-    /// A session whose default schema is `database` (when given).
-    pub fn session(&self, database: Option<&str>, query_id: &str) -> SessionContext {
+    /// A session whose default schema is `database` (when given), its
+    /// memory limited to `memory_limit` bytes when given (else to the
+    /// coordinator's per-query limit).
+    pub fn session(
+        &self,
+        database: Option<&str>,
+        query_id: &str,
+        memory_limit: Option<usize>,
+    ) -> SessionContext {
         let config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, database.unwrap_or(DEFAULT_SCHEMA))
@@ -112,6 +144,7 @@ impl QueryEngine {
             .with_option_extension(StrataOptions::default());
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(self.memory.runtime(memory_limit))
             .with_default_features()
             .with_analyzer_rule(Arc::new(distinct_on::DistinctOnAsWindow))
             .with_physical_optimizer_rule(Arc::new(DistributePlan))
@@ -123,6 +156,7 @@ impl QueryEngine {
                 catalog: self.catalog.clone(),
                 nodes: self.nodes.clone(),
                 handoff: self.writer.handoff().clone(),
+                queries: self.queries.clone(),
                 query_id: query_id.to_string(),
             }),
         );
@@ -179,8 +213,27 @@ impl QueryEngine {
         database: Option<&str>,
         query_id: &str,
     ) -> Result<DataFrame> {
-        let ctx = self.session(database, query_id);
         let hints = hints::settings(sql).map_err(|reason| Error::BadStatement { reason })?;
+        let mut memory_limit = None;
+        for (key, value) in &hints {
+            if key == "strata.memory_limit_mib" {
+                let mib = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|m| (1..=1 << 30).contains(m))
+                    .ok_or_else(|| Error::BadStatement {
+                        reason: format!(
+                            "hint `strata.memory_limit_mib = {value}`: a whole number of MiB, at \
+                             least 1"
+                        ),
+                    })?;
+                memory_limit = Some(mib << 20);
+            }
+            if key == "strata.statement_timeout" {
+                parse_timeout(value)?;
+            }
+        }
+        let ctx = self.session(database, query_id, memory_limit);
         if !hints.is_empty() {
             let state = ctx.state_ref();
             let mut state = state.write();
@@ -203,29 +256,68 @@ impl QueryEngine {
             .map_err(|e| self.not_found(explain_missing_database(e, database), database))
     }
 
-    /// Runs a planned statement; SQL runs on the query threads.
-    pub async fn execute(&self, planned: Planned) -> Result<SendableRecordBatchStream> {
+    /// Runs a planned statement; SQL runs on the query threads. The query
+    /// is listed in `system.queries` until its stream ends or is dropped,
+    /// and ends early, with an error saying why, when it is killed or
+    /// runs past its timeout.
+    pub async fn execute(
+        &self,
+        planned: Planned,
+        info: &RunInfo,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut handle = self.queries.start(info);
         match planned {
             Planned::Sql(df) => {
+                let options = df
+                    .task_ctx()
+                    .session_config()
+                    .options()
+                    .extensions
+                    .get::<StrataOptions>()
+                    .cloned()
+                    .unwrap_or_default();
+                let timeout = match options.statement_timeout.as_str() {
+                    "" => self.timeout.map(|t| (t, "--query-timeout")),
+                    t => parse_timeout(t)?.map(|t| (t, "strata.statement_timeout")),
+                };
+                if let Some((t, source)) = timeout {
+                    handle.set_timeout(t, source);
+                }
                 let schema = Arc::new(df.schema().as_arrow().clone());
-                Ok(self
-                    .executor
-                    .run_stream(schema, async move { df.execute_stream().await }))
+                let (queries, id) = (self.queries.clone(), info.query_id.clone());
+                let stream = self.executor.run_stream(schema, async move {
+                    let task_ctx = Arc::new(df.task_ctx());
+                    let plan = df.create_physical_plan().await?;
+                    queries.set_plan(&id, plan.clone());
+                    datafusion::physical_plan::execute_stream(plan, task_ctx)
+                });
+                Ok(track(
+                    until_cancelled(stream, handle.cancel_token()),
+                    handle,
+                ))
             }
             Planned::Own(own) => {
                 let schema = Planned::Own(own.clone()).schema();
-                let batches = self.run_own(own, schema.clone()).await?;
-                let stream = MemoryStream::try_new(batches, schema, None).context(QuerySnafu)?;
-                Ok(Box::pin(stream))
+                match self.run_own(own, schema.clone()).await {
+                    Ok(batches) => {
+                        let stream =
+                            MemoryStream::try_new(batches, schema, None).context(QuerySnafu)?;
+                        Ok(track(Box::pin(stream), handle))
+                    }
+                    Err(e) => {
+                        handle.finish(Some(e.to_string()));
+                        Err(e)
+                    }
+                }
             }
         }
     }
 
     /// Plans and runs `sql`, collecting the result.
     pub async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>> {
-        let query_id = uuid::Uuid::new_v4().to_string();
-        let planned = self.plan(sql, database, &query_id).await?;
-        let stream = self.execute(planned).await?;
+        let info = RunInfo::new(sql, database);
+        let planned = self.plan(sql, database, &info.query_id).await?;
+        let stream = self.execute(planned, &info).await?;
         datafusion::physical_plan::common::collect(stream)
             .await
             .context(QuerySnafu)
@@ -350,6 +442,43 @@ impl QueryEngine {
         Ok(())
     }
 
+    /// Cancels a query: this coordinator's, and its fragments on every
+    /// storage node that is up (a query of another coordinator loses its
+    /// fragments and fails there). Not found anywhere is an error.
+    pub async fn kill(&self, query_id: &str) -> Result<()> {
+        let reason = format!("query {query_id} was killed (KILL QUERY)");
+        let here = self.queries.cancel(query_id, &reason);
+        let state = self.catalog.state();
+        let asks = state
+            .nodes
+            .values()
+            .filter(|n| n.state == strata_catalog::model::NodeState::Up)
+            .map(|n| {
+                let (nodes, addr, reason) = (self.nodes.clone(), n.flight_addr.clone(), &reason);
+                async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(5),
+                        crate::node_clients::cancel_fragments(&nodes, &addr, query_id, reason),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0)
+                }
+            });
+        let fragments: usize = futures::future::join_all(asks).await.into_iter().sum();
+        if !here && fragments == 0 {
+            return Err(Error::BadStatement {
+                reason: format!(
+                    "no query '{query_id}' is running here or on a storage node (see \
+                     system.queries)"
+                ),
+            });
+        }
+        tracing::info!(query_id, on_nodes = fragments, "query killed");
+        Ok(())
+    }
+
     /// An unknown table is NOT_FOUND (404), not a bad statement; when the
     /// session's database does not exist, that is what is reported.
     fn not_found(&self, e: datafusion::error::DataFusionError, database: Option<&str>) -> Error {
@@ -446,6 +575,10 @@ impl QueryEngine {
                 self.delete(d).await?;
                 Ok(vec![])
             }
+            OwnStatement::KillQuery { query_id } => {
+                self.kill(&query_id).await?;
+                Ok(vec![])
+            }
             OwnStatement::Insert(i) => {
                 let written = self.insert(i).await?;
                 let count = arrow::array::UInt64Array::from(vec![written as u64]);
@@ -503,4 +636,66 @@ fn explain_missing_database(
         ));
     }
     e
+}
+
+/// A statement timeout: a duration such as `30s`; `0` or `off`: none.
+fn parse_timeout(value: &str) -> Result<Option<Duration>> {
+    match value.trim() {
+        "0" | "off" => return Ok(None),
+        _ => {}
+    }
+    match ddl::parse_duration(value.trim()) {
+        Ok(ns) if ns > 0 => Ok(Some(Duration::from_nanos(ns as u64))),
+        _ => Err(Error::BadStatement {
+            reason: format!(
+                "statement_timeout must be a duration such as '30s' or '500ms' (or 'off'), not \
+                 '{value}'"
+            ),
+        }),
+    }
+}
+
+/// `stream`, counting its rows into the query's record and recording how
+/// it ended; dropped before its end, the query is recorded as cancelled.
+fn track(stream: SendableRecordBatchStream, handle: QueryHandle) -> SendableRecordBatchStream {
+    struct Tracked {
+        inner: SendableRecordBatchStream,
+        handle: Option<QueryHandle>,
+    }
+    impl futures::Stream for Tracked {
+        type Item = datafusion::error::Result<RecordBatch>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            let item = futures::ready!(self.inner.as_mut().poll_next(cx));
+            match &item {
+                Some(Ok(b)) => {
+                    if let Some(h) = &self.handle {
+                        h.add_rows(b.num_rows());
+                    }
+                }
+                Some(Err(e)) => {
+                    if let Some(h) = self.handle.take() {
+                        h.finish(Some(e.to_string()));
+                    }
+                }
+                None => {
+                    if let Some(h) = self.handle.take() {
+                        h.finish(None);
+                    }
+                }
+            }
+            std::task::Poll::Ready(item)
+        }
+    }
+    impl datafusion::execution::RecordBatchStream for Tracked {
+        fn schema(&self) -> SchemaRef {
+            self.inner.schema()
+        }
+    }
+    Box::pin(Tracked {
+        inner: stream,
+        handle: Some(handle),
+    })
 }

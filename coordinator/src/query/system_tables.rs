@@ -2,8 +2,10 @@
 //! the same SQL and clients as data. Computed when scanned:
 //! `system.catalog` asks every catalog member, `system.nodes` asks the
 //! leader when it last heard from each storage node,
-//! `system.hinted_handoff` shows this coordinator's queues, the others
-//! read the catalog this coordinator holds.
+//! `system.hinted_handoff` and `system.queries` show this coordinator's
+//! queues and queries, `system.fragments` asks every storage node what
+//! plan fragments it runs, the others read the catalog this coordinator
+//! holds.
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use strata_catalog::CatalogClient;
 
 use crate::handoff::Handoff;
 use crate::node_clients::NodeClients;
+use crate::queries::Queries;
 
 /// The schema name; no database may take it.
 pub const SYSTEM_SCHEMA: &str = "system";
@@ -39,9 +42,11 @@ enum Kind {
     Shards,
     HintedHandoff,
     ShardReplicas,
+    Queries,
+    Fragments,
 }
 
-const TABLES: [(&str, Kind); 7] = [
+const TABLES: [(&str, Kind); 9] = [
     ("catalog", Kind::Catalog),
     ("nodes", Kind::Nodes),
     ("databases", Kind::Databases),
@@ -49,12 +54,15 @@ const TABLES: [(&str, Kind); 7] = [
     ("shards", Kind::Shards),
     ("hinted_handoff", Kind::HintedHandoff),
     ("shard_replicas", Kind::ShardReplicas),
+    ("queries", Kind::Queries),
+    ("fragments", Kind::Fragments),
 ];
 
 pub struct SystemSchema {
     pub catalog: CatalogClient,
     pub nodes: NodeClients,
     pub handoff: Arc<Handoff>,
+    pub queries: Queries,
 }
 
 impl fmt::Debug for SystemSchema {
@@ -76,6 +84,7 @@ impl SchemaProvider for SystemSchema {
                 catalog: self.catalog.clone(),
                 nodes: self.nodes.clone(),
                 handoff: self.handoff.clone(),
+                queries: self.queries.clone(),
             }) as Arc<dyn TableProvider>
         }))
     }
@@ -90,6 +99,7 @@ struct SystemTable {
     catalog: CatalogClient,
     nodes: NodeClients,
     handoff: Arc<Handoff>,
+    queries: Queries,
 }
 
 impl fmt::Debug for SystemTable {
@@ -174,6 +184,27 @@ fn schema(kind: Kind) -> SchemaRef {
             // Hex of the sum of the row hashes: replicas agree when equal.
             f("digest", DataType::Utf8, true),
             f("last_repair", ts(), true),
+            f("error", DataType::Utf8, true),
+        ],
+        Kind::Queries => vec![
+            f("query_id", DataType::Utf8, false),
+            f("database", DataType::Utf8, true),
+            f("query_text", DataType::Utf8, false),
+            f("strategy", DataType::Utf8, true),
+            f("state", DataType::Utf8, false),
+            f("start", ts(), false),
+            f("duration_ms", DataType::UInt64, false),
+            f("rows", DataType::UInt64, false),
+            f("bytes_shipped", DataType::UInt64, false),
+            f("error", DataType::Utf8, true),
+            f("client", DataType::Utf8, true),
+        ],
+        Kind::Fragments => vec![
+            f("node_id", DataType::UInt64, false),
+            f("query_id", DataType::Utf8, true),
+            f("tables", DataType::Utf8, true),
+            f("shards", DataType::Utf8, true),
+            f("start", ts(), true),
             f("error", DataType::Utf8, true),
         ],
     }))
@@ -434,6 +465,98 @@ impl SystemTable {
                         rows.iter().map(|r| r.5),
                     )),
                     Arc::new(StringArray::from_iter(rows.iter().map(|r| r.6.as_deref()))),
+                ]
+            }
+            Kind::Queries => {
+                let q = self.queries.list();
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        q.iter().map(|r| r.id.as_str()),
+                    )),
+                    Arc::new(StringArray::from_iter(
+                        q.iter().map(|r| r.database.as_deref()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        q.iter().map(|r| r.text.as_str()),
+                    )),
+                    Arc::new(StringArray::from_iter(
+                        q.iter().map(|r| r.strategy.as_deref()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(q.iter().map(|r| r.state))),
+                    Arc::new(TimestampNanosecondArray::from_iter_values(
+                        q.iter().map(|r| ms_to_ns(r.started_ms)),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        q.iter().map(|r| r.duration_ms),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(q.iter().map(|r| r.rows))),
+                    Arc::new(UInt64Array::from_iter_values(
+                        q.iter().map(|r| r.bytes_shipped),
+                    )),
+                    Arc::new(StringArray::from_iter(q.iter().map(|r| r.error.as_deref()))),
+                    Arc::new(StringArray::from_iter(
+                        q.iter().map(|r| r.client.as_deref()),
+                    )),
+                ]
+            }
+            Kind::Fragments => {
+                // Every node that is up, asked at once; a node that does
+                // not answer is a row with the error.
+                let asks = state
+                    .nodes
+                    .values()
+                    .filter(|n| n.state == strata_catalog::model::NodeState::Up)
+                    .map(|n| {
+                        let (nodes, id, addr) = (self.nodes.clone(), n.id, n.flight_addr.clone());
+                        async move {
+                            let answer = tokio::time::timeout(
+                                std::time::Duration::from_secs(10),
+                                crate::node_clients::running_fragments(&nodes, &addr),
+                            )
+                            .await
+                            .unwrap_or_else(|_| Err("no answer within 10 s".into()))
+                            .map_err(|e| format!("node {id} at {addr}: {e}"));
+                            (id, answer)
+                        }
+                    });
+                let mut rows: Vec<(
+                    u64,
+                    Option<strata_storage::running::FragmentInfo>,
+                    Option<String>,
+                )> = vec![];
+                for (id, answer) in futures::future::join_all(asks).await {
+                    match answer {
+                        Ok(list) => rows.extend(list.into_iter().map(|f| (id, Some(f), None))),
+                        Err(e) => rows.push((id, None, Some(e))),
+                    }
+                }
+                let joined = |f: &strata_storage::running::FragmentInfo, shards: bool| match shards
+                {
+                    true => f
+                        .shards
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    false => f.tables.join(","),
+                };
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter(
+                        rows.iter()
+                            .map(|r| r.1.as_ref().map(|f| f.query_id.as_str())),
+                    )),
+                    Arc::new(StringArray::from_iter(
+                        rows.iter().map(|r| r.1.as_ref().map(|f| joined(f, false))),
+                    )),
+                    Arc::new(StringArray::from_iter(
+                        rows.iter().map(|r| r.1.as_ref().map(|f| joined(f, true))),
+                    )),
+                    Arc::new(TimestampNanosecondArray::from_iter(
+                        rows.iter()
+                            .map(|r| r.1.as_ref().map(|f| ms_to_ns(f.started_ms))),
+                    )),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2.as_deref()))),
                 ]
             }
             Kind::HintedHandoff => {

@@ -30,6 +30,12 @@ pub struct QueryExecutor {
     _runtime: Arc<OwnedRuntime>,
 }
 
+impl std::fmt::Debug for QueryExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueryExecutor")
+    }
+}
+
 struct OwnedRuntime(Option<tokio::runtime::Runtime>);
 
 impl Drop for OwnedRuntime {
