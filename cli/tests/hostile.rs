@@ -318,6 +318,7 @@ async fn a_storage_node_refuses_batches_that_contradict_the_catalog() {
         query_id: "q".into(),
         plan: vec![],
         report_metrics: true,
+        ..Default::default()
     };
     for (bytes, says) in [
         (ticket.encode_to_vec(), "bad fragment ticket"),

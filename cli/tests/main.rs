@@ -12,6 +12,7 @@ mod hostile;
 mod insert;
 mod last_value;
 mod line_protocol;
+mod operations;
 mod repl;
 mod replication;
 mod roles;

@@ -58,6 +58,24 @@ pub fn dedup_sorted(
     }
 }
 
+/// `batch` in batches of at most `rows` rows, each with buffers of its
+/// own when it had to be cut: a slice would report (and keep) the whole
+/// batch's memory to a query's memory pool.
+pub fn split_owned(batch: RecordBatch, rows: usize) -> Result<Vec<RecordBatch>, ArrowError> {
+    let rows = rows.max(1);
+    if batch.num_rows() <= rows {
+        return Ok(vec![batch]);
+    }
+    (0..batch.num_rows())
+        .step_by(rows)
+        .map(|o| {
+            let len = rows.min(batch.num_rows() - o);
+            let indices = UInt32Array::from_iter_values(o as u32..(o + len) as u32);
+            arrow::compute::take_record_batch(&batch, &indices)
+        })
+        .collect()
+}
+
 /// Like [`dedup_sorted`], but hands the result to `emit` in batches of at
 /// most `max_cells` cells (rows × columns of `schema`, at least one row).
 ///
@@ -94,12 +112,8 @@ pub fn dedup_sorted_chunks(
     let width = schema.fields().len();
     let rows_per_batch = (max_cells / width.max(1)).max(1);
     if batches.iter().all(|b| b.num_columns() == width) {
-        let all = dedup_dense(&batches, schema)?;
-        let mut offset = 0;
-        while offset < all.num_rows() {
-            let len = rows_per_batch.min(all.num_rows() - offset);
-            emit(all.slice(offset, len))?;
-            offset += len;
+        for b in dedup_dense(&batches, schema, rows_per_batch)? {
+            emit(b)?;
         }
         return Ok(());
     }
@@ -212,7 +226,14 @@ pub fn dedup_sorted_chunks(
 
 /// The dense case: every batch has every column, so the rows are
 /// concatenated, sorted and deduplicated column by column.
-fn dedup_dense(batches: &[&RecordBatch], schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+/// The deduplicated rows in batches of at most `rows_per_batch` rows,
+/// each with buffers of its own: a slice of one large batch would report
+/// (and hold) the whole batch's memory to the query's memory pool.
+fn dedup_dense(
+    batches: &[&RecordBatch],
+    schema: &SchemaRef,
+    rows_per_batch: usize,
+) -> Result<Vec<RecordBatch>, ArrowError> {
     let aligned: Vec<RecordBatch> = batches
         .iter()
         .map(|b| adapt_batch(b, schema))
@@ -220,19 +241,27 @@ fn dedup_dense(batches: &[&RecordBatch], schema: &SchemaRef) -> Result<RecordBat
     let all = concat_batches(schema, &aligned)?;
     let n = all.num_rows();
     if n == 0 {
-        return Ok(all);
+        return Ok(vec![]);
     }
     let keys = key_columns(schema);
+    let chunks = |rows: usize| {
+        (0..rows)
+            .step_by(rows_per_batch)
+            .map(move |o| (o, rows_per_batch.min(rows - o)))
+    };
 
     // Sorted by key, the newest version of a key last in its group.
     let key_arrays: Vec<ArrayRef> = keys.iter().map(|i| all.column(*i).clone()).collect();
     let (order, group_ends) = key_order(&key_arrays)?;
-    let sorted = arrow::compute::take_record_batch(&all, &order)?;
     if group_ends.len() == n {
-        return Ok(sorted); // no duplicates
+        // No duplicates.
+        return chunks(n)
+            .map(|(o, len)| arrow::compute::take_record_batch(&all, &order.slice(o, len)))
+            .collect();
     }
+    let sorted = arrow::compute::take_record_batch(&all, &order)?;
 
-    let mut columns = Vec::with_capacity(schema.fields().len());
+    let mut picks: Vec<UInt32Array> = Vec::with_capacity(schema.fields().len());
     for (c, col) in sorted.columns().iter().enumerate() {
         let indices: UInt32Array = if keys.contains(&c) {
             let mut start = 0;
@@ -259,9 +288,19 @@ fn dedup_dense(batches: &[&RecordBatch], schema: &SchemaRef) -> Result<RecordBat
                 })
                 .collect()
         };
-        columns.push(take(col.as_ref(), &indices, None)?);
+        picks.push(indices);
     }
-    RecordBatch::try_new(schema.clone(), columns)
+    chunks(group_ends.len())
+        .map(|(o, len)| {
+            let columns = sorted
+                .columns()
+                .iter()
+                .zip(&picks)
+                .map(|(col, p)| take(col.as_ref(), &p.slice(o, len), None))
+                .collect::<Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(schema.clone(), columns)
+        })
+        .collect()
 }
 
 /// The order that sorts rows by their key (`keys`: tag columns, then the
@@ -574,7 +613,7 @@ mod tests {
             .map(|b| adapt_batch(b, &schema).unwrap())
             .collect();
         let refs: Vec<&RecordBatch> = widened.iter().collect();
-        let want = dedup_dense(&refs, &schema).unwrap();
+        let want = concat_batches(&schema, &dedup_dense(&refs, &schema, 7).unwrap()).unwrap();
         for max_cells in [1, 4, 9, 40, usize::MAX] {
             let mut got = vec![];
             dedup_sorted_chunks(&batches, &schema, max_cells, |b| {

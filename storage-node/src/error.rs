@@ -67,7 +67,7 @@ pub fn into_status(e: StorageError) -> tonic::Status {
         StorageError::Engine { .. } => tonic::Code::Internal,
         StorageError::InvalidWrite { .. } => tonic::Code::InvalidArgument,
         StorageError::ShardNotHeld { .. } => tonic::Code::NotFound,
-        StorageError::Query { source } => match source {
+        StorageError::Query { source } => match source.find_root() {
             D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => tonic::Code::InvalidArgument,
             D::ResourcesExhausted(_) => tonic::Code::ResourceExhausted,
             _ => tonic::Code::Internal,

@@ -16,6 +16,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
+use crate::running::Cancel;
+
 /// Stack of each query thread. Only the pages a deep plan touches are
 /// ever committed.
 pub const QUERY_STACK_BYTES: usize = 256 << 20;
@@ -91,9 +93,24 @@ impl QueryExecutor {
     where
         F: Future<Output = Result<SendableRecordBatchStream, DataFusionError>> + Send + 'static,
     {
+        self.run_stream_until(schema, start, Cancel::default())
+    }
+
+    /// As [`Self::run_stream`], and the work stops as soon as `cancel`
+    /// fires, even while nobody reads the stream (a client that went
+    /// quiet, a query past its timeout).
+    pub fn run_stream_until<F>(
+        &self,
+        schema: arrow::datatypes::SchemaRef,
+        start: F,
+        cancel: Cancel,
+    ) -> SendableRecordBatchStream
+    where
+        F: Future<Output = Result<SendableRecordBatchStream, DataFusionError>> + Send + 'static,
+    {
         let (tx, rx) =
             tokio::sync::mpsc::channel::<Result<RecordBatch, DataFusionError>>(STREAM_BUFFER);
-        let task = self.handle.spawn(async move {
+        let work = async move {
             let mut stream = match start.await {
                 Ok(s) => s,
                 Err(e) => {
@@ -106,6 +123,14 @@ impl QueryExecutor {
                 if tx.send(item).await.is_err() || failed {
                     return; // the reader went away, or the query failed
                 }
+            }
+        };
+        let task = self.handle.spawn(async move {
+            tokio::select! {
+                _ = work => {}
+                // Dropping the work drops its streams, and with them the
+                // streams it reads from other nodes.
+                _ = cancel.cancelled() => {}
             }
         });
         // A panic in the task ends the channel; say why instead of

@@ -376,6 +376,7 @@ impl FlightService for StorageFlightService {
         let fragment = Fragment::decode(&request.into_inner().ticket, &self.ctx.task_ctx())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (sent, report_metrics) = (fragment.plan.clone(), fragment.report_metrics);
+        let memory_limit = fragment.memory_limit;
         let leaves = fragment.leaves();
         for leaf in &leaves {
             self.check_owned(&leaf.database, &leaf.shard_ids, None, true)
@@ -406,21 +407,25 @@ impl FlightService for StorageFlightService {
         });
         let task_ctx = Arc::new(
             datafusion::execution::TaskContext::from(&self.ctx)
-                .with_runtime(self.memory.runtime(None)),
+                .with_runtime(self.memory.runtime(memory_limit)),
         );
         let run = {
             let plan = plan.clone();
             async move { datafusion::physical_plan::execute_stream(plan, task_ctx) }
                 .instrument(span)
         };
-        let batches = self.executor.run_stream(plan.schema(), run);
+        let batches = self
+            .executor
+            .run_stream_until(plan.schema(), run, cancel.clone());
         let batches = hold(until_cancelled(batches, cancel), guard);
         // The schema goes first even when no batch follows.
         let schema = batches.schema();
         let flight = FlightDataEncoderBuilder::new()
             .with_dictionary_handling(DictionaryHandling::Resend)
             .with_schema(schema)
-            .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))))
+            .build(batches.map_err(|e| {
+                FlightError::Tonic(Box::new(into_status(StorageError::Query { source: e })))
+            }))
             .map_err(Status::from);
         if !report_metrics {
             return Ok(Response::new(Box::pin(flight)));

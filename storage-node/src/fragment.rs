@@ -235,6 +235,17 @@ pub fn encode_fragment(
     query_id: &str,
     report_metrics: bool,
 ) -> Result<Vec<u8>> {
+    encode_fragment_limited(plan, query_id, report_metrics, None)
+}
+
+/// As [`encode_fragment`], the fragment limited to `memory_limit` bytes
+/// on the node (`None`: the node's own per-query limit).
+pub fn encode_fragment_limited(
+    plan: Arc<dyn ExecutionPlan>,
+    query_id: &str,
+    report_metrics: bool,
+    memory_limit: Option<usize>,
+) -> Result<Vec<u8>> {
     let node = DefaultPhysicalProtoConverter {}.execution_plan_to_proto(&plan, &FragmentCodec)?;
     let plan = node.encode_to_vec();
     // What the node will do first: protobuf refuses to decode messages
@@ -247,6 +258,7 @@ pub fn encode_fragment(
         query_id: query_id.to_string(),
         plan,
         report_metrics,
+        memory_limit_bytes: memory_limit.unwrap_or(0) as u64,
     }
     .encode_to_vec())
 }
@@ -278,6 +290,8 @@ pub struct Fragment {
     pub plan: Arc<dyn ExecutionPlan>,
     /// Whether the sender wants [`FragmentMetrics`] after the last batch.
     pub report_metrics: bool,
+    /// The query's own memory limit, when its session set one.
+    pub memory_limit: Option<usize>,
 }
 
 impl Fragment {
@@ -303,6 +317,8 @@ impl Fragment {
             query_id: ticket.query_id,
             plan,
             report_metrics: ticket.report_metrics,
+            memory_limit: (ticket.memory_limit_bytes > 0)
+                .then(|| usize::try_from(ticket.memory_limit_bytes).unwrap_or(usize::MAX)),
         })
     }
 
@@ -397,6 +413,7 @@ pub fn operator_metrics(
                 true => subtree_compute(bound),
                 false => compute(bound),
             },
+            spilled_bytes: bound.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0) as u64,
         });
         if !leaf {
             for (s, b) in sent.children().into_iter().zip(bound.children()) {
@@ -613,6 +630,7 @@ mod tests {
             query_id: "q".into(),
             plan: vec![],
             report_metrics: false,
+            memory_limit_bytes: 0,
         };
         let ctx = SessionContext::new();
         let e = Fragment::decode(&ticket.encode_to_vec(), &ctx.task_ctx())
@@ -643,6 +661,7 @@ mod tests {
             query_id: "q".into(),
             plan: node.encode_to_vec(),
             report_metrics: false,
+            memory_limit_bytes: 0,
         };
         let e = Fragment::decode(&ticket.encode_to_vec(), &ctx.task_ctx())
             .err()

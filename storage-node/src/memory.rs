@@ -54,6 +54,14 @@ impl Default for MemoryLimits {
     }
 }
 
+/// What a sort keeps back for merging its spilled runs: DataFusion's
+/// 10 MiB, or a quarter of a smaller per-query limit (a sort reserving
+/// more than its query may hold could never spill).
+pub fn sort_spill_reservation(per_query: Option<usize>) -> usize {
+    let default = 10 * MIB;
+    per_query.map_or(default, |l| default.min(l / 4))
+}
+
 /// The machine's memory in bytes, from `/proc/meminfo`.
 pub fn machine_memory() -> Option<usize> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -103,6 +111,12 @@ impl QueryMemory {
 
     pub fn limits(&self) -> MemoryLimits {
         self.limits
+    }
+
+    /// The per-query limit a query gets: `per_query` when given (a
+    /// session setting), else the process's.
+    pub fn per_query(&self, per_query: Option<usize>) -> Option<usize> {
+        per_query.or(self.limits.per_query)
     }
 
     /// Bytes the running queries hold now.

@@ -56,7 +56,9 @@ use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::RowSelection;
 use strata_proto::storage::v1::ScanTicket;
 
-use crate::dedup::{dedup_sorted, is_key_column, key_columns, tag_columns};
+use crate::dedup::{
+    dedup_sorted, dedup_sorted_chunks, is_key_column, key_columns, split_owned, tag_columns,
+};
 use crate::delete::{retain_all, DeletePredicate};
 use crate::engine::{Engine, FileSource, MemBatch, ScanSnapshot};
 use crate::flush::{adapt_batch, widen_time_range};
@@ -544,6 +546,9 @@ impl ExecutionPlan for ShardScanExec {
             )?;
             merged_stream(merge, inputs)
         } else {
+            // Batches of the session's batch size, as DataFusion's
+            // operators expect and account for them.
+            let rows = ctx.session_config().batch_size();
             let file_streams = futures::stream::iter(files.into_iter().zip(deletes))
                 .then(move |(f, deletes)| {
                     let ctx = ctx.clone();
@@ -557,11 +562,22 @@ impl ExecutionPlan for ShardScanExec {
                 .try_flatten();
             let mem: BoxStream<'static, datafusion::error::Result<RecordBatch>> =
                 if memtable_deduplicated {
-                    futures::stream::iter(memtable.into_iter().map(Ok)).boxed()
+                    futures::stream::iter(memtable)
+                        .map(move |b| split_owned(b, rows).map_err(DataFusionError::from))
+                        .map_ok(|bs| futures::stream::iter(bs.into_iter().map(Ok)))
+                        .try_flatten()
+                        .boxed()
                 } else {
+                    let width = read_schema.fields().len().max(1);
                     futures::stream::once(async move {
-                        Ok::<_, DataFusionError>(dedup_sorted(&memtable, &read_schema)?)
+                        let mut out = vec![];
+                        dedup_sorted_chunks(&memtable, &read_schema, rows * width, |b| {
+                            out.push(b);
+                            Ok(())
+                        })?;
+                        Ok::<_, DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
                     })
+                    .try_flatten()
                     .boxed()
                 };
             file_streams.chain(mem).boxed()

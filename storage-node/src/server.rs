@@ -74,7 +74,13 @@ impl StorageNode {
         let service = StorageFlightService {
             node_id: config.node_id,
             engine: engine.clone(),
-            ctx: SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2)),
+            ctx: SessionContext::new_with_config(
+                SessionConfig::new()
+                    .with_target_partitions(2)
+                    .with_sort_spill_reservation_bytes(crate::memory::sort_spill_reservation(
+                        config.query_memory.limits().per_query,
+                    )),
+            ),
             catalog: catalog.clone(),
             last_refresh: tokio::sync::Mutex::new(None),
             drops: dropper.clone(),

@@ -34,6 +34,8 @@ pub struct NodeTotals {
     /// Arrow IPC bytes the coordinator received from it.
     pub bytes: u64,
     pub elapsed_ns: u64,
+    /// Bytes its operators spilled to disk.
+    pub spilled_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,11 @@ impl Reports {
         node.output_rows += rows;
         node.bytes += bytes;
         node.elapsed_ns += report.elapsed_ns;
+        node.spilled_bytes += report
+            .operators
+            .iter()
+            .map(|o| o.spilled_bytes)
+            .sum::<u64>();
         // A node of another version may cut the plan differently: its
         // operators are counted only when they are the ones planned.
         let same_shape = report.operators.len() == inner.names.len()
@@ -112,6 +119,9 @@ impl Reports {
             };
             set.push(count(format!("rows@node{id}"), n.output_rows));
             set.push(count(format!("bytes@node{id}"), n.bytes));
+            if n.spilled_bytes > 0 {
+                set.push(count(format!("spilled_bytes@node{id}"), n.spilled_bytes));
+            }
             let time = Time::new();
             time.add_duration(Duration::from_nanos(n.elapsed_ns));
             set.push(Arc::new(Metric::new(
@@ -276,6 +286,7 @@ mod tests {
                     name: n.clone(),
                     output_rows: rows,
                     elapsed_compute_ns: 10,
+                    spilled_bytes: 0,
                 })
                 .collect(),
         }

@@ -31,7 +31,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use strata_proto::storage::v1::FragmentMetrics;
-use strata_storage::fragment::{encode_fragment, ScanLeafExec};
+use strata_storage::fragment::{encode_fragment_limited, ScanLeafExec};
 
 use super::reported::{self, Reports};
 use crate::node_clients::NodeClients;
@@ -252,7 +252,7 @@ impl ShardFragmentExec {
     }
 
     /// The ticket that runs the fragment for `task`.
-    pub fn ticket(&self, task: &Task) -> Result<Vec<u8>> {
+    pub fn ticket(&self, task: &Task, memory_limit: Option<usize>) -> Result<Vec<u8>> {
         let plan = match self.binding {
             Binding::AsPlanned => self.fragment.clone(),
             Binding::PerTask => {
@@ -268,7 +268,7 @@ impl ShardFragmentExec {
                     .data
             }
         };
-        encode_fragment(plan, &self.query_id, true)
+        encode_fragment_limited(plan, &self.query_id, true, memory_limit)
     }
 
     /// The first replica of each task, in node order: where the plan runs
@@ -367,7 +367,7 @@ impl ExecutionPlan for ShardFragmentExec {
     fn execute(
         &self,
         partition: usize,
-        _ctx: Arc<TaskContext>,
+        ctx: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let schema = self.schema();
         let Some(task) = self.tasks.get(partition).cloned() else {
@@ -378,7 +378,15 @@ impl ExecutionPlan for ShardFragmentExec {
             )));
         };
         let metrics = TaskMetrics::new(&self.metrics, partition, self.reports.clone());
-        let ticket = self.ticket(&task)?;
+        // The query's own memory limit goes with it to the nodes.
+        let memory_limit = ctx
+            .session_config()
+            .options()
+            .extensions
+            .get::<super::StrataOptions>()
+            .map_or(0, |o| o.memory_limit_mib);
+        let memory_limit = (memory_limit > 0).then_some((memory_limit as usize) << 20);
+        let ticket = self.ticket(&task, memory_limit)?;
         let nodes = self.nodes.clone();
         let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
@@ -443,12 +451,12 @@ async fn open_replica(
         let reports = metrics.reports.clone();
         let mut bytes = 0u64;
         let attempt = async {
-            let client = nodes.flight(addr).map_err(|s| s.message().to_string())?;
+            let client = nodes.flight(addr).map_err(status_parts)?;
             let mut inner = client.into_inner();
             let response = inner
                 .do_get(Ticket::new(ticket.clone()))
                 .await
-                .map_err(|e| e.message().to_string())?;
+                .map_err(status_parts)?;
             let data = response
                 .into_inner()
                 .map_err(|s| FlightError::Tonic(Box::new(s)))
@@ -469,11 +477,8 @@ async fn open_replica(
             let mut stream = FlightRecordBatchStream::new_from_flight_data(data);
             // Read the first batch here so that a replica failing up front
             // can still be replaced by another.
-            let first = stream.next().await.transpose().map_err(|e| match e {
-                FlightError::Tonic(s) => s.message().to_string(),
-                e => e.to_string(),
-            })?;
-            Ok::<_, String>((first, stream))
+            let first = stream.next().await.transpose().map_err(flight_parts)?;
+            Ok::<_, (tonic::Code, String)>((first, stream))
         };
         match attempt.await {
             Ok((first, rest)) => {
@@ -482,10 +487,10 @@ async fn open_replica(
                 let node_id = *node_id;
                 let addr = addr.clone();
                 let rest = rest.map_err(move |e| {
-                    let e = match e {
-                        FlightError::Tonic(s) => s.message().to_string(),
-                        e => e.to_string(),
-                    };
+                    let (code, e) = flight_parts(e);
+                    if code == tonic::Code::ResourceExhausted {
+                        return out_of_memory(node_id, &e);
+                    }
                     DataFusionError::External(Box::new(tonic::Status::unavailable(format!(
                         "reading shards {shards:?} from node {node_id} at {addr} failed: {e}"
                     ))))
@@ -508,7 +513,10 @@ async fn open_replica(
                     .chain(done);
                 return Ok(stream.boxed());
             }
-            Err(e) => {
+            // Over the query's memory limit: the query's own doing, which
+            // another replica would only repeat.
+            Err((tonic::Code::ResourceExhausted, e)) => return Err(out_of_memory(*node_id, &e)),
+            Err((_, e)) => {
                 tracing::warn!(shards = ?task.shard_ids, node = node_id, %addr, error = %e, "replica failed, trying the next");
                 failures.push(format!("node {node_id} at {addr}: {e}"));
             }
@@ -521,6 +529,26 @@ async fn open_replica(
             failures.join("; ")
         )),
     )))
+}
+
+fn status_parts(s: tonic::Status) -> (tonic::Code, String) {
+    (s.code(), s.message().to_string())
+}
+
+fn flight_parts(e: FlightError) -> (tonic::Code, String) {
+    match e {
+        FlightError::Tonic(s) => status_parts(*s),
+        e => (tonic::Code::Unknown, e.to_string()),
+    }
+}
+
+/// A node refused the query memory: the error names the node and keeps
+/// the node's account of the limit.
+fn out_of_memory(node_id: u64, message: &str) -> DataFusionError {
+    let message = message
+        .strip_prefix("Resources exhausted: ")
+        .unwrap_or(message);
+    DataFusionError::ResourcesExhausted(format!("on storage node {node_id}: {message}"))
 }
 
 /// A node's batch under the schema the coordinator planned with: the same

@@ -141,6 +141,9 @@ impl QueryEngine {
             .with_default_catalog_and_schema(CATALOG_NAME, database.unwrap_or(DEFAULT_SCHEMA))
             .with_information_schema(true)
             .with_target_partitions(4)
+            .with_sort_spill_reservation_bytes(strata_storage::memory::sort_spill_reservation(
+                self.memory.per_query(memory_limit),
+            ))
             .with_option_extension(StrataOptions::default());
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -285,12 +288,15 @@ impl QueryEngine {
                 }
                 let schema = Arc::new(df.schema().as_arrow().clone());
                 let (queries, id) = (self.queries.clone(), info.query_id.clone());
-                let stream = self.executor.run_stream(schema, async move {
+                let start = async move {
                     let task_ctx = Arc::new(df.task_ctx());
                     let plan = df.create_physical_plan().await?;
                     queries.set_plan(&id, plan.clone());
                     datafusion::physical_plan::execute_stream(plan, task_ctx)
-                });
+                };
+                let stream = self
+                    .executor
+                    .run_stream_until(schema, start, handle.cancel_token());
                 Ok(track(
                     until_cancelled(stream, handle.cancel_token()),
                     handle,

@@ -1,0 +1,277 @@
+//! Operating a cluster: queries over their memory limit spill or fail with
+//! an error naming the limit while the server stays up; `KILL QUERY`, a
+//! statement timeout and a client going away each stop the query's
+//! fragments on the storage nodes (watched in `system.fragments`);
+//! `system.queries` shows running and finished queries.
+
+use std::time::{Duration, Instant};
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::StreamExt;
+use strata_storage::memory::MemoryLimits;
+use tonic::transport::Endpoint;
+
+use crate::support::{rows, TestCluster};
+
+/// Rows of the table the tests query, each with a string of [`WIDTH`]
+/// bytes: 40 MB, more than the buffers between the nodes and a client
+/// that stops reading hold (HTTP/2 windows and send buffers, a few MB a
+/// stream), so a query whose client reads one batch keeps running.
+const ROWS: usize = 100_000;
+const WIDTH: usize = 400;
+
+async fn loaded(adjust: impl FnOnce(&mut strata::dev::DevConfig)) -> TestCluster {
+    let c = TestCluster::start_with(adjust).await;
+    c.create_database("ops", "").await;
+    let base = 1_700_000_000_000_000_000i64;
+    let pad = "x".repeat(WIDTH);
+    for chunk in 0..(ROWS / 10_000) {
+        let body: String = (chunk * 10_000..(chunk + 1) * 10_000)
+            .map(|i| {
+                format!(
+                    "m,host=h{} s=\"{i:08}{pad}\",v={i}i {}\n",
+                    i % 50,
+                    base + i as i64 * 1_000_000
+                )
+            })
+            .collect();
+        let (status, text) = c.write("ops", "ns", &body).await;
+        assert_eq!(status, 204, "{text}");
+    }
+    c
+}
+
+/// Starts `sql` over Flight SQL and reads its first batch; the stream is
+/// returned unread beyond that.
+async fn start_held(c: &TestCluster, sql: &str) -> FlightRecordBatchStream {
+    let addr = c.cluster().coordinator.flight_addr();
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.set_header("database", "ops");
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = client.do_get(ticket).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    stream
+}
+
+/// The id of the running query whose text is `sql`.
+async fn running_id(c: &TestCluster, sql: &str) -> String {
+    let q = format!(
+        "SELECT query_id FROM system.queries WHERE state = 'running' AND query_text = '{}'",
+        sql.replace('\'', "''")
+    );
+    let ids = c.query("ops", &q).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0].clone()
+}
+
+async fn fragments_of(c: &TestCluster, id: &str) -> usize {
+    c.query(
+        "ops",
+        &format!("SELECT count(*) FROM system.fragments WHERE query_id = '{id}'"),
+    )
+    .await[0]
+        .parse()
+        .unwrap()
+}
+
+/// Waits until no storage node runs a fragment of `id`; how long it took.
+async fn fragments_gone(c: &TestCluster, id: &str) -> Duration {
+    let started = Instant::now();
+    while fragments_of(c, id).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "fragments of {id} still run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// The state and error `system.queries` recorded for `id`.
+async fn ended_as(c: &TestCluster, id: &str) -> String {
+    let q = format!("SELECT state, error FROM system.queries WHERE query_id = '{id}'");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.query("ops", &q).await;
+        if r.len() == 1 && !r[0].starts_with("running") {
+            return r[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{id} still runs: {r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_timeout_and_a_client_going_away_stop_the_work_on_the_nodes() {
+    let c = loaded(|_| {}).await;
+
+    // KILL QUERY.
+    let sql = "SELECT * FROM m";
+    let mut held = start_held(&c, sql).await;
+    let id = running_id(&c, sql).await;
+    assert!(
+        fragments_of(&c, &id).await > 0,
+        "the query runs on the nodes"
+    );
+    let listed = c
+        .query(
+            "ops",
+            &format!("SELECT strategy, rows > 0 FROM system.queries WHERE query_id = '{id}'"),
+        )
+        .await;
+    assert_eq!(listed, vec!["fan-out|true"]);
+    c.query("ops", &format!("KILL QUERY '{id}'")).await;
+    let took = fragments_gone(&c, &id).await;
+    println!("KILL QUERY: fragments gone from the nodes after {took:?}");
+    let mut error = None;
+    while let Some(item) = held.next().await {
+        if let Err(e) = item {
+            error = Some(e.to_string());
+            break;
+        }
+    }
+    let error = error.expect("the killed query ends with an error");
+    assert!(error.contains("killed (KILL QUERY)"), "{error}");
+    let ended = ended_as(&c, &id).await;
+    assert!(ended.starts_with("cancelled|"), "{ended}");
+    assert!(ended.contains("killed"), "{ended}");
+
+    // A statement timeout, while the client reads nothing.
+    let sql = "/*+ strata.statement_timeout = '1s' */ SELECT * FROM m WHERE v >= 0";
+    let mut held = start_held(&c, sql).await;
+    let id = running_id(&c, sql).await;
+    assert!(fragments_of(&c, &id).await > 0);
+    let took = fragments_gone(&c, &id).await;
+    println!("timeout of 1s: fragments gone after {took:?} (from the first batch)");
+    let mut error = None;
+    while let Some(item) = held.next().await {
+        if let Err(e) = item {
+            error = Some(e.to_string());
+            break;
+        }
+    }
+    let error = error.expect("the query ends with an error");
+    assert!(
+        error.contains("timeout of 1s (strata.statement_timeout)"),
+        "{error}"
+    );
+
+    // The client goes away mid-stream.
+    let sql = "SELECT s, v FROM m";
+    let held = start_held(&c, sql).await;
+    let id = running_id(&c, sql).await;
+    assert!(fragments_of(&c, &id).await > 0);
+    drop(held);
+    let took = fragments_gone(&c, &id).await;
+    println!("client gone: fragments gone after {took:?}");
+    let ended = ended_as(&c, &id).await;
+    assert!(ended.starts_with("cancelled|"), "{ended}");
+
+    // Killing what does not run says so.
+    let mut client = c.sql(Some("ops")).await;
+    let e = client
+        .query("KILL QUERY 'no-such-query'")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no query 'no-such-query' is running"), "{e}");
+    // Finished queries stay listed with their rows.
+    let done = c
+        .query(
+            "ops",
+            "SELECT state, rows FROM system.queries WHERE query_text = 'SELECT count(*) FROM m' ",
+        )
+        .await;
+    assert!(done.is_empty(), "{done:?}");
+    c.query("ops", "SELECT count(*) FROM m").await;
+    let done = c
+        .query(
+            "ops",
+            "SELECT state, rows, strategy FROM system.queries \
+             WHERE query_text = 'SELECT count(*) FROM m'",
+        )
+        .await;
+    assert_eq!(done, vec!["finished|1|fan-out-aggregate"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_over_its_memory_limit_spills_or_fails_naming_the_limit() {
+    let c = loaded(|config| {
+        config.query_memory = MemoryLimits {
+            per_query: Some(4 << 20),
+            total: Some(64 << 20),
+        };
+    })
+    .await;
+    // An aggregate that cannot spill: refused, naming the limit.
+    let mut client = c.sql(Some("ops")).await;
+    let e = client
+        .query("SELECT array_agg(s) FROM m")
+        .await
+        .unwrap_err()
+        .to_string();
+    println!("array_agg: {e}");
+    assert!(e.contains("memory limit of 4.0 MiB"), "{e}");
+    // A sort of every row when one batch alone is over the limit: fails
+    // naming it.
+    let e = client
+        .query("SELECT v FROM m ORDER BY s DESC")
+        .await
+        .unwrap_err()
+        .to_string();
+    println!("sort: {e}");
+    assert!(e.contains("memory limit of 4.0 MiB"), "{e}");
+    // Narrow rows, more of them than the limit holds on a node (600,000
+    // rows of 48 bytes, 10 MB a node) while a batch is small: the sorts
+    // spill to disk and the answer is whole and ordered. (The merge of
+    // the nodes' sorted streams on the coordinator holds a batch per
+    // stream, and cannot spill: it gets 8 MiB.)
+    const NARROW: usize = 600_000;
+    let pad = "y".repeat(32);
+    for chunk in 0..NARROW / 50_000 {
+        let body: String = (chunk * 50_000..(chunk + 1) * 50_000)
+            .map(|i| format!("n,host=h{} s=\"{i:08}{pad}\",v={i}i {}\n", i % 50, i + 1))
+            .collect();
+        assert_eq!(c.write("ops", "s", &body).await.0, 204);
+    }
+    let hint = "/*+ strata.memory_limit_mib = 8 */";
+    let sort = format!("{hint} SELECT v FROM n ORDER BY s DESC");
+    let batches = client.query(&sort).await.unwrap();
+    let vs = rows(&batches);
+    assert_eq!(vs.len(), NARROW);
+    assert_eq!(vs[0], (NARROW - 1).to_string());
+    assert_eq!(vs[NARROW - 1], "0");
+    let plan = rows(
+        &client
+            .query(&format!(
+                "{hint} EXPLAIN ANALYZE SELECT v FROM n ORDER BY s DESC"
+            ))
+            .await
+            .unwrap(),
+    )
+    .join("\n");
+    println!("{plan}");
+    assert!(
+        plan.contains("spilled_bytes@node"),
+        "the nodes spilled: {plan}"
+    );
+    // A statement may raise its own limit.
+    let r = client
+        .query("/*+ strata.memory_limit_mib = 512 */ SELECT cardinality(array_agg(s)) FROM m")
+        .await
+        .unwrap();
+    assert_eq!(rows(&r), vec![ROWS.to_string()]);
+    // And the server answers as before.
+    assert_eq!(
+        c.query("ops", "SELECT count(*) FROM m").await,
+        vec![ROWS.to_string()]
+    );
+}
