@@ -275,3 +275,73 @@ async fn a_query_over_its_memory_limit_spills_or_fails_naming_the_limit() {
         vec![ROWS.to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heavy_queries_do_not_hold_up_heartbeats_or_writes() {
+    // Nodes are marked down after 1 s without a heartbeat.
+    let c = TestCluster::start_with(|config| {
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.heartbeat_timeout = Duration::from_secs(1);
+    })
+    .await;
+    c.create_database("ops", "").await;
+    let body: String = (0..20_000)
+        .map(|i| format!("w,host=h{} v={i}i {}\n", i % 50, i + 1))
+        .collect();
+    assert_eq!(c.write("ops", "s", &body).await.0, 204);
+    let catalog = strata_catalog::CatalogClient::connect(
+        &c.cluster().addrs().catalog,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+
+    // Nested-loop joins of 400 million pairs, more of them than there are
+    // query threads, each stopped by its timeout.
+    let heavy = "/*+ strata.statement_timeout = '4s' */ \
+                 SELECT count(*) FROM w a, w b WHERE a.v + b.v = 7";
+    let mut queries = vec![];
+    for _ in 0..4 {
+        let mut client = c.sql(Some("ops")).await;
+        queries.push(tokio::spawn(async move { client.query(heavy).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut latencies = vec![];
+    let started = Instant::now();
+    let mut step = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let lines: String = (0..100)
+            .map(|i| format!("w2,host=h{i} v={step}i {}\n", step + 1))
+            .collect();
+        let at = Instant::now();
+        let (status, text) = c.write("ops", "s", &lines).await;
+        latencies.push(at.elapsed());
+        assert_eq!(status, 204, "{text}");
+        let state = catalog.state();
+        let down: Vec<u64> = state
+            .nodes
+            .values()
+            .filter(|n| n.state != strata_catalog::model::NodeState::Up)
+            .map(|n| n.id)
+            .collect();
+        assert!(down.is_empty(), "nodes {down:?} were marked down");
+        step += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The heavy queries ran all along: each ended at its timeout.
+    for q in queries {
+        let e = q.await.unwrap().unwrap_err().to_string();
+        assert!(e.contains("timeout of 4s"), "{e}");
+    }
+    latencies.sort();
+    println!(
+        "{} writes while 4 CPU-bound queries ran: median {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert_eq!(
+        c.query("ops", "SELECT count(*) FROM w2").await,
+        vec![(latencies.len() * 100).to_string()]
+    );
+}
