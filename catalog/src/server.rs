@@ -138,14 +138,20 @@ impl CatalogServer {
             state.clone(),
             config.retention_check_interval,
         ));
+        register_metrics(config.node_id, &raft);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(CatalogServiceServer::new(service))
-                .add_service(
-                    RaftServiceServer::new(RaftServer { raft: raft.clone() })
-                        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+                // HTTP/1.1 for `GET /metrics` beside gRPC on the one port.
+                .accept_http1(true)
+                .add_routes(
+                    tonic::service::Routes::from(strata_metrics::router())
+                        .add_service(CatalogServiceServer::new(service))
+                        .add_service(
+                            RaftServiceServer::new(RaftServer { raft: raft.clone() })
+                                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+                        ),
                 )
                 // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
                 // a listener it is handed, and Nagle's algorithm held each reply for
@@ -331,5 +337,43 @@ impl Drop for CatalogServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Raft's state as gauges, read from the member's metrics at scrape time.
+fn register_metrics(node_id: u64, raft: &Raft) {
+    let registry = strata_metrics::global();
+    let member = node_id.to_string();
+    type Read = fn(&openraft::RaftMetrics<u64, openraft::BasicNode>) -> f64;
+    let gauges: [(&str, &str, Read); 5] = [
+        ("strata_raft_term", "The member's current Raft term.", |m| {
+            m.current_term as f64
+        }),
+        (
+            "strata_raft_leader",
+            "The leader this member knows of (0: none).",
+            |m| m.current_leader.unwrap_or(0) as f64,
+        ),
+        (
+            "strata_raft_is_leader",
+            "1 on the member that leads.",
+            |m| f64::from(u8::from(m.current_leader == Some(m.id))),
+        ),
+        (
+            "strata_raft_last_log_index",
+            "Index of the member's last Raft log entry.",
+            |m| m.last_log_index.unwrap_or(0) as f64,
+        ),
+        (
+            "strata_raft_last_applied_index",
+            "Index of the last entry applied to the member's catalog (committed).",
+            |m| m.last_applied.map_or(0, |l| l.index) as f64,
+        ),
+    ];
+    for (name, help, read) in gauges {
+        let metrics = raft.metrics();
+        registry.gauge_fn(name, help, &[("member", &member)], move || {
+            read(&metrics.borrow())
+        });
     }
 }

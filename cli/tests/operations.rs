@@ -345,3 +345,77 @@ async fn heavy_queries_do_not_hold_up_heartbeats_or_writes() {
         vec![(latencies.len() * 100).to_string()]
     );
 }
+
+/// The value of the sample `series` (name and labels as rendered).
+fn sample(text: &str, series: &str) -> f64 {
+    find(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+fn find(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+async fn scrape(http: &reqwest::Client, addr: &str) -> String {
+    let resp = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    resp.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_move_after_a_load_and_a_query() {
+    let c = TestCluster::start().await;
+    c.create_database("met", "").await;
+    let addrs = c.cluster().addrs();
+    let http = reqwest::Client::new();
+    let coordinator = addrs.http.to_string();
+    // Storage nodes and catalog members answer on their gRPC port.
+    let node = addrs.storage[0].to_string();
+    let member = addrs.catalog.split(',').next().unwrap().to_string();
+
+    // Every test of this binary shares the process's registry: counters
+    // are compared before and after, never to absolute values.
+    let written = "strata_write_lines_total{result=\"written\"}";
+    let requests = "strata_write_requests_total{status=\"204\"}";
+    let before = scrape(&http, &coordinator).await;
+    let body: String = (0..1000)
+        .map(|i| format!("cpu,host=h{} v={i} {}\n", i % 10, i + 1))
+        .collect();
+    assert_eq!(c.write("met", "s", &body).await.0, 204);
+    assert_eq!(
+        c.query("met", "SELECT count(*) FROM cpu").await,
+        vec!["1000"]
+    );
+    let after = scrape(&http, &coordinator).await;
+    // A counter appears with its first count.
+    let was = find(&before, written).unwrap_or(0.0);
+    assert!(sample(&after, written) >= was + 1000.0);
+    assert!(sample(&after, requests) > 0.0);
+    assert!(sample(&after, "strata_write_duration_seconds_count") > 0.0);
+    let q = "strata_queries_total{strategy=\"fan-out-aggregate\",state=\"finished\"}";
+    assert!(sample(&after, q) >= 1.0, "{after}");
+    assert!(sample(&after, "strata_query_bytes_shipped_total") > 0.0);
+    assert!(after.contains("# TYPE strata_query_duration_seconds histogram"));
+
+    let n = scrape(&http, &node).await;
+    assert!(
+        sample(&n, "strata_wal_fsync_duration_seconds_count{node=\"1\"}") > 0.0,
+        "{n}"
+    );
+    assert!(sample(&n, "strata_storage_rows_written_total{node=\"1\"}") > 0.0);
+    assert!(n.contains("strata_memtable_bytes{node=\"1\"}"));
+
+    let m = scrape(&http, &member).await;
+    assert!(sample(&m, "strata_raft_term{member=\"1\"}") >= 1.0, "{m}");
+    assert_eq!(sample(&m, "strata_raft_is_leader{member=\"1\"}"), 1.0);
+    assert!(sample(&m, "strata_raft_last_applied_index{member=\"1\"}") > 0.0);
+}

@@ -119,6 +119,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+        .merge(strata_metrics::router())
 }
 
 fn error_response(e: Error) -> Response {
@@ -267,10 +268,29 @@ async fn write(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    match write_inner(state, db, precision, consistency, headers, body).await {
+    let started = std::time::Instant::now();
+    let response = match write_inner(state, db, precision, consistency, headers, body).await {
         Ok(resp) => resp,
         Err(e) => error_response(e),
-    }
+    };
+    let registry = strata_metrics::global();
+    let status = response.status().as_u16().to_string();
+    registry
+        .counter(
+            "strata_write_requests_total",
+            "Line protocol write requests (/write, /api/v2/write), by HTTP status.",
+            &[("status", &status)],
+        )
+        .inc();
+    registry
+        .histogram(
+            "strata_write_duration_seconds",
+            "Time to answer a line protocol write request.",
+            &[],
+            strata_metrics::LATENCY_BUCKETS,
+        )
+        .observe_duration(started.elapsed());
+    response
 }
 
 async fn write_inner(
@@ -348,6 +368,23 @@ async fn write_inner(
         first_line += lines - 1;
     }
     drop(held);
+    let registry = strata_metrics::global();
+    let lines = |result: &str| {
+        registry.counter(
+            "strata_write_lines_total",
+            "Lines of line protocol received, by result (written, rejected).",
+            &[("result", result)],
+        )
+    };
+    lines("written").inc_by(outcome.lines_written as u64);
+    lines("rejected").inc_by(rejected as u64);
+    registry
+        .counter(
+            "strata_write_bytes_total",
+            "Bytes of line protocol received (after decompression).",
+            &[],
+        )
+        .inc_by(text.len() as u64);
     if rejected == 0 {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }

@@ -144,6 +144,11 @@ impl Queries {
         out
     }
 
+    /// How many queries run now.
+    pub fn running(&self) -> usize {
+        self.state.lock().running.len()
+    }
+
     /// Cancels a running query; false when no query by that id runs here.
     pub fn cancel(&self, id: &str, reason: &str) -> bool {
         match self.state.lock().running.get(id) {
@@ -172,6 +177,30 @@ impl Queries {
         let mut record = running.now();
         record.state = state;
         record.error = error;
+        let registry = strata_metrics::global();
+        let strategy = record.strategy.as_deref().unwrap_or("statement");
+        registry
+            .counter(
+                "strata_queries_total",
+                "Statements run, by strategy and how they ended (finished, failed, cancelled).",
+                &[("strategy", strategy), ("state", state)],
+            )
+            .inc();
+        registry
+            .histogram(
+                "strata_query_duration_seconds",
+                "Time from a statement's start to its end, by strategy.",
+                &[("strategy", strategy)],
+                strata_metrics::LATENCY_BUCKETS,
+            )
+            .observe_duration(running.started.elapsed());
+        registry
+            .counter(
+                "strata_query_bytes_shipped_total",
+                "Arrow IPC bytes the coordinator received from storage nodes for queries.",
+                &[],
+            )
+            .inc_by(record.bytes_shipped);
         if s.finished.len() >= FINISHED_KEPT {
             s.finished.pop_front();
         }

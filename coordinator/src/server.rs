@@ -85,6 +85,7 @@ impl Coordinator {
         );
         let engine = QueryEngine::new(catalog.clone(), nodes.clone(), executor, writer.clone())
             .with_limits(config.query_memory.clone(), config.query_timeout);
+        register_metrics(&handoff, &engine, &config.query_memory);
 
         let http_listener = TcpListener::bind(&config.http_listen)
             .await
@@ -192,4 +193,88 @@ impl Drop for Coordinator {
         let _ = self.shutdown.send(true);
         self.handoff.shutdown();
     }
+}
+
+/// Gauges and counts computed at scrape time: the hinted-handoff queues
+/// (one series per target node), running queries, query memory.
+fn register_metrics(
+    handoff: &std::sync::Arc<Handoff>,
+    engine: &QueryEngine,
+    memory: &strata_storage::memory::QueryMemory,
+) {
+    use crate::handoff::QueueStats;
+    let registry = strata_metrics::global();
+    type Stat = fn(&QueueStats, i64) -> f64;
+    let queues: [(&str, &str, bool, Stat); 6] = [
+        (
+            "strata_hinted_handoff_bytes",
+            "Bytes queued on this coordinator for a storage node that could not take them.",
+            false,
+            |q, _| q.bytes as f64,
+        ),
+        (
+            "strata_hinted_handoff_entries",
+            "Writes and deletes queued on this coordinator for a storage node.",
+            false,
+            |q, _| q.entries as f64,
+        ),
+        (
+            "strata_hinted_handoff_oldest_age_seconds",
+            "Age of the oldest entry queued for a storage node (0 when none).",
+            false,
+            |q, now| q.oldest_ms.map_or(0.0, |t| (now - t).max(0) as f64 / 1e3),
+        ),
+        (
+            "strata_hinted_handoff_delivered_total",
+            "Queued entries delivered to their storage node.",
+            true,
+            |q, _| q.delivered as f64,
+        ),
+        (
+            "strata_hinted_handoff_discarded_total",
+            "Queued entries their storage node refused for good (logged).",
+            true,
+            |q, _| q.discarded as f64,
+        ),
+        (
+            "strata_hinted_handoff_refused_total",
+            "Writes refused because a node's queue was at its bound (bytes or age).",
+            true,
+            |q, _| q.refused as f64,
+        ),
+    ];
+    for (name, help, counter, stat) in queues {
+        let handoff = std::sync::Arc::downgrade(handoff);
+        let f = move || {
+            let Some(h) = handoff.upgrade() else {
+                return vec![];
+            };
+            let now = strata_catalog::liveness::now_ms();
+            h.stats()
+                .iter()
+                .map(|q| {
+                    let labels = vec![("target_node".to_string(), q.node_id.to_string())];
+                    (labels, stat(q, now))
+                })
+                .collect()
+        };
+        match counter {
+            true => registry.counter_family_fn(name, help, "coordinator", f),
+            false => registry.gauge_family_fn(name, help, "coordinator", f),
+        }
+    }
+    let queries = engine.queries().clone();
+    registry.gauge_fn(
+        "strata_queries_running",
+        "Statements running on this coordinator.",
+        &[],
+        move || queries.running() as f64,
+    );
+    let memory = memory.clone();
+    registry.gauge_fn(
+        "strata_query_memory_bytes",
+        "Bytes the running queries' operators hold (of the process's budget).",
+        &[("role", "coordinator")],
+        move || memory.in_use() as f64,
+    );
 }

@@ -106,7 +106,11 @@ impl Histogram {
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.0.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -228,10 +232,33 @@ impl Registry {
         owner: &str,
         f: impl Fn() -> Vec<(Vec<(String, String)>, f64)> + Send + Sync + 'static,
     ) {
+        self.family_fn(name, help, "gauge", owner, f);
+    }
+
+    /// As [`Registry::gauge_family_fn`], for counts kept elsewhere that
+    /// only grow.
+    pub fn counter_family_fn(
+        &self,
+        name: &str,
+        help: &str,
+        owner: &str,
+        f: impl Fn() -> Vec<(Vec<(String, String)>, f64)> + Send + Sync + 'static,
+    ) {
+        self.family_fn(name, help, "counter", owner, f);
+    }
+
+    fn family_fn(
+        &self,
+        name: &str,
+        help: &str,
+        kind: &'static str,
+        owner: &str,
+        f: impl Fn() -> Vec<(Vec<(String, String)>, f64)> + Send + Sync + 'static,
+    ) {
         let mut families = self.families.lock();
         let family = families.entry(name.to_string()).or_insert_with(|| Family {
             help: help.to_string(),
-            kind: "gauge",
+            kind,
             series: BTreeMap::new(),
             dynamic: BTreeMap::new(),
         });
@@ -349,6 +376,24 @@ fn escape_help(v: &str) -> String {
     v.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`, answering the process's registry; merged into each
+/// role's HTTP server (on storage nodes and catalog members, their gRPC
+/// port, which also speaks HTTP/1.1 for this).
+pub fn router() -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                global().render(),
+            )
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,11 +415,17 @@ mod tests {
         h.observe(0.5);
         h.observe(5.0);
         let text = r.render();
-        assert!(text.contains("# TYPE strata_test_total counter\n"), "{text}");
+        assert!(
+            text.contains("# TYPE strata_test_total counter\n"),
+            "{text}"
+        );
         assert!(text.contains("strata_test_total{node=\"1\"} 4\n"), "{text}");
         assert!(text.contains("strata_level -2\n"), "{text}");
         assert!(text.contains("strata_queued{node=\"2\"} 7\n"), "{text}");
-        assert!(text.contains("strata_computed{q=\"a\\\"b\"} 1.5\n"), "{text}");
+        assert!(
+            text.contains("strata_computed{q=\"a\\\"b\"} 1.5\n"),
+            "{text}"
+        );
         assert!(
             text.contains("strata_latency_seconds_bucket{le=\"0.1\"} 1\n"),
             "{text}"
@@ -391,22 +442,4 @@ mod tests {
         assert!(text.contains("strata_latency_seconds_count 3\n"), "{text}");
         assert_eq!(h.count(), 3);
     }
-}
-
-/// The content type of the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// `GET /metrics`, answering the process's registry; merged into each
-/// role's HTTP server (on storage nodes and catalog members, their gRPC
-/// port, which also speaks HTTP/1.1 for this).
-pub fn router() -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async {
-            (
-                [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-                global().render(),
-            )
-        }),
-    )
 }

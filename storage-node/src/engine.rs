@@ -105,6 +105,8 @@ pub struct EngineConfig {
     /// node is refused (0: no limit). 1,000,000 by default, as InfluxDB's
     /// `max-series-per-database`.
     pub max_series_per_database: usize,
+    /// The `node` label of this engine's metrics (its storage node id).
+    pub metrics_node: String,
 }
 
 impl EngineConfig {
@@ -118,6 +120,7 @@ impl EngineConfig {
             memory_limit_bytes: 1 << 30,
             last_cache_limit_bytes: 64 << 20,
             max_series_per_database: 1_000_000,
+            metrics_node: String::new(),
         }
     }
 }
@@ -216,6 +219,19 @@ pub struct Engine {
     series: Mutex<SeriesRegistry>,
     flush_wanted: Arc<Notify>,
     flush_health: Mutex<FlushHealth>,
+}
+
+/// What an engine holds, as its metrics show it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineStats {
+    /// Bytes of the active and frozen memtables.
+    pub memtable_bytes: usize,
+    pub memtable_rows: usize,
+    pub parquet_files: usize,
+    pub parquet_bytes: u64,
+    /// Files of the (shard, table) with the most.
+    pub max_files_per_table: usize,
+    pub last_cache_bytes: usize,
 }
 
 /// A memtable batch, with the series index of a settled one.
@@ -361,7 +377,23 @@ impl Engine {
             .iter()
             .map(|d| d.seq)
             .fold(replayed.last_seq, u64::max);
-        let wal = Wal::start(&wal_dir, last_seq, config.sync).context(WalSnafu)?;
+        let node = [("node", config.metrics_node.as_str())];
+        let registry = strata_metrics::global();
+        let metrics = crate::wal::WalMetrics {
+            fsync_seconds: registry.histogram(
+                "strata_wal_fsync_duration_seconds",
+                "Time the WAL writer spent in each fsync.",
+                &node,
+                strata_metrics::LATENCY_BUCKETS,
+            ),
+            bytes: registry.counter(
+                "strata_wal_bytes_total",
+                "Bytes appended to the write-ahead log.",
+                &node,
+            ),
+        };
+        let wal = Wal::start_measured(&wal_dir, last_seq, config.sync, Some(metrics))
+            .context(WalSnafu)?;
         let mut state = State {
             active: BTreeMap::new(),
             active_rows: 0,
@@ -734,6 +766,23 @@ impl Engine {
         self.series.lock().count(database)
     }
 
+    /// What the engine holds now, for metrics.
+    pub fn stats(&self) -> EngineStats {
+        let st = self.state.lock();
+        let mut per_table: HashMap<(u64, &str), usize> = HashMap::new();
+        for f in &st.manifest.files {
+            *per_table.entry((f.shard_id, f.table.as_str())).or_default() += 1;
+        }
+        EngineStats {
+            memtable_bytes: st.active_bytes + st.frozen.iter().map(|f| f.bytes).sum::<usize>(),
+            memtable_rows: st.active_rows,
+            parquet_files: st.manifest.files.len(),
+            parquet_bytes: st.manifest.files.iter().map(|f| f.size_bytes).sum(),
+            max_files_per_table: per_table.values().copied().max().unwrap_or(0),
+            last_cache_bytes: st.last_bytes,
+        }
+    }
+
     /// Refuses a write, before anything is logged, while memtables are over
     /// budget; asks for a flush so that the pressure goes away.
     pub fn check_memory(&self) -> Result<(), EngineError> {
@@ -1008,6 +1057,15 @@ impl Engine {
     /// Its outcome, whoever asked for it, goes into [`Engine::flush_health`].
     pub async fn flush(&self) -> Result<(), EngineError> {
         let outcome = self.flush_once().await;
+        let node = [("node", self.config.metrics_node.as_str())];
+        let result = if outcome.is_ok() { "ok" } else { "failed" };
+        strata_metrics::global()
+            .counter(
+                "strata_flushes_total",
+                "Flushes of memtables to Parquet, by outcome.",
+                &[node[0], ("result", result)],
+            )
+            .inc();
         self.record_flush(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         outcome
     }
@@ -1196,6 +1254,13 @@ impl Engine {
             .await?;
             compacted += 1;
         }
+        strata_metrics::global()
+            .counter(
+                "strata_compactions_total",
+                "Compactions of a shard table's Parquet files into one.",
+                &[("node", self.config.metrics_node.as_str())],
+            )
+            .inc_by(compacted as u64);
         Ok(compacted)
     }
 

@@ -520,10 +520,29 @@ impl FlightService for StorageFlightService {
                 .await
                 .map_err(|e| into_status(StorageError::Engine { source: e }))?;
         }
-        self.engine
+        let node = self.node_id.to_string();
+        let written = self
+            .engine
             .write_batches(&db, &table, shard_id, batches)
-            .await
-            .map_err(|e| into_status(StorageError::Engine { source: e }))?;
+            .await;
+        let registry = strata_metrics::global();
+        if let Err(e) = written {
+            registry
+                .counter(
+                    "strata_storage_write_errors_total",
+                    "Writes (DoPut) a storage node refused or failed.",
+                    &[("node", &node)],
+                )
+                .inc();
+            return Err(into_status(StorageError::Engine { source: e }));
+        }
+        registry
+            .counter(
+                "strata_storage_rows_written_total",
+                "Rows written to a storage node (each replica counts).",
+                &[("node", &node)],
+            )
+            .inc_by(rows);
         let ack = PutResult {
             app_metadata: WriteAck { rows }.encode_to_vec().into(),
         };

@@ -60,7 +60,10 @@ pub struct StorageNode {
 
 impl StorageNode {
     pub async fn start(config: StorageConfig) -> Result<Self, StorageError> {
-        let engine = Engine::open(config.engine.clone()).context(EngineSnafu)?;
+        let mut engine_config = config.engine.clone();
+        engine_config.metrics_node = config.node_id.to_string();
+        let engine = Engine::open(engine_config).context(EngineSnafu)?;
+        register_metrics(config.node_id, &engine, &config.query_memory);
         let listener = TcpListener::bind(&config.listen).await.context(BindSnafu {
             addr: config.listen.clone(),
         })?;
@@ -71,6 +74,7 @@ impl StorageNode {
             .await
             .context(RegisterSnafu)?;
         let dropper = Arc::new(Dropper::new(engine.clone()));
+        let fragments = crate::running::Fragments::default();
         let service = StorageFlightService {
             node_id: config.node_id,
             engine: engine.clone(),
@@ -90,15 +94,25 @@ impl StorageNode {
                 None => QueryExecutor::with_default_threads().context(QueryRuntimeSnafu)?,
             },
             memory: config.query_memory.clone(),
-            fragments: Default::default(),
+            fragments: fragments.clone(),
         };
+        strata_metrics::global().gauge_fn(
+            "strata_fragments_running",
+            "Plan fragments running on the storage node.",
+            &[("node", &config.node_id.to_string())],
+            move || fragments.list().len() as f64,
+        );
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(
-                    FlightServiceServer::new(service)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                // HTTP/1.1 for `GET /metrics` beside gRPC on the one port.
+                .accept_http1(true)
+                .add_routes(
+                    tonic::service::Routes::from(strata_metrics::router()).add_service(
+                        FlightServiceServer::new(service)
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                    ),
                 )
                 // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
                 // a listener it is handed, and Nagle's algorithm held each reply for
@@ -205,6 +219,60 @@ impl Drop for StorageNode {
         self.heartbeat.abort();
         self.drops.abort();
     }
+}
+
+/// Gauges computed at scrape time from what the engine holds; they stop
+/// answering (NaN is not sent: they read 0) once the engine is gone.
+fn register_metrics(node_id: u64, engine: &Arc<Engine>, memory: &crate::memory::QueryMemory) {
+    let registry = strata_metrics::global();
+    let node = node_id.to_string();
+    let labels = [("node", node.as_str())];
+    type Stat = fn(&crate::engine::EngineStats) -> f64;
+    let gauges: [(&str, &str, Stat); 6] = [
+        (
+            "strata_memtable_bytes",
+            "Bytes held in memtables (active and being flushed).",
+            |s| s.memtable_bytes as f64,
+        ),
+        (
+            "strata_memtable_rows",
+            "Rows in the active memtables.",
+            |s| s.memtable_rows as f64,
+        ),
+        (
+            "strata_parquet_files",
+            "Parquet files the node's manifest lists.",
+            |s| s.parquet_files as f64,
+        ),
+        (
+            "strata_parquet_bytes",
+            "Bytes of the Parquet files the node's manifest lists.",
+            |s| s.parquet_bytes as f64,
+        ),
+        (
+            "strata_parquet_files_per_table_max",
+            "Parquet files of the shard table that has the most (compaction merges them).",
+            |s| s.max_files_per_table as f64,
+        ),
+        (
+            "strata_last_value_cache_bytes",
+            "Bytes held by the last-value caches.",
+            |s| s.last_cache_bytes as f64,
+        ),
+    ];
+    for (name, help, stat) in gauges {
+        let engine = Arc::downgrade(engine);
+        registry.gauge_fn(name, help, &labels, move || {
+            engine.upgrade().map_or(0.0, |e| stat(&e.stats()))
+        });
+    }
+    let memory = memory.clone();
+    registry.gauge_fn(
+        "strata_query_memory_bytes",
+        "Bytes the running queries' operators hold (of the process's budget).",
+        &[("role", "storage")],
+        move || memory.in_use() as f64,
+    );
 }
 
 /// The id of this node's data directory, made on first start: the catalog

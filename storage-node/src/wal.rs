@@ -436,6 +436,16 @@ pub struct Wal {
 impl Wal {
     /// Starts the writer on a new segment after `last_seq`.
     pub fn start(dir: &Path, last_seq: u64, sync: SyncPolicy) -> Result<Self, WalError> {
+        Self::start_measured(dir, last_seq, sync, None)
+    }
+
+    /// As [`Wal::start`], recording fsync latency and bytes appended.
+    pub fn start_measured(
+        dir: &Path,
+        last_seq: u64,
+        sync: SyncPolicy,
+        metrics: Option<WalMetrics>,
+    ) -> Result<Self, WalError> {
         fs::create_dir_all(dir).context(IoSnafu { path: dir })?;
         let next_seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(last_seq + 1));
         let path = segment_path(dir, last_seq + 1);
@@ -450,6 +460,7 @@ impl Wal {
             sync,
             next_seq: next_seq.clone(),
             unsynced_since: None,
+            metrics,
         };
         std::thread::Builder::new()
             .name("strata-wal".into())
@@ -555,6 +566,14 @@ struct Writer {
     next_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// When written bytes were first left without an fsync.
     unsynced_since: Option<Instant>,
+    metrics: Option<WalMetrics>,
+}
+
+/// What the WAL writer measures.
+#[derive(Clone, Debug)]
+pub struct WalMetrics {
+    pub fsync_seconds: strata_metrics::Histogram,
+    pub bytes: strata_metrics::Counter,
 }
 
 impl Writer {
@@ -584,9 +603,15 @@ impl Writer {
 
     fn sync_now(&mut self) -> Result<(), String> {
         self.unsynced_since = None;
-        self.file
+        let started = Instant::now();
+        let r = self
+            .file
             .sync_data()
-            .map_err(|e| format!("{}: {e}", self.path.display()))
+            .map_err(|e| format!("{}: {e}", self.path.display()));
+        if let Some(m) = &self.metrics {
+            m.fsync_seconds.observe_duration(started.elapsed());
+        }
+        r
     }
 
     fn run(mut self, rx: mpsc::Receiver<Request>) {
@@ -625,6 +650,9 @@ impl Writer {
         self.file
             .write_all(buf)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if let Some(m) = &self.metrics {
+            m.bytes.inc_by(buf.len() as u64);
+        }
         match self.sync {
             SyncPolicy::Always => self.sync_now(),
             SyncPolicy::Interval(d) => {
