@@ -61,6 +61,25 @@ async fn start_held(c: &TestCluster, sql: &str) -> FlightRecordBatchStream {
     stream
 }
 
+/// Reads `held` to its error: the message and the stable code the
+/// status carries in `strata-error-code`.
+async fn error_of(mut held: FlightRecordBatchStream) -> (String, String) {
+    while let Some(item) = held.next().await {
+        if let Err(e) = item {
+            let code = match &e {
+                arrow_flight::error::FlightError::Tonic(s) => s
+                    .metadata()
+                    .get("strata-error-code")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            return (e.to_string(), code);
+        }
+    }
+    panic!("the stream ended without an error");
+}
+
 /// The id of the running query whose text is `sql`.
 async fn running_id(c: &TestCluster, sql: &str) -> String {
     let q = format!(
@@ -115,7 +134,7 @@ async fn kill_timeout_and_a_client_going_away_stop_the_work_on_the_nodes() {
 
     // KILL QUERY.
     let sql = "SELECT * FROM m";
-    let mut held = start_held(&c, sql).await;
+    let held = start_held(&c, sql).await;
     let id = running_id(&c, sql).await;
     assert!(
         fragments_of(&c, &id).await > 0,
@@ -131,38 +150,26 @@ async fn kill_timeout_and_a_client_going_away_stop_the_work_on_the_nodes() {
     c.query("ops", &format!("KILL QUERY '{id}'")).await;
     let took = fragments_gone(&c, &id).await;
     println!("KILL QUERY: fragments gone from the nodes after {took:?}");
-    let mut error = None;
-    while let Some(item) = held.next().await {
-        if let Err(e) = item {
-            error = Some(e.to_string());
-            break;
-        }
-    }
-    let error = error.expect("the killed query ends with an error");
+    let (error, code) = error_of(held).await;
     assert!(error.contains("killed (KILL QUERY)"), "{error}");
+    assert_eq!(code, "query_cancelled");
     let ended = ended_as(&c, &id).await;
     assert!(ended.starts_with("cancelled|"), "{ended}");
     assert!(ended.contains("killed"), "{ended}");
 
     // A statement timeout, while the client reads nothing.
     let sql = "/*+ strata.statement_timeout = '1s' */ SELECT * FROM m WHERE v >= 0";
-    let mut held = start_held(&c, sql).await;
+    let held = start_held(&c, sql).await;
     let id = running_id(&c, sql).await;
     assert!(fragments_of(&c, &id).await > 0);
     let took = fragments_gone(&c, &id).await;
     println!("timeout of 1s: fragments gone after {took:?} (from the first batch)");
-    let mut error = None;
-    while let Some(item) = held.next().await {
-        if let Err(e) = item {
-            error = Some(e.to_string());
-            break;
-        }
-    }
-    let error = error.expect("the query ends with an error");
+    let (error, code) = error_of(held).await;
     assert!(
         error.contains("timeout of 1s (strata.statement_timeout)"),
         "{error}"
     );
+    assert_eq!(code, "query_timeout");
 
     // The client goes away mid-stream.
     let sql = "SELECT s, v FROM m";
@@ -200,6 +207,41 @@ async fn kill_timeout_and_a_client_going_away_stop_the_work_on_the_nodes() {
         )
         .await;
     assert_eq!(done, vec!["finished|1|fan-out-aggregate"]);
+
+    // Errors carry stable codes: in the HTTP JSON body and in gRPC
+    // metadata.
+    for (q, code, status) in [
+        ("SELECT * FROM nope", "table_not_found", 404),
+        ("SELEC 1", "invalid_query", 400),
+        ("KILL QUERY", "invalid_statement", 400),
+    ] {
+        let (got, body) = crate::support::sql_status(&c, Some("ops"), q).await;
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (got, body["code"].as_str().unwrap()),
+            (status, code),
+            "{q}: {body}"
+        );
+    }
+    let addr = c.cluster().coordinator.flight_addr();
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = FlightSqlServiceClient::new(channel);
+    raw.set_header("database", "nodb");
+    let e = raw
+        .execute("SELECT * FROM m".into(), None)
+        .await
+        .unwrap_err();
+    let arrow_flight::error::FlightError::Tonic(status) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        status.metadata().get("strata-error-code").unwrap(),
+        "database_not_found"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -145,6 +145,7 @@ impl Error {
             Error::Query { source } => match query_code(source) {
                 tonic::Code::InvalidArgument | tonic::Code::NotFound => S::BAD_REQUEST,
                 tonic::Code::Unavailable => S::SERVICE_UNAVAILABLE,
+                tonic::Code::DeadlineExceeded => S::REQUEST_TIMEOUT,
                 _ => S::INTERNAL_SERVER_ERROR,
             },
             Error::Bind { .. }
@@ -154,9 +155,50 @@ impl Error {
         }
     }
 
-    /// The one place a coordinator error becomes a gRPC status.
+    /// The one place a coordinator error becomes a gRPC status; its stable
+    /// code goes in the `strata-error-code` metadata.
     pub fn into_status(self) -> tonic::Status {
-        tonic::Status::new(self.code(), self.to_string())
+        let mut status = tonic::Status::new(self.code(), self.to_string());
+        status.metadata_mut().insert(
+            ERROR_CODE_HEADER,
+            tonic::metadata::MetadataValue::from_static(self.error_code()),
+        );
+        status
+    }
+
+    /// The stable code of this error, as clients see it in the HTTP JSON
+    /// body (`code`) and in gRPC metadata (`strata-error-code`); listed in
+    /// `docs/error-codes.md`. Messages may change, codes do not.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            Error::InsertIncomplete { .. } => "insert_incomplete",
+            Error::InsertInterrupted { .. } => "insert_interrupted",
+            Error::Catalog { source } => match source {
+                strata_catalog::Error::Rejected { rejection } => match rejection {
+                    Rejection::DatabaseNotFound { .. } => "database_not_found",
+                    Rejection::DatabaseExists { .. } => "database_exists",
+                    _ => "catalog_rejected",
+                },
+                _ => "catalog_unavailable",
+            },
+            Error::DatabaseNotFound { .. } => "database_not_found",
+            Error::TableNotFound { .. } => "table_not_found",
+            Error::Consistency { stored, .. } if *stored > 0 => "partial_write",
+            Error::Consistency { .. } => "write_failed",
+            Error::DeleteIncomplete { .. } => "delete_incomplete",
+            Error::BadBody { .. } => "invalid_body",
+            Error::BadParameter { .. } => "invalid_parameter",
+            Error::BadStatement { .. } => "invalid_statement",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::UnsupportedEncoding { .. } => "unsupported_encoding",
+            Error::Overloaded { .. } => "overloaded",
+            Error::WriteRefused { .. } => "write_refused",
+            Error::Query { source } => query_error_code(source),
+            Error::Bind { .. }
+            | Error::Arrow { .. }
+            | Error::Runtime { .. }
+            | Error::Handoff { .. } => "internal",
+        }
     }
 
     /// The gRPC code of this error.
@@ -191,8 +233,48 @@ impl Error {
     }
 }
 
+/// gRPC metadata key of an error's stable code.
+pub const ERROR_CODE_HEADER: &str = "strata-error-code";
+
+fn query_error_code(e: &datafusion::error::DataFusionError) -> &'static str {
+    use datafusion::error::DataFusionError as D;
+    if let Some(c) = strata_storage::running::Cancelled::find(e) {
+        return match c.timed_out {
+            true => "query_timeout",
+            false => "query_cancelled",
+        };
+    }
+    match e {
+        D::SQL(..) | D::Plan(_) | D::SchemaError(..) => "invalid_query",
+        D::NotImplemented(_) => "not_implemented",
+        D::ResourcesExhausted(_) => "resources_exhausted",
+        D::Context(_, inner) => query_error_code(inner),
+        D::Shared(inner) => query_error_code(inner),
+        D::External(inner) => match inner.downcast_ref::<tonic::Status>() {
+            Some(s) => match s.code() {
+                tonic::Code::Unavailable => "unavailable",
+                tonic::Code::ResourceExhausted => "resources_exhausted",
+                tonic::Code::Cancelled => "query_cancelled",
+                tonic::Code::InvalidArgument => "invalid_query",
+                _ => "internal",
+            },
+            None => match inner.downcast_ref::<D>() {
+                Some(df) => query_error_code(df),
+                None => "internal",
+            },
+        },
+        _ => "internal",
+    }
+}
+
 fn query_code(e: &datafusion::error::DataFusionError) -> tonic::Code {
     use datafusion::error::DataFusionError as D;
+    if let Some(c) = strata_storage::running::Cancelled::find(e) {
+        return match c.timed_out {
+            true => tonic::Code::DeadlineExceeded,
+            false => tonic::Code::Cancelled,
+        };
+    }
     match e {
         D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
             tonic::Code::InvalidArgument

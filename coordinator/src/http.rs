@@ -127,7 +127,7 @@ fn error_response(e: Error) -> Response {
     let msg = e.to_string();
     let mut resp = (
         status,
-        Json(json!({ "code": code_name(status), "error": msg, "message": msg })),
+        Json(json!({ "code": e.error_code(), "error": msg, "message": msg })),
     )
         .into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -135,18 +135,6 @@ fn error_response(e: Error) -> Response {
             .insert("Retry-After", http::HeaderValue::from_static("1"));
     }
     resp
-}
-
-fn code_name(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 => "invalid",
-        401 => "unauthorized",
-        404 => "not found",
-        413 => "request too large",
-        415 => "unsupported media type",
-        503 => "unavailable",
-        _ => "internal error",
-    }
 }
 
 /// Query-string parameters. A malformed query string (a repeated
@@ -403,7 +391,7 @@ async fn write_inner(
     Ok((
         StatusCode::BAD_REQUEST,
         Json(json!({
-            "code": "invalid",
+            "code": "lines_rejected",
             "error": message,
             "message": message,
             "lines_written": outcome.lines_written,

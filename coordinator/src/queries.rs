@@ -240,7 +240,7 @@ impl QueryHandle {
         let source = source.to_string();
         self.timer = Some(tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
-            cancel.cancel(format!(
+            cancel.time_out(format!(
                 "the query ran longer than its timeout of {} ({source})",
                 crate::query::ddl::format_duration(timeout.as_nanos() as i64)
             ));

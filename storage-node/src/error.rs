@@ -70,6 +70,7 @@ pub fn into_status(e: StorageError) -> tonic::Status {
         StorageError::Query { source } => match source.find_root() {
             D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => tonic::Code::InvalidArgument,
             D::ResourcesExhausted(_) => tonic::Code::ResourceExhausted,
+            D::External(inner) if inner.is::<crate::running::Cancelled>() => tonic::Code::Cancelled,
             _ => tonic::Code::Internal,
         },
         StorageError::Bind { .. }

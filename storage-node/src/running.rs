@@ -18,7 +18,35 @@ use tokio::sync::watch;
 /// Cancels a query: every stream made [`until_cancelled`] with a clone of
 /// it ends with an error giving the reason. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Cancel(Arc<watch::Sender<Option<String>>>);
+pub struct Cancel(Arc<watch::Sender<Option<Cancelled>>>);
+
+/// Why a query stopped early, as the error its stream ends with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cancelled {
+    pub reason: String,
+    /// Ended by its timeout rather than by someone.
+    pub timed_out: bool,
+}
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+impl Cancelled {
+    /// The cancellation inside `e`, if that is what ended a query.
+    pub fn find(e: &DataFusionError) -> Option<&Cancelled> {
+        match e {
+            DataFusionError::External(inner) => inner.downcast_ref::<Cancelled>(),
+            DataFusionError::Context(_, inner) => Self::find(inner),
+            DataFusionError::Shared(inner) => Self::find(inner),
+            _ => None,
+        }
+    }
+}
 
 impl Default for Cancel {
     fn default() -> Self {
@@ -29,18 +57,31 @@ impl Default for Cancel {
 impl Cancel {
     /// Cancels, unless cancelled already (the first reason stays).
     pub fn cancel(&self, reason: impl Into<String>) {
-        let reason = reason.into();
+        self.set(reason.into(), false);
+    }
+
+    /// Cancels because the query ran past its timeout.
+    pub fn time_out(&self, reason: impl Into<String>) {
+        self.set(reason.into(), true);
+    }
+
+    fn set(&self, reason: String, timed_out: bool) {
         self.0.send_if_modified(|r| {
             if r.is_some() {
                 return false;
             }
-            *r = Some(reason);
+            *r = Some(Cancelled { reason, timed_out });
             true
         });
     }
 
     /// Why it was cancelled, if it was.
     pub fn reason(&self) -> Option<String> {
+        self.0.borrow().as_ref().map(|c| c.reason.clone())
+    }
+
+    /// The cancellation, if it was cancelled.
+    pub fn cancelled_as(&self) -> Option<Cancelled> {
         self.0.borrow().clone()
     }
 
@@ -48,7 +89,7 @@ impl Cancel {
     pub async fn cancelled(&self) -> String {
         let mut rx = self.0.subscribe();
         let reason = match rx.wait_for(Option::is_some).await {
-            Ok(r) => r.clone().unwrap_or_default(),
+            Ok(r) => r.as_ref().map(|c| c.reason.clone()).unwrap_or_default(),
             // The sender lives in `self`: it cannot be gone.
             Err(_) => String::new(),
         };
@@ -68,7 +109,9 @@ pub fn until_cancelled(
         .take_until(async move { cancel.cancelled().await })
         .chain(
             futures::stream::once(async move {
-                stopped.reason().map(|r| Err(DataFusionError::Execution(r)))
+                stopped
+                    .cancelled_as()
+                    .map(|c| Err(DataFusionError::External(Box::new(c))))
             })
             .filter_map(futures::future::ready),
         );
