@@ -744,6 +744,7 @@ async fn run_sql(a: SqlArgs) -> Result<(), String> {
         format,
         timing: false,
         expanded: false,
+        settings: Default::default(),
     };
     let mut stdout = std::io::stdout();
     if let Some(sql) = a.command {

@@ -242,6 +242,86 @@ pub struct Session {
     pub format: OutputFormat,
     pub timing: bool,
     pub expanded: bool,
+    /// `SET` settings, sent with each query as a leading hint (the server
+    /// keeps no session between requests).
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+/// Settings `SET` accepts without the `strata.` prefix.
+const SHORT_SETTINGS: [&str; 3] = ["statement_timeout", "memory_limit_mib", "last_value_cache"];
+
+/// `SET name = value` / `SET name TO value` / `RESET name` / `RESET ALL`:
+/// the setting and its new value (`None`: reset; name `all`: every one).
+fn parse_set(input: &str) -> Option<Result<(String, Option<String>), ClientError>> {
+    let s = input.trim().trim_end_matches(';').trim();
+    let (word, rest) = s.split_once(char::is_whitespace)?;
+    let name_of = |n: &str| {
+        let n = n.trim().to_ascii_lowercase();
+        match n.strip_prefix("strata.") {
+            Some(_) => Ok(n),
+            None if SHORT_SETTINGS.contains(&n.as_str()) => Ok(format!("strata.{n}")),
+            None if n == "all" => Ok(n),
+            None => Err(ClientError(format!(
+                "ERROR: unknown setting '{n}'; strata sql knows {} (or strata.*)",
+                SHORT_SETTINGS.join(", ")
+            ))),
+        }
+    };
+    if word.eq_ignore_ascii_case("reset") {
+        return Some(name_of(rest).map(|n| (n, None)));
+    }
+    if !word.eq_ignore_ascii_case("set") {
+        return None;
+    }
+    let (name, value) = match rest.split_once('=') {
+        Some(p) => p,
+        None => {
+            let (n, v) = rest.trim().split_once(char::is_whitespace)?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix("to ")
+                .or_else(|| v.strip_prefix("TO "))
+                .unwrap_or(v);
+            (n, v)
+        }
+    };
+    let value = value.trim().trim_matches('\'').to_string();
+    if value.is_empty() || value.contains(['\'', ',', '*']) {
+        return Some(Err(ClientError(format!(
+            "ERROR: SET {} needs a plain value, e.g. SET statement_timeout = '30s'",
+            name.trim()
+        ))));
+    }
+    Some(name_of(name).map(|n| (n, Some(value))))
+}
+
+/// `sql` with `settings` as its leading hint (merged into one it has),
+/// when it is a query; other statements go as they are.
+fn with_settings(sql: &str, settings: &std::collections::BTreeMap<String, String>) -> String {
+    if settings.is_empty() {
+        return sql.to_string();
+    }
+    let hint: Vec<String> = settings
+        .iter()
+        .map(|(k, v)| format!("{k} = '{v}'"))
+        .collect();
+    let hint = hint.join(", ");
+    let trimmed = sql.trim_start();
+    if let Some(rest) = trimmed.strip_prefix("/*+") {
+        // The statement's own settings come after, and win.
+        return format!("/*+ {hint}, {}", rest.trim_start());
+    }
+    let first = trimmed
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let is_query = trimmed.starts_with('(')
+        || ["select", "with", "explain", "values"].contains(&first.as_str());
+    match is_query {
+        true => format!("/*+ {hint} */ {trimmed}"),
+        false => sql.to_string(),
+    }
 }
 
 impl Session {
@@ -257,6 +337,24 @@ impl Session {
             },
             None => input.to_string(),
         };
+        match parse_set(&sql) {
+            Some(Ok((name, value))) => {
+                match (name.as_str(), value) {
+                    ("all", None) => self.settings.clear(),
+                    (_, None) => {
+                        self.settings.remove(&name);
+                    }
+                    (_, Some(v)) => {
+                        self.settings.insert(name, v);
+                    }
+                }
+                let _ = writeln!(out, "SET");
+                return Ok(true);
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+        let sql = with_settings(&sql, &self.settings);
         let input = sql.as_str();
         let started = Instant::now();
         let batches = self.client.query(input).await?;
@@ -426,6 +524,41 @@ pub fn read_stdin() -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_is_remembered_and_sent_as_a_hint_with_queries() {
+        let (name, value) = parse_set("SET statement_timeout = '5s';").unwrap().unwrap();
+        assert_eq!(
+            (name.as_str(), value.as_deref()),
+            ("strata.statement_timeout", Some("5s"))
+        );
+        let (name, value) = parse_set("set memory_limit_mib to 64").unwrap().unwrap();
+        assert_eq!(
+            (name.as_str(), value.as_deref()),
+            ("strata.memory_limit_mib", Some("64"))
+        );
+        assert_eq!(
+            parse_set("RESET ALL").unwrap().unwrap(),
+            ("all".into(), None)
+        );
+        assert!(parse_set("SET work_mem = 4").unwrap().is_err());
+        assert!(parse_set("SET statement_timeout = 'a*/ DROP'")
+            .unwrap()
+            .is_err());
+        assert!(parse_set("SELECT 1").is_none());
+        let settings = [("strata.statement_timeout".to_string(), "5s".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            with_settings("SELECT 1", &settings),
+            "/*+ strata.statement_timeout = '5s' */ SELECT 1"
+        );
+        assert_eq!(
+            with_settings("/*+ strata.memory_limit_mib = 9 */ SELECT 1", &settings),
+            "/*+ strata.statement_timeout = '5s', strata.memory_limit_mib = 9 */ SELECT 1"
+        );
+        assert_eq!(with_settings("SHOW DATABASES", &settings), "SHOW DATABASES");
+    }
 
     #[test]
     fn statements_split_on_semicolons_outside_quotes() {

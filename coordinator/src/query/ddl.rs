@@ -212,6 +212,15 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
     if is(at(0), "show") && is(at(1), "databases") && t.len() == 2 {
         return Ok(Some(OwnStatement::ShowDatabases));
     }
+    if is(at(0), "set") || is(at(0), "reset") {
+        return Err(
+            "settings last for one statement here (each request is its own session): give them \
+             to the statement in a leading hint, e.g. `/*+ strata.statement_timeout = '30s', \
+             strata.memory_limit_mib = 2048 */ SELECT ...`; `strata sql` remembers SET for its \
+             session and sends it this way"
+                .into(),
+        );
+    }
     if is(at(0), "kill") {
         let i = if is(at(1), "query") { 2 } else { 1 };
         let id = at(i).ok_or("KILL QUERY needs the query's id: KILL QUERY '<query_id>'")?;
