@@ -66,6 +66,7 @@ use crate::last_value::{LastLookup, LastRows};
 use crate::merge::MergeDedup;
 use crate::predicate::{tag_values, time_range};
 use crate::series::{rows_in, SeriesFilter};
+use datafusion::execution::memory_pool::MemoryLimit;
 
 /// One table's rows on this node, restricted to some shards.
 pub struct ShardTable {
@@ -546,9 +547,16 @@ impl ExecutionPlan for ShardScanExec {
             )?;
             merged_stream(merge, inputs)
         } else {
-            // Batches of the session's batch size, as DataFusion's
-            // operators expect and account for them.
+            // A memtable batch larger than a sixteenth of the query's
+            // memory limit is cut into batches of the session's batch size
+            // with buffers of their own (a slice would count the whole
+            // batch against the limit); smaller ones go as they are, at no
+            // copy.
             let rows = ctx.session_config().batch_size();
+            let max_bytes = match ctx.memory_pool().memory_limit() {
+                MemoryLimit::Finite(limit) => limit / 16,
+                _ => usize::MAX,
+            };
             let file_streams = futures::stream::iter(files.into_iter().zip(deletes))
                 .then(move |(f, deletes)| {
                     let ctx = ctx.clone();
@@ -563,7 +571,10 @@ impl ExecutionPlan for ShardScanExec {
             let mem: BoxStream<'static, datafusion::error::Result<RecordBatch>> =
                 if memtable_deduplicated {
                     futures::stream::iter(memtable)
-                        .map(move |b| split_owned(b, rows).map_err(DataFusionError::from))
+                        .map(move |b| match b.get_array_memory_size() > max_bytes {
+                            true => split_owned(b, rows).map_err(DataFusionError::from),
+                            false => Ok(vec![b]),
+                        })
                         .map_ok(|bs| futures::stream::iter(bs.into_iter().map(Ok)))
                         .try_flatten()
                         .boxed()
