@@ -177,6 +177,13 @@ impl Queries {
         let mut record = running.now();
         record.state = state;
         record.error = error;
+        if s.finished.len() >= FINISHED_KEPT {
+            s.finished.pop_front();
+        }
+        s.finished.push_back(record.clone());
+        // Metrics after the lock: a scrape reads this registry's lock while
+        // holding the metrics registry's.
+        drop(s);
         let registry = strata_metrics::global();
         let strategy = record.strategy.as_deref().unwrap_or("statement");
         registry
@@ -201,10 +208,6 @@ impl Queries {
                 &[],
             )
             .inc_by(record.bytes_shipped);
-        if s.finished.len() >= FINISHED_KEPT {
-            s.finished.pop_front();
-        }
-        s.finished.push_back(record);
     }
 }
 

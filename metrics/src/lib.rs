@@ -116,10 +116,11 @@ impl Histogram {
 
 type Labels = Vec<(String, String)>;
 
+#[derive(Clone)]
 enum Series {
     Counter(Counter),
     Gauge(Gauge),
-    GaugeFn(Box<dyn Fn() -> f64 + Send + Sync>),
+    GaugeFn(Arc<dyn Fn() -> f64 + Send + Sync>),
     Histogram(Histogram),
 }
 
@@ -132,7 +133,7 @@ struct Family {
     dynamic: BTreeMap<String, DynamicSeries>,
 }
 
-type DynamicSeries = Box<dyn Fn() -> Vec<(Labels, f64)> + Send + Sync>;
+type DynamicSeries = Arc<dyn Fn() -> Vec<(Labels, f64)> + Send + Sync>;
 
 /// Metric families by name.
 #[derive(Default)]
@@ -218,7 +219,7 @@ impl Registry {
         });
         family
             .series
-            .insert(labels(pairs), Series::GaugeFn(Box::new(f)));
+            .insert(labels(pairs), Series::GaugeFn(Arc::new(f)));
     }
 
     /// Gauges whose label sets are only known at scrape time (one per
@@ -262,7 +263,7 @@ impl Registry {
             series: BTreeMap::new(),
             dynamic: BTreeMap::new(),
         });
-        family.dynamic.insert(owner.to_string(), Box::new(f));
+        family.dynamic.insert(owner.to_string(), Arc::new(f));
     }
 
     /// The histogram `name` with these labels and `bounds`, made on first
@@ -287,14 +288,39 @@ impl Registry {
         )
     }
 
-    /// Every metric in the Prometheus text format.
+    /// Every metric in the Prometheus text format. The computed gauges
+    /// run after the registry's lock is released: they take locks of
+    /// their own, whose holders may be registering a metric.
     pub fn render(&self) -> String {
-        let families = self.families.lock();
+        #[allow(clippy::type_complexity)]
+        let families: Vec<(
+            String,
+            String,
+            &'static str,
+            Vec<(Labels, Series)>,
+            Vec<DynamicSeries>,
+        )> = self
+            .families
+            .lock()
+            .iter()
+            .map(|(name, f)| {
+                (
+                    name.clone(),
+                    f.help.clone(),
+                    f.kind,
+                    f.series
+                        .iter()
+                        .map(|(l, s)| (l.clone(), s.clone()))
+                        .collect(),
+                    f.dynamic.values().cloned().collect(),
+                )
+            })
+            .collect();
         let mut out = String::new();
-        for (name, family) in families.iter() {
-            let _ = writeln!(out, "# HELP {name} {}", escape_help(&family.help));
-            let _ = writeln!(out, "# TYPE {name} {}", family.kind);
-            for (labels, series) in &family.series {
+        for (name, help, kind, series, dynamic) in &families {
+            let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, series) in series {
                 match series {
                     Series::Counter(c) => sample(&mut out, name, labels, None, c.get() as f64),
                     Series::Gauge(g) => sample(&mut out, name, labels, None, g.get() as f64),
@@ -322,7 +348,7 @@ impl Registry {
                     }
                 }
             }
-            for f in family.dynamic.values() {
+            for f in dynamic {
                 for (labels, v) in f() {
                     sample(&mut out, name, &labels, None, v);
                 }
@@ -441,5 +467,19 @@ mod tests {
         assert!(text.contains("strata_latency_seconds_sum 5.55\n"), "{text}");
         assert!(text.contains("strata_latency_seconds_count 3\n"), "{text}");
         assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn a_computed_gauge_may_touch_the_registry() {
+        // As a gauge reading a lock whose holder registers a counter: the
+        // callbacks run outside the registry's lock.
+        let r: &'static Registry = Box::leak(Box::default());
+        r.gauge_fn("strata_reentrant", "Reentrant.", &[], move || {
+            r.counter("strata_inner_total", "Inner.", &[]).inc();
+            1.0
+        });
+        let text = r.render();
+        assert!(text.contains("strata_reentrant 1\n"), "{text}");
+        assert!(r.render().contains("strata_inner_total 1\n"));
     }
 }
