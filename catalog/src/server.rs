@@ -145,7 +145,7 @@ impl CatalogServer {
                 // HTTP/1.1 for `GET /metrics` beside gRPC on the one port.
                 .accept_http1(true)
                 .add_routes(
-                    tonic::service::Routes::from(strata_metrics::router())
+                    tonic::service::Routes::from(strata_metrics::grpc_port_router())
                         .add_service(CatalogServiceServer::new(service))
                         .add_service(
                             RaftServiceServer::new(RaftServer { raft: raft.clone() })

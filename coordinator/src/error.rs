@@ -49,7 +49,7 @@ pub enum Error {
     #[snafu(display("invalid parameter '{name}': {reason}"))]
     BadParameter { name: &'static str, reason: String },
 
-    #[snafu(display("{source}"))]
+    #[snafu(display("{}", query_message(source)))]
     Query {
         source: datafusion::error::DataFusionError,
     },
@@ -97,6 +97,11 @@ pub enum Error {
     #[snafu(display("{message}"))]
     TableNotFound { message: String },
 
+    #[snafu(display(
+        "no query '{query_id}' is running here or on a storage node (see system.queries)"
+    ))]
+    QueryNotFound { query_id: String },
+
     #[snafu(display("partial write: rows of shard {shard_id} were refused: {failures}"))]
     WriteRefused { shard_id: u64, failures: String },
 
@@ -129,7 +134,9 @@ impl Error {
                 strata_catalog::Error::Rejected { .. } => S::BAD_REQUEST,
                 _ => S::SERVICE_UNAVAILABLE,
             },
-            Error::DatabaseNotFound { .. } | Error::TableNotFound { .. } => S::NOT_FOUND,
+            Error::DatabaseNotFound { .. }
+            | Error::TableNotFound { .. }
+            | Error::QueryNotFound { .. } => S::NOT_FOUND,
             Error::BodyTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             Error::UnsupportedEncoding { .. } => S::UNSUPPORTED_MEDIA_TYPE,
             Error::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
@@ -183,6 +190,7 @@ impl Error {
             },
             Error::DatabaseNotFound { .. } => "database_not_found",
             Error::TableNotFound { .. } => "table_not_found",
+            Error::QueryNotFound { .. } => "query_not_found",
             Error::Consistency { stored, .. } if *stored > 0 => "partial_write",
             Error::Consistency { .. } => "write_failed",
             Error::DeleteIncomplete { .. } => "delete_incomplete",
@@ -214,7 +222,9 @@ impl Error {
                 strata_catalog::Error::Rejected { .. } => tonic::Code::InvalidArgument,
                 _ => tonic::Code::Unavailable,
             },
-            Error::DatabaseNotFound { .. } | Error::TableNotFound { .. } => tonic::Code::NotFound,
+            Error::DatabaseNotFound { .. }
+            | Error::TableNotFound { .. }
+            | Error::QueryNotFound { .. } => tonic::Code::NotFound,
             Error::BodyTooLarge { .. } | Error::UnsupportedEncoding { .. } => {
                 tonic::Code::InvalidArgument
             }
@@ -230,6 +240,23 @@ impl Error {
             | Error::Runtime { .. }
             | Error::Handoff { .. } => tonic::Code::Internal,
         }
+    }
+}
+
+/// A query error as the client reads it: a cancellation or a storage
+/// node's status by its own words, without DataFusion's "External error"
+/// wrapping.
+fn query_message(e: &datafusion::error::DataFusionError) -> String {
+    use datafusion::error::DataFusionError as D;
+    if let Some(c) = strata_storage::running::Cancelled::find(e) {
+        return c.reason.clone();
+    }
+    match e {
+        D::External(inner) => match inner.downcast_ref::<tonic::Status>() {
+            Some(s) => s.message().to_string(),
+            None => inner.to_string(),
+        },
+        e => e.to_string(),
     }
 }
 

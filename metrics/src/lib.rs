@@ -420,6 +420,24 @@ pub fn router() -> axum::Router {
     )
 }
 
+/// [`router`] for a gRPC port: other paths are answered as gRPC answers
+/// an unknown method (`grpc-status: 12`), not with a bare HTTP 404.
+pub fn grpc_port_router() -> axum::Router {
+    router().fallback(|| async {
+        (
+            [
+                (axum::http::header::CONTENT_TYPE, "application/grpc"),
+                (axum::http::HeaderName::from_static("grpc-status"), "12"),
+                (
+                    axum::http::HeaderName::from_static("grpc-message"),
+                    "unknown service or method",
+                ),
+            ],
+            "",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

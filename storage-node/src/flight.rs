@@ -405,8 +405,15 @@ impl FlightService for StorageFlightService {
                 .collect(),
             started_ms: strata_catalog::liveness::now_ms(),
         });
+        let spill_reserve =
+            crate::memory::sort_spill_reservation(self.memory.per_query(memory_limit));
         let task_ctx = Arc::new(
             datafusion::execution::TaskContext::from(&self.ctx)
+                .with_session_config(
+                    self.ctx
+                        .copied_config()
+                        .with_sort_spill_reservation_bytes(spill_reserve),
+                )
                 .with_runtime(self.memory.runtime(memory_limit)),
         );
         let run = {

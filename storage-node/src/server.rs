@@ -108,7 +108,7 @@ impl StorageNode {
                 // HTTP/1.1 for `GET /metrics` beside gRPC on the one port.
                 .accept_http1(true)
                 .add_routes(
-                    tonic::service::Routes::from(strata_metrics::router()).add_service(
+                    tonic::service::Routes::from(strata_metrics::grpc_port_router()).add_service(
                         FlightServiceServer::new(service)
                             .max_decoding_message_size(MAX_MESSAGE_BYTES)
                             .max_encoding_message_size(MAX_MESSAGE_BYTES),

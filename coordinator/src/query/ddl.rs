@@ -69,6 +69,88 @@ fn is(tok: Option<&String>, word: &str) -> bool {
     tok.is_some_and(|t| t.eq_ignore_ascii_case(word))
 }
 
+/// `sql` without the comments (`-- ...` lines, `/* ... */`, hints) in
+/// front of its first word: strata's own statements are recognised by
+/// their first words.
+pub fn strip_leading_comments(sql: &str) -> &str {
+    let mut s = sql.trim_start();
+    loop {
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest
+                .split_once('\n')
+                .map_or("", |(_, after)| after)
+                .trim_start();
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            match rest.split_once("*/") {
+                Some((_, after)) => s = after.trim_start(),
+                None => return s,
+            }
+        } else {
+            return s;
+        }
+    }
+}
+
+/// Longest query id `KILL QUERY` takes (ids are UUIDs, 36 characters).
+const MAX_QUERY_ID: usize = 128;
+
+/// `KILL [QUERY] '<id>'` (or a bare id), the id a SQL string literal
+/// (`''` is a quote).
+fn parse_kill(sql: &str) -> Result<OwnStatement, String> {
+    let usage = "KILL QUERY needs the query's id: KILL QUERY '<query_id>' (see system.queries)";
+    let word = |s: &str, w: &str| -> Option<usize> {
+        let head = s.get(..w.len())?;
+        let boundary = s[w.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_alphanumeric() && c != '_');
+        (head.eq_ignore_ascii_case(w) && boundary).then_some(w.len())
+    };
+    let s = sql.trim().trim_end_matches(';').trim_end();
+    let mut rest = s[word(s, "kill").ok_or(usage)?..].trim_start();
+    if let Some(n) = word(rest, "query") {
+        rest = rest[n..].trim_start();
+    } else if word(rest, "connection").is_some() {
+        return Err("only KILL QUERY '<query_id>' is supported".into());
+    }
+    let (id, after) = match rest.strip_prefix('\'') {
+        Some(quoted) => {
+            let mut id = String::new();
+            let mut chars = quoted.char_indices().peekable();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                if c != '\'' {
+                    id.push(c);
+                } else if chars.peek().is_some_and(|(_, n)| *n == '\'') {
+                    id.push('\'');
+                    chars.next();
+                } else {
+                    end = Some(i + 1);
+                    break;
+                }
+            }
+            let end = end.ok_or("the query id's quote is not closed")?;
+            (id, quoted[end..].trim())
+        }
+        None => match rest.split_once(char::is_whitespace) {
+            Some((id, after)) => (id.to_string(), after.trim()),
+            None => (rest.to_string(), ""),
+        },
+    };
+    if !after.is_empty() && !after.starts_with("--") {
+        return Err("unexpected text after the query id; KILL QUERY takes one id".into());
+    }
+    if id.is_empty() {
+        return Err(usage.into());
+    }
+    if id.chars().count() > MAX_QUERY_ID {
+        return Err(format!(
+            "a query id is at most {MAX_QUERY_ID} characters (see system.queries)"
+        ));
+    }
+    Ok(OwnStatement::KillQuery { query_id: id })
+}
+
 fn unquote(name: &str) -> String {
     let n = name.trim_matches('"').trim_matches('`');
     n.to_string()
@@ -222,14 +304,7 @@ pub fn parse(sql: &str) -> Result<Option<OwnStatement>, String> {
         );
     }
     if is(at(0), "kill") {
-        let i = if is(at(1), "query") { 2 } else { 1 };
-        let id = at(i).ok_or("KILL QUERY needs the query's id: KILL QUERY '<query_id>'")?;
-        if let Some(extra) = at(i + 1) {
-            return Err(format!("unexpected '{extra}' after the query id"));
-        }
-        return Ok(Some(OwnStatement::KillQuery {
-            query_id: unquote(id).trim_matches('\'').to_string(),
-        }));
+        return parse_kill(sql).map(Some);
     }
     if is(at(0), "drop") && is(at(1), "database") {
         let (if_exists, i) = if is(at(2), "if") && is(at(3), "exists") {
@@ -667,6 +742,39 @@ mod tests {
     use strata_catalog::model::{DAY_NS, HOUR_NS};
 
     use super::*;
+
+    #[test]
+    fn kill_takes_one_id_as_a_string_literal() {
+        let id = |sql: &str| match parse(sql) {
+            Ok(Some(OwnStatement::KillQuery { query_id })) => Ok(query_id),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(id("KILL QUERY 'abc'").unwrap(), "abc");
+        assert_eq!(id("kill 'abc';").unwrap(), "abc");
+        assert_eq!(id("KILL QUERY abc -- why").unwrap(), "abc");
+        assert_eq!(id("KILL QUERY 'a b'").unwrap(), "a b");
+        assert_eq!(id("KILL QUERY 'it''s'").unwrap(), "it's");
+        assert!(id("KILL QUERY 'x'' OR 1=1 --'").unwrap().contains("OR 1=1"));
+        assert!(id("KILL QUERY ''")
+            .unwrap_err()
+            .contains("needs the query's id"));
+        assert!(id("KILL QUERY")
+            .unwrap_err()
+            .contains("needs the query's id"));
+        assert!(id("KILL QUERY 'a' 'b'").unwrap_err().contains("one id"));
+        assert!(id("KILL QUERY 'abc").unwrap_err().contains("not closed"));
+        assert!(id("KILL CONNECTION 'abc'")
+            .unwrap_err()
+            .contains("only KILL QUERY"));
+        assert!(id(&format!("KILL QUERY '{}'", "x".repeat(5000)))
+            .unwrap_err()
+            .contains("at most 128"));
+        assert_eq!(
+            strip_leading_comments("/*+ strata.x = 1 */ -- c\n /* d */ KILL 'q'"),
+            "KILL 'q'"
+        );
+    }
 
     #[test]
     fn create_database_with_an_option_list() {

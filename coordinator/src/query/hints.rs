@@ -20,7 +20,8 @@ pub fn settings(sql: &str) -> Result<Vec<(String, String)>, String> {
             let (key, value) = s
                 .split_once('=')
                 .ok_or_else(|| format!("hint `{s}` is not `key = value`"))?;
-            let key = key.trim();
+            // Keys are case-insensitive, as SQL identifiers.
+            let key = key.trim().to_ascii_lowercase();
             if !key.starts_with("strata.") {
                 return Err(format!(
                     "hint `{s}`: only strata's options (`strata.*`) can be set in a hint"
@@ -31,7 +32,7 @@ pub fn settings(sql: &str) -> Result<Vec<(String, String)>, String> {
                 .strip_prefix('\'')
                 .and_then(|v| v.strip_suffix('\''))
                 .unwrap_or(value);
-            Ok((key.to_string(), value.to_string()))
+            Ok((key, value.to_string()))
         })
         .collect()
 }

@@ -168,6 +168,15 @@ impl QueryEngine {
 
     /// Parses and plans `sql` on a query thread, once its size is checked.
     pub async fn plan(&self, sql: &str, database: Option<&str>, query_id: &str) -> Result<Planned> {
+        // KILL is parsed here, not on the query threads: it must get
+        // through while runaway queries hold all of them.
+        if sql.len() <= 64 << 10 {
+            if let Ok(Some(kill @ OwnStatement::KillQuery { .. })) =
+                ddl::parse(ddl::strip_leading_comments(sql))
+            {
+                return Ok(Planned::Own(kill));
+            }
+        }
         let this = self.clone();
         let (sql, database, query_id) = (
             sql.to_string(),
@@ -187,21 +196,23 @@ impl QueryEngine {
         query_id: &str,
     ) -> Result<Planned> {
         limits::check_sql(sql).map_err(|reason| Error::BadStatement { reason })?;
-        if let Some(own) = ddl::parse(sql).map_err(|reason| Error::BadStatement { reason })? {
+        // strata's own statements, whatever comments or hint come first.
+        let own_sql = ddl::strip_leading_comments(sql);
+        if let Some(own) = ddl::parse(own_sql).map_err(|reason| Error::BadStatement { reason })? {
             return Ok(Planned::Own(own));
         }
-        if let Some(own) =
-            ddl::parse_drop_table(sql, database).map_err(|reason| Error::BadStatement { reason })?
+        if let Some(own) = ddl::parse_drop_table(own_sql, database)
+            .map_err(|reason| Error::BadStatement { reason })?
         {
             return Ok(Planned::Own(own));
         }
-        if delete::is_delete(sql) {
-            let d = delete::parse(sql, database, &self.catalog.state())
+        if delete::is_delete(own_sql) {
+            let d = delete::parse(own_sql, database, &self.catalog.state())
                 .map_err(|reason| Error::BadStatement { reason })?;
             return Ok(Planned::Own(OwnStatement::Delete(d)));
         }
-        if insert::is_insert(sql) {
-            let i = insert::parse(sql, database, &self.catalog.state())
+        if insert::is_insert(own_sql) {
+            let i = insert::parse(own_sql, database, &self.catalog.state())
                 .map_err(|reason| Error::BadStatement { reason })?;
             return Ok(Planned::Own(OwnStatement::Insert(i)));
         }
@@ -474,11 +485,8 @@ impl QueryEngine {
             });
         let fragments: usize = futures::future::join_all(asks).await.into_iter().sum();
         if !here && fragments == 0 {
-            return Err(Error::BadStatement {
-                reason: format!(
-                    "no query '{query_id}' is running here or on a storage node (see \
-                     system.queries)"
-                ),
+            return Err(Error::QueryNotFound {
+                query_id: query_id.to_string(),
             });
         }
         tracing::info!(query_id, on_nodes = fragments, "query killed");
@@ -651,6 +659,7 @@ fn parse_timeout(value: &str) -> Result<Option<Duration>> {
         _ => {}
     }
     match ddl::parse_duration(value.trim()) {
+        Ok(0) => Ok(None),
         Ok(ns) if ns > 0 => Ok(Some(Duration::from_nanos(ns as u64))),
         _ => Err(Error::BadStatement {
             reason: format!(
