@@ -58,7 +58,3 @@ pub const RUNNING_FRAGMENTS_ACTION: &str = "running_fragments";
 /// Flight action on a storage node: cancels every fragment of a query
 /// (JSON body `{"query_id", "reason"}`), answering `{"cancelled": n}`.
 pub const CANCEL_QUERY_ACTION: &str = "cancel_query";
-
-/// gRPC metadata carrying the query id of a coordinator's request to a
-/// storage node, so that its spans and logs name the query.
-pub const QUERY_ID_HEADER: &str = "strata-query-id";
