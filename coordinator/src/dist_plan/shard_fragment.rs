@@ -491,6 +491,11 @@ async fn open_replica(
                     if code == tonic::Code::ResourceExhausted {
                         return out_of_memory(node_id, &e);
                     }
+                    if code == tonic::Code::Cancelled {
+                        return DataFusionError::External(Box::new(tonic::Status::cancelled(
+                            format!("on storage node {node_id}: {e}"),
+                        )));
+                    }
                     DataFusionError::External(Box::new(tonic::Status::unavailable(format!(
                         "reading shards {shards:?} from node {node_id} at {addr} failed: {e}"
                     ))))
@@ -516,6 +521,13 @@ async fn open_replica(
             // Over the query's memory limit: the query's own doing, which
             // another replica would only repeat.
             Err((tonic::Code::ResourceExhausted, e)) => return Err(out_of_memory(*node_id, &e)),
+            // Cancelled there (KILL QUERY from another coordinator): not a
+            // replica to replace.
+            Err((tonic::Code::Cancelled, e)) => {
+                return Err(DataFusionError::External(Box::new(
+                    tonic::Status::cancelled(format!("on storage node {node_id}: {e}")),
+                )))
+            }
             Err((_, e)) => {
                 tracing::warn!(shards = ?task.shard_ids, node = node_id, %addr, error = %e, "replica failed, trying the next");
                 failures.push(format!("node {node_id} at {addr}: {e}"));
