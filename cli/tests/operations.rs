@@ -42,9 +42,12 @@ async fn loaded(adjust: impl FnOnce(&mut strata::dev::DevConfig)) -> TestCluster
     c
 }
 
-/// Starts `sql` over Flight SQL and reads its first batch; the stream is
-/// returned unread beyond that.
-async fn start_held(c: &TestCluster, sql: &str) -> FlightRecordBatchStream {
+/// A Flight SQL client of the coordinator with `database` set, whose
+/// errors keep their gRPC status.
+async fn raw_client(
+    c: &TestCluster,
+    database: &str,
+) -> FlightSqlServiceClient<tonic::transport::Channel> {
     let addr = c.cluster().coordinator.flight_addr();
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -52,7 +55,14 @@ async fn start_held(c: &TestCluster, sql: &str) -> FlightRecordBatchStream {
         .await
         .unwrap();
     let mut client = FlightSqlServiceClient::new(channel);
-    client.set_header("database", "ops");
+    client.set_header("database", database);
+    client
+}
+
+/// Starts `sql` over Flight SQL and reads its first batch; the stream is
+/// returned unread beyond that.
+async fn start_held(c: &TestCluster, sql: &str) -> FlightRecordBatchStream {
+    let mut client = raw_client(c, "ops").await;
     let info = client.execute(sql.to_string(), None).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let mut stream = client.do_get(ticket).await.unwrap();
@@ -223,14 +233,7 @@ async fn kill_timeout_and_a_client_going_away_stop_the_work_on_the_nodes() {
             "{q}: {body}"
         );
     }
-    let addr = c.cluster().coordinator.flight_addr();
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut raw = FlightSqlServiceClient::new(channel);
-    raw.set_header("database", "nodb");
+    let mut raw = raw_client(&c, "nodb").await;
     let e = raw
         .execute("SELECT * FROM m".into(), None)
         .await

@@ -89,6 +89,31 @@ pub async fn put_shard(
     Ok(())
 }
 
+/// Runs the Flight action `kind` with a JSON `body` on the node at `addr`
+/// and reads its first answer as JSON; errors say what was unreadable
+/// (`what`).
+pub async fn json_action<T: serde::de::DeserializeOwned>(
+    nodes: &NodeClients,
+    addr: &str,
+    kind: &str,
+    body: serde_json::Value,
+    what: &str,
+) -> Result<T, String> {
+    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
+    let action = arrow_flight::Action::new(kind.to_string(), bytes::Bytes::from(body.to_string()));
+    let results: Vec<bytes::Bytes> = client
+        .do_action(action)
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = results
+        .first()
+        .ok_or_else(|| format!("the node answered no {what}"))?;
+    serde_json::from_slice(first).map_err(|e| format!("unreadable {what}: {e}"))
+}
+
 /// Digests of the shards (of what the node at `addr` holds of them), in
 /// time buckets of `bucket_ns`.
 pub async fn shard_digests(
@@ -97,21 +122,15 @@ pub async fn shard_digests(
     shard_ids: &[u64],
     bucket_ns: i64,
 ) -> Result<Vec<ShardDigest>, String> {
-    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
     let body = serde_json::json!({ "shard_ids": shard_ids, "bucket_ns": bucket_ns });
-    let action = arrow_flight::Action::new(
+    json_action(
+        nodes,
+        addr,
         strata_proto::SHARD_DIGEST_ACTION,
-        bytes::Bytes::from(body.to_string()),
-    );
-    let results: Vec<bytes::Bytes> = client
-        .do_action(action)
-        .await
-        .map_err(|e| e.to_string())?
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let first = results.first().ok_or("the node answered no digest")?;
-    serde_json::from_slice(first).map_err(|e| format!("unreadable digests: {e}"))
+        body,
+        "digests",
+    )
+    .await
 }
 
 /// Sends a delete (an encoded `DeleteRequest`) to the node at `addr`.
@@ -133,17 +152,15 @@ pub async fn running_fragments(
     nodes: &NodeClients,
     addr: &str,
 ) -> Result<Vec<strata_storage::running::FragmentInfo>, String> {
-    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
-    let action = arrow_flight::Action::new(strata_proto::RUNNING_FRAGMENTS_ACTION, "");
-    let results: Vec<bytes::Bytes> = client
-        .do_action(action)
-        .await
-        .map_err(|e| e.to_string())?
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let first = results.first().ok_or("the node answered nothing")?;
-    serde_json::from_slice(first).map_err(|e| format!("unreadable fragment list: {e}"))
+    let body = serde_json::json!({});
+    json_action(
+        nodes,
+        addr,
+        strata_proto::RUNNING_FRAGMENTS_ACTION,
+        body,
+        "fragment list",
+    )
+    .await
 }
 
 /// Cancels the fragments of `query_id` on the node at `addr`; how many it
@@ -154,21 +171,14 @@ pub async fn cancel_fragments(
     query_id: &str,
     reason: &str,
 ) -> Result<usize, String> {
-    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
     let body = serde_json::json!({ "query_id": query_id, "reason": reason });
-    let action = arrow_flight::Action::new(
+    let answer: serde_json::Value = json_action(
+        nodes,
+        addr,
         strata_proto::CANCEL_QUERY_ACTION,
-        bytes::Bytes::from(body.to_string()),
-    );
-    let results: Vec<bytes::Bytes> = client
-        .do_action(action)
-        .await
-        .map_err(|e| e.to_string())?
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let first = results.first().ok_or("the node answered nothing")?;
-    let answer: serde_json::Value =
-        serde_json::from_slice(first).map_err(|e| format!("unreadable answer: {e}"))?;
+        body,
+        "answer",
+    )
+    .await?;
     Ok(answer["cancelled"].as_u64().unwrap_or(0) as usize)
 }

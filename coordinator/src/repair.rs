@@ -37,7 +37,7 @@ use strata_catalog::model::{Database, NodeState, Shard, Table, TIME_COLUMN};
 use strata_catalog::CatalogData;
 use strata_storage::digest::ShardDigest;
 
-use crate::node_clients::{put_shard, shard_digests, NodeClients};
+use crate::node_clients::{json_action, put_shard, shard_digests, NodeClients};
 
 /// What a repair covers.
 #[derive(Debug, Clone)]
@@ -322,24 +322,18 @@ async fn series_ranges(
     start_ns: i64,
     end_ns: i64,
 ) -> Result<Vec<(u64, u64)>, String> {
-    let mut client = nodes.flight(addr).map_err(|e| e.message().to_string())?;
     let body = serde_json::json!({
         "database": database, "table": table, "shard_id": shard_id,
         "start_ns": start_ns, "end_ns": end_ns, "parts": SERIES_RANGES,
     });
-    let action = arrow_flight::Action::new(
+    json_action(
+        nodes,
+        addr,
         strata_proto::SHARD_PARTS_ACTION,
-        bytes::Bytes::from(body.to_string()),
-    );
-    let answers: Vec<bytes::Bytes> = client
-        .do_action(action)
-        .await
-        .map_err(|e| e.to_string())?
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let first = answers.first().ok_or("the node answered no digest")?;
-    serde_json::from_slice(first).map_err(|e| format!("unreadable series digests: {e}"))
+        body,
+        "series digests",
+    )
+    .await
 }
 
 /// The rows of one table of one shard in `[start, end)` held by the node
