@@ -117,7 +117,7 @@ def main():
     roles = []
     try:
         catalog = Role(exe, work, "catalog", [
-            "catalog", "--node-id", "1", "--listen", "127.0.0.1:0",
+            "catalog", "--without-auth", "--node-id", "1", "--listen", "127.0.0.1:0",
             "--data-dir", os.path.join(work, "catalog"), "--bootstrap",
         ]).start()
         roles.append(catalog)
@@ -125,14 +125,14 @@ def main():
         nodes = []
         for i in (1, 2, 3):
             n = Role(exe, work, f"storage-{i}", [
-                "storage", "--node-id", str(i), "--listen", "127.0.0.1:0",
+                "storage", "--without-auth", "--node-id", str(i), "--listen", "127.0.0.1:0",
                 "--data-dir", os.path.join(work, f"storage-{i}"), "--catalog", cat,
                 "--heartbeat-interval", "500ms", "--heartbeat-timeout", "2s",
             ]).start()
             nodes.append(n)
             roles.append(n)
         coord = Role(exe, work, "coordinator", [
-            "coordinator", "--data-dir", os.path.join(work, "coordinator"),
+            "coordinator", "--without-auth", "--data-dir", os.path.join(work, "coordinator"),
             "--http-addr", "127.0.0.1:0", "--flight-addr", "127.0.0.1:0",
             "--catalog", cat, "--write-timeout", "2s",
         ]).start()

@@ -9,6 +9,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use strata_proto::cluster::{SecretChannel, SendSecret};
 
 use serde::Serialize;
 use snafu::ResultExt;
@@ -19,7 +20,7 @@ use strata_proto::catalog::v1::{
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::command::{Command, CommandResult};
@@ -55,7 +56,7 @@ pub struct Members {
 
 struct MembersInner {
     addrs: Mutex<Vec<String>>,
-    clients: Mutex<HashMap<String, CatalogServiceClient<Channel>>>,
+    clients: Mutex<HashMap<String, CatalogServiceClient<SecretChannel>>>,
     preferred: Mutex<Option<String>>,
 }
 
@@ -116,7 +117,7 @@ impl Members {
     /// A client for the member at `addr`. HTTP/2 keepalive notices a member
     /// that stopped answering (killed, paused, cut off) within seconds, also
     /// on a quiet watch stream.
-    pub fn client(&self, addr: &str) -> CatalogServiceClient<Channel> {
+    pub fn client(&self, addr: &str) -> CatalogServiceClient<SecretChannel> {
         let mut clients = lock(&self.inner.clients);
         if let Some(c) = clients.get(addr) {
             return c.clone();
@@ -130,7 +131,8 @@ impl Members {
             .keep_alive_while_idle(true)
             .connect_lazy();
         // The whole state travels in one message; allow it to grow.
-        let client = CatalogServiceClient::new(channel).max_decoding_message_size(MAX_STATE_BYTES);
+        let client = CatalogServiceClient::with_interceptor(channel, SendSecret)
+            .max_decoding_message_size(MAX_STATE_BYTES);
         clients.insert(addr.to_string(), client.clone());
         client
     }
@@ -180,7 +182,7 @@ impl Members {
         mut f: F,
     ) -> Result<T>
     where
-        F: FnMut(CatalogServiceClient<Channel>) -> Fut,
+        F: FnMut(CatalogServiceClient<SecretChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let start = Instant::now();

@@ -96,6 +96,15 @@ pub enum Command {
         state: NodeState,
         at_ms: i64,
     },
+    /// Adds an API token (its hash); refused when the name is taken.
+    CreateToken {
+        token: crate::tokens::Token,
+    },
+    /// Removes an API token: it stops working as soon as coordinators see
+    /// the change.
+    RevokeToken {
+        name: String,
+    },
     /// A client's command tagged with an id the client picked, so that a
     /// retry of a command whose answer was lost (its member died, the
     /// leader changed) is applied once: the state machine answers a repeated
@@ -178,6 +187,12 @@ pub enum Rejection {
     NodeRemoved {
         id: u64,
     },
+    TokenExists {
+        name: String,
+    },
+    TokenNotFound {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -226,6 +241,8 @@ impl std::fmt::Display for Rejection {
                 "storage node id {id} was removed from the cluster; a node joins under a new \
                  --node-id"
             ),
+            Rejection::TokenExists { name } => write!(f, "a token named '{name}' exists"),
+            Rejection::TokenNotFound { name } => write!(f, "no token named '{name}'"),
             Rejection::NoStorageNodes => write!(
                 f,
                 "no storage nodes are registered with the catalog; start a storage node first"
@@ -345,6 +362,23 @@ impl CatalogData {
             // The state machine answers repeated ids; applied on its own,
             // the command inside is simply applied.
             Command::Once { command, .. } => self.apply(command),
+            Command::CreateToken { token } => {
+                if self.tokens.contains_key(&token.name) {
+                    return CommandResult::Rejected(Rejection::TokenExists {
+                        name: token.name.clone(),
+                    });
+                }
+                self.tokens.insert(token.name.clone(), token.clone());
+                self.changed();
+                CommandResult::Done
+            }
+            Command::RevokeToken { name } => match self.tokens.remove(name) {
+                Some(_) => {
+                    self.changed();
+                    CommandResult::Done
+                }
+                None => CommandResult::Rejected(Rejection::TokenNotFound { name: name.clone() }),
+            },
             Command::RegisterNode {
                 id,
                 flight_addr,
@@ -676,6 +710,45 @@ mod tests {
             });
         }
         c
+    }
+
+    #[test]
+    fn tokens_are_created_once_by_name_and_revoked() {
+        use crate::tokens::{hash, Grant, Token};
+        let mut c = CatalogData::default();
+        let token = Token {
+            name: "reader".into(),
+            hash: hash("t"),
+            grants: vec![Grant::parse("db:read").unwrap()],
+            created_ms: 1,
+        };
+        let create = Command::CreateToken {
+            token: token.clone(),
+        };
+        assert_eq!(c.apply(&create), CommandResult::Done);
+        let version = c.version;
+        assert_eq!(
+            c.apply(&create),
+            CommandResult::Rejected(Rejection::TokenExists {
+                name: "reader".into()
+            })
+        );
+        assert_eq!(c.version, version);
+        assert_eq!(c.tokens["reader"], token);
+        // Only the hash travels in the state.
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(&hash("t")));
+        let revoke = Command::RevokeToken {
+            name: "reader".into(),
+        };
+        assert_eq!(c.apply(&revoke), CommandResult::Done);
+        assert!(c.tokens.is_empty());
+        assert_eq!(
+            c.apply(&revoke),
+            CommandResult::Rejected(Rejection::TokenNotFound {
+                name: "reader".into()
+            })
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod model;
 pub mod raft;
 pub mod server;
 pub mod service;
+pub mod tokens;
 
 pub use client::CatalogClient;
 pub use command::{Command, CommandResult, Rejection};

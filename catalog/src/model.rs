@@ -49,6 +49,9 @@ pub struct CatalogData {
     /// again (their data was moved to other nodes).
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub removed_nodes: std::collections::BTreeSet<u64>,
+    /// API tokens by name (hashes only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens: BTreeMap<String, crate::tokens::Token>,
 }
 
 /// How long the catalog remembers a dropped table for storage nodes that

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_proto::cluster::RequireSecret;
+use tonic::service::interceptor::InterceptedService;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use snafu::ResultExt;
@@ -146,12 +148,16 @@ impl CatalogServer {
                 .accept_http1(true)
                 .add_routes(
                     tonic::service::Routes::from(strata_metrics::grpc_port_router())
-                        .add_service(CatalogServiceServer::new(service))
-                        .add_service(
+                        .add_service(InterceptedService::new(
+                            CatalogServiceServer::new(service),
+                            RequireSecret,
+                        ))
+                        .add_service(InterceptedService::new(
                             RaftServiceServer::new(RaftServer { raft: raft.clone() })
                                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-                        ),
+                            RequireSecret,
+                        )),
                 )
                 // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
                 // a listener it is handed, and Nagle's algorithm held each reply for

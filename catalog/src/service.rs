@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_proto::cluster::{SecretChannel, SendSecret};
 
 use futures::{Stream, StreamExt};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
@@ -19,7 +20,7 @@ use strata_proto::catalog::v1::{
 };
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::client::MAX_STATE_BYTES;
@@ -139,7 +140,8 @@ fn onward<T>(message: T) -> Request<T> {
 /// Channels to the members this one forwards to, one per address.
 #[derive(Default)]
 pub struct Forwarder {
-    clients: std::sync::Mutex<std::collections::HashMap<String, CatalogServiceClient<Channel>>>,
+    clients:
+        std::sync::Mutex<std::collections::HashMap<String, CatalogServiceClient<SecretChannel>>>,
 }
 
 /// How long a forwarded request may take. A leader that was paused or cut
@@ -151,7 +153,7 @@ impl Forwarder {
     fn client(
         &self,
         forward: &ForwardToLeader<NodeId, BasicNode>,
-    ) -> Result<CatalogServiceClient<Channel>, Status> {
+    ) -> Result<CatalogServiceClient<SecretChannel>, Status> {
         let Some(node) = &forward.leader_node else {
             return Err(Status::unavailable(
                 "the catalog has no leader right now (election in progress); retry shortly",
@@ -160,7 +162,7 @@ impl Forwarder {
         self.client_at(&node.addr)
     }
 
-    fn client_at(&self, addr: &str) -> Result<CatalogServiceClient<Channel>, Status> {
+    fn client_at(&self, addr: &str) -> Result<CatalogServiceClient<SecretChannel>, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -173,7 +175,8 @@ impl Forwarder {
             .keep_alive_timeout(Duration::from_secs(1))
             .connect_lazy();
         // A forwarded read carries the whole state back.
-        let client = CatalogServiceClient::new(channel).max_decoding_message_size(MAX_STATE_BYTES);
+        let client = CatalogServiceClient::with_interceptor(channel, SendSecret)
+            .max_decoding_message_size(MAX_STATE_BYTES);
         clients.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -186,7 +189,7 @@ impl Forwarder {
         hop: bool,
         forward: &ForwardToLeader<NodeId, BasicNode>,
         timeout: Duration,
-        call: impl FnOnce(CatalogServiceClient<Channel>) -> Fut,
+        call: impl FnOnce(CatalogServiceClient<SecretChannel>) -> Fut,
     ) -> Result<Response<T>, Status>
     where
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,

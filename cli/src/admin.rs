@@ -19,6 +19,55 @@ pub enum AdminCommand {
     /// Storage nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// API tokens: clients present one to coordinators that require
+    /// authentication.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Makes a token and prints it (once: the catalog keeps only its hash).
+    Create(TokenCreateArgs),
+    /// The tokens' names, permissions and creation times.
+    List(TokenListArgs),
+    /// Removes a token: it stops working at once.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub addrs: CatalogAddrs,
+    /// A name for the token, unique in the cluster.
+    #[arg(long)]
+    pub name: String,
+    /// What it may do, `DATABASE:LEVEL` with LEVEL read, write (includes
+    /// read) or admin (includes write and DDL); `*` for every database
+    /// (`*:admin` also covers the system tables and KILL QUERY).
+    /// Repeatable.
+    #[arg(long = "permission", required = true)]
+    pub permissions: Vec<String>,
+    /// `text` (the token alone) or `json`.
+    #[arg(long, default_value = "text")]
+    pub format: String,
+}
+
+#[derive(Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    pub addrs: CatalogAddrs,
+    /// `table` or `json`.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+}
+
+#[derive(Args)]
+pub struct TokenRevokeArgs {
+    #[command(flatten)]
+    pub addrs: CatalogAddrs,
+    #[arg(long)]
+    pub name: String,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +130,10 @@ pub struct CatalogAddrs {
     /// Catalog members to ask, `host:port[,host:port...]`.
     #[arg(long, env = "STRATA_CATALOG", default_value = "127.0.0.1:8090")]
     pub catalog: String,
+    /// File holding the cluster secret, when the cluster has one (or the
+    /// secret itself in STRATA_CLUSTER_SECRET).
+    #[arg(long, env = "STRATA_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -162,11 +215,29 @@ pub fn format_table(rows: &[MemberRow]) -> String {
     out
 }
 
+fn addrs(command: &AdminCommand) -> &CatalogAddrs {
+    match command {
+        AdminCommand::Catalog(CatalogCommand::Status(a)) => &a.addrs,
+        AdminCommand::Catalog(CatalogCommand::Add(a)) => &a.addrs,
+        AdminCommand::Catalog(CatalogCommand::Remove(a)) => &a.addrs,
+        AdminCommand::Repair(a) => &a.addrs,
+        AdminCommand::Node(NodeCommand::Remove(a)) => &a.addrs,
+        AdminCommand::Token(TokenCommand::Create(a)) => &a.addrs,
+        AdminCommand::Token(TokenCommand::List(a)) => &a.addrs,
+        AdminCommand::Token(TokenCommand::Revoke(a)) => &a.addrs,
+    }
+}
+
 pub async fn run(command: AdminCommand) -> Result<(), String> {
+    let secret = crate::cluster_auth::load_secret(addrs(&command).cluster_secret_file.as_deref())?;
+    if let Some(secret) = secret {
+        strata_proto::cluster::set_secret(Some(&secret))?;
+    }
     let command = match command {
         AdminCommand::Catalog(c) => c,
         AdminCommand::Repair(a) => return repair(a).await,
         AdminCommand::Node(NodeCommand::Remove(a)) => return remove_node(a).await,
+        AdminCommand::Token(t) => return token(t).await,
     };
     match command {
         CatalogCommand::Status(a) => {
@@ -493,4 +564,105 @@ async fn remove_node(a: NodeRemoveArgs) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+async fn token(command: TokenCommand) -> Result<(), String> {
+    use strata_catalog::tokens::{self, Grant, Token};
+    let connect = |addrs: &CatalogAddrs| {
+        let catalog = addrs.catalog.clone();
+        async move {
+            strata_catalog::CatalogClient::connect(&catalog, Duration::from_secs(20))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    match command {
+        TokenCommand::Create(a) => {
+            if !matches!(a.format.as_str(), "text" | "json") {
+                return Err(format!("--format must be text or json, not '{}'", a.format));
+            }
+            let name = a.name.trim();
+            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+                return Err("--name must be 1 to 128 printable characters".into());
+            }
+            let grants = a
+                .permissions
+                .iter()
+                .map(|p| Grant::parse(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let token = tokens::generate()?;
+            let catalog = connect(&a.addrs).await?;
+            catalog
+                .execute(strata_catalog::Command::CreateToken {
+                    token: Token {
+                        name: name.to_string(),
+                        hash: tokens::hash(&token),
+                        grants: grants.clone(),
+                        created_ms: chrono::Utc::now().timestamp_millis(),
+                    },
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            match a.format.as_str() {
+                "json" => println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": name,
+                        "token": token,
+                        "permissions": grants.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+                    })
+                ),
+                _ => println!("{token}"),
+            }
+            Ok(())
+        }
+        TokenCommand::List(a) => {
+            if !matches!(a.format.as_str(), "table" | "json") {
+                return Err(format!(
+                    "--format must be table or json, not '{}'",
+                    a.format
+                ));
+            }
+            let catalog = connect(&a.addrs).await?;
+            let state = catalog.state();
+            let rows: Vec<_> = state
+                .tokens
+                .values()
+                .map(|t| {
+                    let created = chrono::DateTime::from_timestamp_millis(t.created_ms)
+                        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default();
+                    let grants = t.grants.iter().map(|g| g.to_string()).collect::<Vec<_>>();
+                    (t.name.clone(), grants, created)
+                })
+                .collect();
+            if a.format == "json" {
+                let json: Vec<_> = rows
+                    .iter()
+                    .map(|(name, grants, created)| {
+                        serde_json::json!({ "name": name, "permissions": grants, "created": created })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(json));
+                return Ok(());
+            }
+            let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(4);
+            println!("{:width$}  {:20}  permissions", "name", "created");
+            for (name, grants, created) in rows {
+                println!("{name:width$}  {created:20}  {}", grants.join(" "));
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke(a) => {
+            let catalog = connect(&a.addrs).await?;
+            catalog
+                .execute(strata_catalog::Command::RevokeToken {
+                    name: a.name.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("token '{}' revoked", a.name);
+            Ok(())
+        }
+    }
 }

@@ -51,6 +51,12 @@ pub struct DevConfig {
     pub query_memory: MemoryLimits,
     /// How long a query may run unless it sets its own limit.
     pub query_timeout: Option<Duration>,
+    /// Clients need a token and the roles a cluster secret (kept in
+    /// `<data>/cluster-secret`).
+    pub auth: bool,
+    /// With `auth`: a token to create as `admin` (admin on `*`) when the
+    /// catalog has no such token; without one, a first start makes one.
+    pub admin_token: Option<String>,
 }
 
 impl DevConfig {
@@ -75,6 +81,8 @@ impl DevConfig {
             anti_entropy_share: CoordinatorConfig::DEFAULT_ANTI_ENTROPY_SHARE,
             query_memory: MemoryLimits::default(),
             query_timeout: None,
+            auth: false,
+            admin_token: None,
         }
     }
 
@@ -103,6 +111,8 @@ pub struct DevCluster {
     pub catalog: Vec<CatalogServer>,
     pub storage: Vec<StorageNode>,
     pub coordinator: Coordinator,
+    /// The admin token this start created (shown once), if it made one.
+    pub new_admin_token: Option<String>,
 }
 
 #[derive(Debug, snafu::Snafu)]
@@ -125,6 +135,8 @@ pub enum DevError {
     Coordinator { source: strata_coordinator::Error },
     #[snafu(display("cannot start the query threads: {message}"))]
     QueryThreads { message: String },
+    #[snafu(display("authentication: {message}"))]
+    Auth { message: String },
 }
 
 impl DevCluster {
@@ -134,6 +146,11 @@ impl DevCluster {
             return Err(DevError::Voters {
                 n: config.catalog_voters,
             });
+        }
+        if config.auth {
+            crate::cluster_auth::dev_secret(&config.data_dir)
+                .and_then(|s| strata_proto::cluster::set_secret(Some(&s)))
+                .map_err(|message| DevError::Auth { message })?;
         }
         // Members find each other by address: with several, each keeps the
         // port it got on the first start, so the directory starts again.
@@ -236,13 +253,21 @@ impl DevCluster {
             query_memory,
             query_executor: Some(query_executor),
             query_timeout: config.query_timeout,
+            require_auth: config.auth,
         })
         .await
         .context(CoordinatorSnafu)?;
+        let new_admin_token = match config.auth {
+            true => ensure_admin_token(&catalog_list(&catalog), config.admin_token.as_deref())
+                .await
+                .map_err(|message| DevError::Auth { message })?,
+            false => None,
+        };
         Ok(Self {
             catalog,
             storage,
             coordinator,
+            new_admin_token,
         })
     }
 
@@ -266,6 +291,44 @@ impl DevCluster {
             c.shutdown().await;
         }
     }
+}
+
+/// Makes sure an admin can get in: `given` is created as the token
+/// `admin` unless the catalog holds it already; with none given, a catalog
+/// without tokens gets a new random `admin` token, returned to be shown.
+async fn ensure_admin_token(catalog: &str, given: Option<&str>) -> Result<Option<String>, String> {
+    use strata_catalog::tokens::{self, Grant, Level, Token};
+    let client = strata_catalog::CatalogClient::connect(catalog, Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = client.state();
+    let (token, created) = match given {
+        Some(t) => {
+            if state.tokens.values().any(|k| k.hash == tokens::hash(t)) {
+                return Ok(None);
+            }
+            if state.tokens.contains_key("admin") {
+                return Err("a token named 'admin' exists and is not the --admin-token given;                             revoke it first (strata admin token revoke --name admin)"
+                    .into());
+            }
+            (t.to_string(), false)
+        }
+        None if state.tokens.is_empty() => (tokens::generate()?, true),
+        None => return Ok(None),
+    };
+    let command = strata_catalog::Command::CreateToken {
+        token: Token {
+            name: "admin".into(),
+            hash: tokens::hash(&token),
+            grants: vec![Grant {
+                database: "*".into(),
+                level: Level::Admin,
+            }],
+            created_ms: chrono::Utc::now().timestamp_millis(),
+        },
+    };
+    client.execute(command).await.map_err(|e| e.to_string())?;
+    Ok(created.then_some(token))
 }
 
 fn catalog_list(members: &[CatalogServer]) -> String {

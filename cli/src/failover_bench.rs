@@ -105,6 +105,7 @@ impl Member {
         let id = self.id.to_string();
         let mut args = vec![
             "catalog",
+            "--without-auth",
             "--node-id",
             &id,
             "--listen",
@@ -251,6 +252,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), String> {
         &exe,
         &[
             "storage",
+            "--without-auth",
             "--node-id",
             "1",
             "--listen",
@@ -269,6 +271,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), String> {
         &exe,
         &[
             "coordinator",
+            "--without-auth",
             "--data-dir",
             coordinator_dir
                 .to_str()

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cluster_auth;
 pub mod config;
 pub mod dev;
 pub mod failover_bench;

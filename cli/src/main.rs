@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use strata::cluster_auth::ClusterAuthArgs;
 use strata::config::{ConfigError, ConfigFile};
 use strata::dev::{DevCluster, DevConfig};
 use strata::sql_client::{self, OutputFormat, Session, SqlClient};
@@ -77,6 +78,20 @@ struct DevArgs {
     writes: WriteArgs,
     #[command(flatten)]
     queries: QueryArgs,
+    /// Require tokens from clients (and a cluster secret between the
+    /// roles, kept in <data-dir>/cluster-secret). The first start makes an
+    /// admin token and prints it once, unless --admin-token gives one.
+    #[arg(long)]
+    auth: bool,
+    /// With --auth: the admin token (admin on every database) to create
+    /// when the catalog does not hold it yet.
+    #[arg(
+        long,
+        env = "STRATA_ADMIN_TOKEN",
+        hide_env_values = true,
+        requires = "auth"
+    )]
+    admin_token: Option<String>,
     /// Write the bound addresses as JSON to this file once ready.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -108,6 +123,8 @@ struct CatalogArgs {
     /// (e.g. `1m`).
     #[arg(long)]
     retention_check_interval: Option<String>,
+    #[command(flatten)]
+    auth: ClusterAuthArgs,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -154,6 +171,8 @@ struct StorageArgs {
     /// heartbeat (e.g. `10s`).
     #[arg(long)]
     heartbeat_timeout: Option<String>,
+    #[command(flatten)]
+    auth: ClusterAuthArgs,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -181,6 +200,10 @@ struct CoordinatorArgs {
     writes: WriteArgs,
     #[command(flatten)]
     queries: QueryArgs,
+    /// Clients need a token (see `strata admin token`) unless
+    /// --without-auth is given.
+    #[command(flatten)]
+    auth: ClusterAuthArgs,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -475,6 +498,8 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         flush_rows: a.flush_rows,
         max_series_per_database: a.max_series_per_database,
         write_memory_limit_bytes: a.write_memory_limit_mib << 20,
+        auth: a.auth,
+        admin_token: a.admin_token,
         ..DevConfig::new(&a.data_dir)
     };
     let mut config = config;
@@ -507,6 +532,16 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         "  Flight SQL     grpc://{}  (strata sql --host {})",
         addrs.flight, addrs.flight
     );
+    if a.auth {
+        println!(
+            "  authentication on: clients send a token; roles share the secret in {}",
+            a.data_dir.join("cluster-secret").display()
+        );
+    }
+    if let Some(token) = &cluster.new_admin_token {
+        println!("  admin token    {token}");
+        println!("                 (shown once: keep it; it can create others with `strata admin token create`)");
+    }
     write_addr_file(
         a.addr_file.as_deref(),
         serde_json::to_value(&addrs).map_err(|e| e.to_string())?,
@@ -521,6 +556,7 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
 async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
     init_tracing("info,openraft=warn");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e: ConfigError| e.0)?;
+    a.auth.apply(&f, "catalog")?;
     let config = CatalogConfig {
         node_id: f.pick(a.node_id, "node_id", 1).map_err(|e| e.0)?,
         data_dir: data_dir_flag(
@@ -566,6 +602,7 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
 async fn run_storage(a: StorageArgs) -> Result<(), String> {
     init_tracing("info");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
+    a.auth.apply(&f, "storage")?;
     let data_dir = data_dir_flag(
         f.pick(a.data_dir, "data_dir", "./strata-data/storage".into())
             .map_err(|e| e.0)?,
@@ -682,6 +719,7 @@ fn duration_flag(flag: &str, value: String) -> Result<std::time::Duration, Strin
 async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
     init_tracing("info");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
+    let require_auth = a.auth.apply(&f, "coordinator")?;
     let config = CoordinatorConfig {
         http_listen: f
             .pick(a.http_addr, "http_addr", "127.0.0.1:8086".into())
@@ -706,6 +744,7 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
         query_memory: QueryMemory::new(MemoryLimits::unbounded()),
         query_executor: None,
         query_timeout: None,
+        require_auth,
     };
     let mut config = config;
     let (memory, timeout) = a.queries.apply(&f)?;

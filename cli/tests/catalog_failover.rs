@@ -169,6 +169,7 @@ async fn the_catalog_survives_its_leader_killed_or_paused() {
             name,
             &[
                 "coordinator",
+                "--without-auth",
                 "--data-dir",
                 data.to_str().unwrap(),
                 "--http-addr",

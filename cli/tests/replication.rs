@@ -105,6 +105,12 @@ impl Cluster {
             .await
             .unwrap();
         let mut client = arrow_flight::FlightClient::new(channel);
+        client
+            .add_header(
+                strata_proto::cluster::CLUSTER_SECRET_HEADER,
+                crate::support::TEST_CLUSTER_SECRET,
+            )
+            .unwrap();
         let results = client
             .do_action(arrow_flight::Action::new("flush", ""))
             .await
@@ -115,6 +121,7 @@ impl Cluster {
     /// Runs `strata admin repair` against the cluster; its output.
     fn admin_repair(&self, args: &[&str]) -> String {
         let out = std::process::Command::new(crate::support::strata_bin())
+            .env("STRATA_CLUSTER_SECRET", crate::support::TEST_CLUSTER_SECRET)
             .args(["admin", "repair", "--catalog", &self.catalog])
             .args(args)
             .output()
@@ -147,6 +154,7 @@ impl Cluster {
         let (p, a) = strata(
             &[
                 "coordinator",
+                "--without-auth",
                 "--data-dir",
                 data.to_str().unwrap(),
                 "--http-addr",
@@ -677,6 +685,7 @@ async fn removing_a_dead_node_restores_the_replication_factor_and_reads_stay_who
 
     // A live node is not removed.
     let out = std::process::Command::new(crate::support::strata_bin())
+        .env("STRATA_CLUSTER_SECRET", crate::support::TEST_CLUSTER_SECRET)
         .args([
             "admin",
             "node",
@@ -710,6 +719,7 @@ async fn removing_a_dead_node_restores_the_replication_factor_and_reads_stay_who
         })
     };
     let out = std::process::Command::new(crate::support::strata_bin())
+        .env("STRATA_CLUSTER_SECRET", crate::support::TEST_CLUSTER_SECRET)
         .args([
             "admin",
             "node",
@@ -765,6 +775,7 @@ async fn removing_a_dead_node_restores_the_replication_factor_and_reads_stay_who
     // why rather than serving unseen.
     let data = c.dir.join("storage-3");
     let mut again = std::process::Command::new(crate::support::strata_bin())
+        .env("STRATA_CLUSTER_SECRET", crate::support::TEST_CLUSTER_SECRET)
         .args([
             "storage",
             "--node-id",

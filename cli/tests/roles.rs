@@ -54,6 +54,7 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
     let (_coord, addrs) = ServerProcess::start(
         &[
             "coordinator",
+            "--without-auth",
             "--data-dir",
             coordinator_dir.to_str().unwrap(),
             "--http-addr",
@@ -91,6 +92,25 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
 
     // Both storage nodes hold shards of the table, listed as Flights named
     // [database, table, shard_id].
+    // The storage port serves the cluster only: a call without the
+    // cluster secret is refused.
+    let addr = s1["storage"].as_str().unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let refused = arrow_flight::FlightClient::new(channel)
+        .list_flights(bytes::Bytes::new())
+        .await
+        .err()
+        .expect("a call without the cluster secret is refused");
+    match refused {
+        arrow_flight::error::FlightError::Tonic(status) => {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}")
+        }
+        other => panic!("unexpected error: {other}"),
+    }
     for node in [&s1, &s2] {
         let addr = node["storage"].as_str().unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -99,6 +119,12 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
             .await
             .unwrap();
         let mut client = arrow_flight::FlightClient::new(channel);
+        client
+            .add_header(
+                strata_proto::cluster::CLUSTER_SECRET_HEADER,
+                crate::support::TEST_CLUSTER_SECRET,
+            )
+            .unwrap();
         let flights: Vec<arrow_flight::FlightInfo> = client
             .list_flights(bytes::Bytes::new())
             .await

@@ -116,6 +116,12 @@ pub enum Error {
          rows with the same time and tags replace each other): {source}"
     ))]
     InsertInterrupted { written: usize, source: Box<Error> },
+
+    #[snafu(display("{reason}"))]
+    Unauthenticated { reason: String },
+
+    #[snafu(display("{reason}"))]
+    PermissionDenied { reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -137,6 +143,8 @@ impl Error {
             Error::DatabaseNotFound { .. }
             | Error::TableNotFound { .. }
             | Error::QueryNotFound { .. } => S::NOT_FOUND,
+            Error::Unauthenticated { .. } => S::UNAUTHORIZED,
+            Error::PermissionDenied { .. } => S::FORBIDDEN,
             Error::BodyTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             Error::UnsupportedEncoding { .. } => S::UNSUPPORTED_MEDIA_TYPE,
             Error::Overloaded { .. } => S::SERVICE_UNAVAILABLE,
@@ -198,6 +206,8 @@ impl Error {
             Error::BadParameter { .. } => "invalid_parameter",
             Error::BadStatement { .. } => "invalid_statement",
             Error::BodyTooLarge { .. } => "body_too_large",
+            Error::Unauthenticated { .. } => "unauthenticated",
+            Error::PermissionDenied { .. } => "permission_denied",
             Error::UnsupportedEncoding { .. } => "unsupported_encoding",
             Error::Overloaded { .. } => "overloaded",
             Error::WriteRefused { .. } => "write_refused",
@@ -229,6 +239,8 @@ impl Error {
                 tonic::Code::InvalidArgument
             }
             Error::Overloaded { .. } => tonic::Code::ResourceExhausted,
+            Error::Unauthenticated { .. } => tonic::Code::Unauthenticated,
+            Error::PermissionDenied { .. } => tonic::Code::PermissionDenied,
             Error::Consistency { .. } | Error::DeleteIncomplete { .. } => tonic::Code::Unavailable,
             Error::WriteRefused { .. } => tonic::Code::FailedPrecondition,
             Error::BadBody { .. } | Error::BadParameter { .. } | Error::BadStatement { .. } => {

@@ -39,12 +39,56 @@ use tracing::Instrument;
 
 use strata_storage::flight::schema_to_ipc;
 
+use crate::auth::{credential_from_header, Access, Auth};
 use crate::queries::RunInfo;
 use crate::query::catalog_provider::CATALOG_NAME;
 use crate::query::ddl::OwnStatement;
 use crate::query::{Planned, QueryEngine};
+use strata_catalog::tokens::Level;
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// Authenticates every Flight SQL call (the token in `authorization`:
+/// `Bearer`, or `Basic` with the token as password as in the handshake) and
+/// hands the handlers who it is as a request extension.
+#[derive(Clone)]
+pub struct FlightAuth(pub Auth);
+
+impl tonic::service::Interceptor for FlightAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let credential = presented_token(request.metadata())?;
+        let access = self
+            .0
+            .authenticate(credential.as_deref())
+            .map_err(|e| e.into_status())?;
+        request.extensions_mut().insert(access);
+        Ok(request)
+    }
+}
+
+/// The token in a call's `authorization` metadata, if any.
+fn presented_token(metadata: &MetadataMap) -> Result<Option<String>, Status> {
+    match metadata.get("authorization") {
+        None => Ok(None),
+        Some(value) => {
+            let value = value.to_str().map_err(|_| {
+                Status::unauthenticated("the authorization header is not readable text")
+            })?;
+            credential_from_header(value)
+                .map(Some)
+                .map_err(|e| e.into_status())
+        }
+    }
+}
+
+/// Who makes the call, as [`FlightAuth`] found.
+fn access<T>(request: &Request<T>) -> Result<Access, Status> {
+    request
+        .extensions()
+        .get::<Access>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the call was not authenticated"))
+}
 
 /// Request headers that name the database, in order of preference.
 const DATABASE_HEADERS: [&str; 4] = ["database", "bucket", "bucket-name", "iox-namespace-name"];
@@ -78,8 +122,8 @@ const MAX_WAITING_PLANS: usize = 1024;
 /// group, say) is planned from its SQL.
 #[derive(Default)]
 struct PlanCache {
-    /// id -> (when, catalog version, query id, plan).
-    waiting: HashMap<String, (Instant, u64, String, Planned)>,
+    /// id -> (when, catalog version, who planned it, query id, plan).
+    waiting: HashMap<String, (Instant, u64, String, String, Planned)>,
     /// Ids in the order they came, for expiry.
     order: VecDeque<String>,
 }
@@ -101,25 +145,28 @@ impl PlanCache {
         }
     }
 
-    fn put(&mut self, version: u64, query_id: String, planned: Planned) -> String {
+    fn put(&mut self, version: u64, who: &str, query_id: String, planned: Planned) -> String {
         self.sweep(MAX_WAITING_PLANS - 1);
         let id = uuid::Uuid::new_v4().to_string();
-        self.waiting
-            .insert(id.clone(), (Instant::now(), version, query_id, planned));
+        self.waiting.insert(
+            id.clone(),
+            (Instant::now(), version, who.to_string(), query_id, planned),
+        );
         self.order.push_back(id.clone());
         id
     }
 
     /// The plan waiting under `id`, when it was made with catalog
-    /// `version`.
-    fn take(&mut self, id: &str, version: u64) -> Option<(String, Planned)> {
+    /// `version` for the same token (`who`).
+    fn take(&mut self, id: &str, version: u64, who: &str) -> Option<(String, Planned)> {
         let taken = self.waiting.remove(id);
         if taken.is_some() {
             self.order.retain(|o| o != id);
         }
         self.sweep(MAX_WAITING_PLANS);
-        let (at, planned_at, query_id, planned) = taken?;
-        (at.elapsed() <= PLAN_TTL && planned_at == version).then_some((query_id, planned))
+        let (at, planned_at, planned_by, query_id, planned) = taken?;
+        (at.elapsed() <= PLAN_TTL && planned_at == version && planned_by == who)
+            .then_some((query_id, planned))
     }
 }
 
@@ -238,17 +285,22 @@ impl StrataFlightSql {
     async fn plan_info(
         &self,
         handle: StatementHandle,
-        descriptor: FlightDescriptor,
+        request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo, Status> {
+        let access = access(&request)?;
+        let descriptor = request.into_inner();
         let query_id = uuid::Uuid::new_v4().to_string();
         let version = self.engine.catalog().state().version;
         let planned = self
             .engine
-            .plan(&handle.sql, handle.database.as_deref(), &query_id)
+            .plan(&handle.sql, handle.database.as_deref(), &query_id, &access)
             .await
             .map_err(|e| e.into_status())?;
         let schema = wire_schema(&planned.schema());
-        let plan_id = self.plans.lock().put(version, query_id, planned);
+        let plan_id = self
+            .plans
+            .lock()
+            .put(version, access.name(), query_id, planned);
         let handle = StatementHandle {
             plan_id: Some(plan_id),
             ..handle
@@ -262,11 +314,13 @@ impl StrataFlightSql {
     async fn run(
         &self,
         handle: StatementHandle,
-        client: Option<std::net::SocketAddr>,
+        request: Request<Ticket>,
     ) -> Result<DoGetStream, Status> {
+        let access = access(&request)?;
+        let client = request.remote_addr();
         let waiting = handle.plan_id.as_deref().and_then(|id| {
             let version = self.engine.catalog().state().version;
-            self.plans.lock().take(id, version)
+            self.plans.lock().take(id, version, access.name())
         });
         let (query_id, waiting) = match waiting {
             Some((query_id, planned)) => (query_id, Some(planned)),
@@ -279,7 +333,7 @@ impl StrataFlightSql {
                 Some(p) => p,
                 None => self
                     .engine
-                    .plan(&handle.sql, handle.database.as_deref(), &query_id)
+                    .plan(&handle.sql, handle.database.as_deref(), &query_id, &access)
                     .await
                     .map_err(|e| e.into_status())?,
             };
@@ -289,6 +343,7 @@ impl StrataFlightSql {
                 sql: handle.sql.clone(),
                 database: handle.database.clone(),
                 client: client.map(|a| a.to_string()),
+                access: access.clone(),
             };
             let batches = self
                 .engine
@@ -308,11 +363,14 @@ impl StrataFlightSql {
         sql: String,
         database: Option<String>,
         client: Option<std::net::SocketAddr>,
+        access: &Access,
     ) -> Result<i64, Status> {
-        let info = RunInfo::new(&sql, database.as_deref()).with_client(client);
+        let info = RunInfo::new(&sql, database.as_deref())
+            .with_client(client)
+            .with_access(access);
         let planned = self
             .engine
-            .plan(&sql, database.as_deref(), &info.query_id)
+            .plan(&sql, database.as_deref(), &info.query_id, access)
             .await
             .map_err(|e| e.into_status())?;
         if let Planned::Own(OwnStatement::Insert(insert)) = planned {
@@ -339,19 +397,30 @@ impl StrataFlightSql {
 impl FlightSqlService for StrataFlightSql {
     type FlightService = StrataFlightSql;
 
+    /// Basic credentials (the token as password; [`FlightAuth`] checked
+    /// them) are answered with the token as a bearer token in the
+    /// `authorization` response header, which clients send from then on.
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        // No authentication yet: accept every client.
+        let token = presented_token(request.metadata())?;
         let resp = HandshakeResponse {
             protocol_version: 0,
             payload: Default::default(),
         };
-        Ok(Response::new(Box::pin(stream::iter([Ok(resp)]))))
+        let mut response = Response::new(Box::pin(stream::iter([Ok(resp)]))
+            as Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>);
+        if let Some(token) = token {
+            let bearer = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::unauthenticated("the token is not valid header text"))?;
+            response.metadata_mut().insert("authorization", bearer);
+        }
+        Ok(response)
     }
 
     async fn get_flight_info_statement(
@@ -364,7 +433,7 @@ impl FlightSqlService for StrataFlightSql {
             database: database_header(request.metadata()),
             plan_id: None,
         };
-        let info = self.plan_info(handle, request.into_inner()).await?;
+        let info = self.plan_info(handle, request).await?;
         Ok(Response::new(info))
     }
 
@@ -374,9 +443,7 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = StatementHandle::decode(&ticket.statement_handle)?;
-        Ok(Response::new(
-            self.run(handle, request.remote_addr()).await?,
-        ))
+        Ok(Response::new(self.run(handle, request).await?))
     }
 
     async fn get_flight_info_prepared_statement(
@@ -385,7 +452,7 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = StatementHandle::decode(&cmd.prepared_statement_handle)?;
-        let info = self.plan_info(handle, request.into_inner()).await?;
+        let info = self.plan_info(handle, request).await?;
         Ok(Response::new(info))
     }
 
@@ -395,9 +462,7 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = StatementHandle::decode(&cmd.prepared_statement_handle)?;
-        Ok(Response::new(
-            self.run(handle, request.remote_addr()).await?,
-        ))
+        Ok(Response::new(self.run(handle, request).await?))
     }
 
     async fn do_action_create_prepared_statement(
@@ -413,7 +478,12 @@ impl FlightSqlService for StrataFlightSql {
         let query_id = uuid::Uuid::new_v4().to_string();
         let planned = self
             .engine
-            .plan(&handle.sql, handle.database.as_deref(), &query_id)
+            .plan(
+                &handle.sql,
+                handle.database.as_deref(),
+                &query_id,
+                &access(&request)?,
+            )
             .await
             .map_err(|e| e.into_status())?;
         Ok(ActionCreatePreparedStatementResult {
@@ -456,7 +526,8 @@ impl FlightSqlService for StrataFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let database = database_header(request.metadata());
-        self.run_update(cmd.query, database, request.remote_addr())
+        let access = access(&request)?;
+        self.run_update(cmd.query, database, request.remote_addr(), &access)
             .await
     }
 
@@ -489,10 +560,16 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let access = access(&request)?;
         let mut builder = query.into_builder();
-        for db in self.engine.catalog().state().databases.keys() {
+        let state = self.engine.catalog().state();
+        let readable = state
+            .databases
+            .keys()
+            .filter(|db| access.allows(Some(db), Level::Read));
+        for db in readable {
             builder.append(CATALOG_NAME, db);
         }
         builder.append(CATALOG_NAME, "information_schema");
@@ -510,11 +587,16 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let access = access(&request)?;
         let mut builder = query.into_builder();
         let state = self.engine.catalog().state();
-        for (db_name, db) in &state.databases {
+        let readable = state
+            .databases
+            .iter()
+            .filter(|(name, _)| access.allows(Some(name), Level::Read));
+        for (db_name, db) in readable {
             for (name, table) in &db.tables {
                 builder
                     .append(
@@ -595,13 +677,24 @@ mod tests {
     #[test]
     fn a_waiting_plan_is_taken_once_and_only_under_its_catalog() {
         let mut cache = PlanCache::default();
-        let id = cache.put(7, "q1".into(), planned());
-        let (query_id, _) = cache.take(&id, 7).expect("the plan waits");
+        let id = cache.put(7, "reader", "q1".into(), planned());
+        let (query_id, _) = cache.take(&id, 7, "reader").expect("the plan waits");
         assert_eq!(query_id, "q1");
-        assert!(cache.take(&id, 7).is_none(), "taken by the first DoGet");
-        assert!(cache.take("unknown", 7).is_none());
-        let id = cache.put(7, "q2".into(), planned());
-        assert!(cache.take(&id, 8).is_none(), "the catalog changed");
+        assert!(
+            cache.take(&id, 7, "reader").is_none(),
+            "taken by the first DoGet"
+        );
+        assert!(cache.take("unknown", 7, "reader").is_none());
+        let id = cache.put(7, "reader", "q3".into(), planned());
+        assert!(
+            cache.take(&id, 7, "other").is_none(),
+            "planned for another token"
+        );
+        let id = cache.put(7, "reader", "q2".into(), planned());
+        assert!(
+            cache.take(&id, 8, "reader").is_none(),
+            "the catalog changed"
+        );
         assert!(cache.waiting.is_empty() && cache.order.is_empty());
     }
 
@@ -609,14 +702,14 @@ mod tests {
     fn the_oldest_plans_go_first_when_full() {
         let mut cache = PlanCache::default();
         let ids: Vec<String> = (0..MAX_WAITING_PLANS + 10)
-            .map(|i| cache.put(1, format!("q{i}"), planned()))
+            .map(|i| cache.put(1, "-", format!("q{i}"), planned()))
             .collect();
         assert_eq!(cache.waiting.len(), MAX_WAITING_PLANS);
         assert_eq!(cache.order.len(), MAX_WAITING_PLANS);
-        assert!(cache.take(&ids[0], 1).is_none());
-        assert!(cache.take(&ids[9], 1).is_none());
-        assert!(cache.take(&ids[10], 1).is_some());
-        assert!(cache.take(ids.last().unwrap(), 1).is_some());
+        assert!(cache.take(&ids[0], 1, "-").is_none());
+        assert!(cache.take(&ids[9], 1, "-").is_none());
+        assert!(cache.take(&ids[10], 1, "-").is_some());
+        assert!(cache.take(ids.last().unwrap(), 1, "-").is_some());
         // Taken plans leave no trace that would evict live ones.
         assert_eq!(cache.order.len(), MAX_WAITING_PLANS - 2);
     }

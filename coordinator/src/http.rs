@@ -11,17 +11,19 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{middleware, Extension, Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use snafu::ResultExt;
 
+use crate::auth::{credential_from_header, Access, Auth};
 use crate::error::Error;
 use crate::queries::RunInfo;
 use crate::query::ddl::{self, OwnStatement};
 use crate::query::QueryEngine;
 use crate::write_router::{Consistency, Precision, WriteOutcome, WriteRouter};
+use strata_catalog::tokens::Level;
 
 /// Largest request body accepted (after decompression for gzip).
 pub const MAX_BODY_BYTES: usize = 256 << 20;
@@ -51,6 +53,7 @@ pub struct HttpState {
     pub writer: WriteRouter,
     pub engine: QueryEngine,
     pub write_budget: WriteBudget,
+    pub auth: Auth,
 }
 
 /// Admission control for writes: the bytes that in-flight write requests
@@ -108,6 +111,8 @@ impl WriteBudget {
     }
 }
 
+/// `/ping`, `/health` and `/metrics` answer anyone; every other route
+/// needs a token when authentication is on.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/write", post(write_v1))
@@ -115,11 +120,52 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v2/delete", post(delete_v2))
         .route("/api/v3/query_sql", get(query_sql_get).post(query_sql_post))
         .route("/query", get(query_v1).post(query_v1))
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.clone(),
+            authenticate,
+        ))
         .route("/ping", get(ping).head(ping))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
         .merge(strata_metrics::router())
+}
+
+/// Finds the token (`Authorization` header; the v1 `p` query parameter)
+/// and passes on who presents it, or answers 401.
+async fn authenticate(
+    State(auth): State<Auth>,
+    mut request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let credential = match request_credential(&request) {
+        Ok(c) => c,
+        Err(e) => return error_response(e),
+    };
+    match auth.authenticate(credential.as_deref()) {
+        Ok(access) => {
+            request.extensions_mut().insert(access);
+            next.run(request).await
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+fn request_credential(request: &axum::extract::Request) -> Result<Option<String>, Error> {
+    if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| Error::Unauthenticated {
+            reason: "the Authorization header is not readable text".into(),
+        })?;
+        return credential_from_header(value).map(Some);
+    }
+    // InfluxDB 1: ?u=user&p=password, the token as password.
+    let Some(query) = request.uri().query() else {
+        return Ok(None);
+    };
+    let password = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "p")
+        .map(|(_, v)| v.into_owned());
+    Ok(password)
 }
 
 fn error_response(e: Error) -> Response {
@@ -188,6 +234,7 @@ struct V2DeleteBody {
 /// `_measurement="cpu" AND host="a"`; 204 once every replica applied it.
 async fn delete_v2(
     State(state): State<HttpState>,
+    Extension(access): Extension<Access>,
     Params(p): Params<V2DeleteParams>,
     body: Bytes,
 ) -> Response {
@@ -198,6 +245,9 @@ async fn delete_v2(
         });
     };
     let db = bucket.split('/').next().unwrap_or_default().to_string();
+    if let Err(e) = access.require(Some(&db), Level::Write) {
+        return error_response(e);
+    }
     let req: V2DeleteBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -228,15 +278,26 @@ async fn delete_v2(
 
 async fn write_v1(
     State(state): State<HttpState>,
+    Extension(access): Extension<Access>,
     Params(p): Params<V1WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    write(&state, p.db, p.precision, p.consistency, &headers, body).await
+    write(
+        &state,
+        &access,
+        p.db,
+        p.precision,
+        p.consistency,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn write_v2(
     State(state): State<HttpState>,
+    Extension(access): Extension<Access>,
     Params(p): Params<V2WriteParams>,
     headers: HeaderMap,
     body: Body,
@@ -245,11 +306,21 @@ async fn write_v2(
     let db = p
         .bucket
         .map(|b| b.split('/').next().unwrap_or_default().to_string());
-    write(&state, db, p.precision, p.consistency, &headers, body).await
+    write(
+        &state,
+        &access,
+        db,
+        p.precision,
+        p.consistency,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn write(
     state: &HttpState,
+    access: &Access,
     db: Option<String>,
     precision: Option<String>,
     consistency: Option<String>,
@@ -257,7 +328,8 @@ async fn write(
     body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
-    let response = match write_inner(state, db, precision, consistency, headers, body).await {
+    let response = match write_inner(state, access, db, precision, consistency, headers, body).await
+    {
         Ok(resp) => resp,
         Err(e) => error_response(e),
     };
@@ -283,6 +355,7 @@ async fn write(
 
 async fn write_inner(
     state: &HttpState,
+    access: &Access,
     db: Option<String>,
     precision: Option<String>,
     consistency: Option<String>,
@@ -295,6 +368,7 @@ async fn write_inner(
             .into(),
     })?;
     ddl::validate_name(&db).map_err(|reason| Error::BadParameter { name: "db", reason })?;
+    access.require(Some(&db), Level::Write)?;
     let precision = match precision.as_deref() {
         None => Precision::Nanoseconds,
         Some(p) => Precision::parse(p).ok_or_else(|| Error::BadParameter {
@@ -562,12 +636,17 @@ struct SqlParams {
     format: Option<String>,
 }
 
-async fn query_sql_get(State(state): State<HttpState>, Params(p): Params<SqlParams>) -> Response {
-    query_sql(&state, p).await
+async fn query_sql_get(
+    State(state): State<HttpState>,
+    Extension(access): Extension<Access>,
+    Params(p): Params<SqlParams>,
+) -> Response {
+    query_sql(&state, &access, p).await
 }
 
 async fn query_sql_post(
     State(state): State<HttpState>,
+    Extension(access): Extension<Access>,
     Params(mut p): Params<SqlParams>,
     body: Bytes,
 ) -> Response {
@@ -586,10 +665,10 @@ async fn query_sql_post(
             };
         }
     }
-    query_sql(&state, p).await
+    query_sql(&state, &access, p).await
 }
 
-async fn query_sql(state: &HttpState, p: SqlParams) -> Response {
+async fn query_sql(state: &HttpState, access: &Access, p: SqlParams) -> Response {
     let Some(q) = p.q else {
         return error_response(Error::BadParameter {
             name: "q",
@@ -600,7 +679,7 @@ async fn query_sql(state: &HttpState, p: SqlParams) -> Response {
         Ok(f) => f,
         Err(e) => return error_response(e),
     };
-    match query_response(state, &q, p.db.as_deref(), format).await {
+    match query_response(state, access, &q, p.db.as_deref(), format).await {
         Ok(r) => r,
         Err(e) => error_response(e),
     }
@@ -647,12 +726,13 @@ impl ResultFormat {
 /// [`MAX_PRETTY_ROWS`] rows and refuses a larger result.
 async fn query_response(
     state: &HttpState,
+    access: &Access,
     q: &str,
     db: Option<&str>,
     format: ResultFormat,
 ) -> Result<Response, Error> {
-    let info = RunInfo::new(q, db);
-    let planned = state.engine.plan(q, db, &info.query_id).await?;
+    let info = RunInfo::new(q, db).with_access(access);
+    let planned = state.engine.plan(q, db, &info.query_id, access).await?;
     let mut stream = state.engine.execute(planned, &info).await?;
     let content_type = [(http::header::CONTENT_TYPE, format.content_type())];
     if format == ResultFormat::Pretty {
@@ -781,7 +861,11 @@ struct V1QueryParams {
 /// InfluxDB v1 `/query`: database management statements, which v1 client
 /// libraries send (`CREATE DATABASE`, `DROP DATABASE`, `SHOW DATABASES`),
 /// and `DROP MEASUREMENT m` and `DELETE FROM measurement WHERE ...` in `db`.
-async fn query_v1(State(state): State<HttpState>, Params(p): Params<V1QueryParams>) -> Response {
+async fn query_v1(
+    State(state): State<HttpState>,
+    Extension(access): Extension<Access>,
+    Params(p): Params<V1QueryParams>,
+) -> Response {
     let Some(q) = p.q else {
         return error_response(Error::BadParameter {
             name: "q",
@@ -789,14 +873,14 @@ async fn query_v1(State(state): State<HttpState>, Params(p): Params<V1QueryParam
         });
     };
     if crate::query::delete::is_delete(&q) {
-        return match state.engine.query(&q, p.db.as_deref()).await {
+        return match state.engine.query(&q, p.db.as_deref(), &access).await {
             Ok(_) => Json(json!({ "results": [{ "statement_id": 0 }] })).into_response(),
             Err(e) => error_response(e),
         };
     }
     match ddl::parse_drop_table(&q, p.db.as_deref()) {
         Ok(Some(_)) => {
-            return match state.engine.query(&q, p.db.as_deref()).await {
+            return match state.engine.query(&q, p.db.as_deref(), &access).await {
                 Ok(_) => Json(json!({ "results": [{ "statement_id": 0 }] })).into_response(),
                 Err(e) => error_response(e),
             }
@@ -817,7 +901,7 @@ async fn query_v1(State(state): State<HttpState>, Params(p): Params<V1QueryParam
         Err(reason) => return error_response(Error::BadStatement { reason }),
     };
     let show = own == OwnStatement::ShowDatabases;
-    let batches = match state.engine.query(&q, None).await {
+    let batches = match state.engine.query(&q, None, &access).await {
         Ok(b) => b,
         Err(e) => return error_response(e),
     };

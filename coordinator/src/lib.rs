@@ -2,6 +2,7 @@
 //! SQL over Flight SQL and HTTP), the write router that spreads rows over
 //! shards, and the distributed query planner.
 
+pub mod auth;
 pub mod dist_plan;
 pub mod error;
 pub use strata_storage::executor;

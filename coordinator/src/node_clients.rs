@@ -46,8 +46,28 @@ impl NodeClients {
         let inner = FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(FlightClient::new_from_inner(inner))
+        let mut client = FlightClient::new_from_inner(inner);
+        if let Some(secret) = strata_proto::cluster::secret_str() {
+            client
+                .add_header(strata_proto::cluster::CLUSTER_SECRET_HEADER, secret)
+                .map_err(|e| tonic::Status::internal(format!("cluster secret: {e}")))?;
+        }
+        Ok(client)
     }
+}
+
+/// A request to a storage node made on the raw Flight client (not
+/// [`FlightClient`], which adds the header itself): with the cluster secret.
+pub fn cluster_request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(secret) = strata_proto::cluster::secret_str() {
+        if let Ok(value) = secret.parse() {
+            request
+                .metadata_mut()
+                .insert(strata_proto::cluster::CLUSTER_SECRET_HEADER, value);
+        }
+    }
+    request
 }
 
 /// Sends one shard's batches to the node at `addr` with Flight `DoPut`; the

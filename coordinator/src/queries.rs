@@ -20,13 +20,15 @@ use crate::dist_plan::ShardFragmentExec;
 pub const FINISHED_KEPT: usize = 200;
 
 /// What a front door knows of a statement it runs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RunInfo {
     pub query_id: String,
     pub sql: String,
     pub database: Option<String>,
     /// The client's address, when the front door knows it.
     pub client: Option<String>,
+    /// Who runs it.
+    pub access: crate::auth::Access,
 }
 
 impl RunInfo {
@@ -37,7 +39,13 @@ impl RunInfo {
             sql: sql.to_string(),
             database: database.map(str::to_string),
             client: None,
+            access: crate::auth::Access::Open,
         }
+    }
+
+    pub fn with_access(mut self, access: &crate::auth::Access) -> Self {
+        self.access = access.clone();
+        self
     }
 
     pub fn with_client(mut self, client: Option<std::net::SocketAddr>) -> Self {

@@ -10,10 +10,12 @@ use strata_catalog::CatalogClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
+use crate::auth::Auth;
 use crate::error::{BindSnafu, CatalogSnafu, HandoffSnafu, Result, RuntimeSnafu};
 use crate::executor::QueryExecutor;
-use crate::flight_sql::StrataFlightSql;
+use crate::flight_sql::{FlightAuth, StrataFlightSql};
 use crate::handoff::{Handoff, HandoffConfig};
 use crate::http::{router, HttpState, WriteBudget};
 use crate::node_clients::{NodeClients, MAX_MESSAGE_BYTES};
@@ -45,6 +47,8 @@ pub struct CoordinatorConfig {
     pub query_executor: Option<QueryExecutor>,
     /// How long a query may run unless it sets its own limit.
     pub query_timeout: Option<Duration>,
+    /// Whether clients need a token (kept in the catalog).
+    pub require_auth: bool,
 }
 
 impl CoordinatorConfig {
@@ -124,10 +128,15 @@ impl Coordinator {
             }));
         }
 
+        let auth = match config.require_auth {
+            true => Auth::required(engine.catalog().clone()),
+            false => Auth::disabled(),
+        };
         let app = router(HttpState {
             writer,
             engine: engine.clone(),
             write_budget: WriteBudget::new(config.write_memory_limit_bytes),
+            auth: auth.clone(),
         });
         let mut http_rx = rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -139,9 +148,12 @@ impl Coordinator {
             }
         }));
 
-        let flight = FlightServiceServer::new(StrataFlightSql::new(engine))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let flight = InterceptedService::new(
+            FlightServiceServer::new(StrataFlightSql::new(engine))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            FlightAuth(auth),
+        );
         let mut flight_rx = rx;
         tasks.push(tokio::spawn(async move {
             let serve = tonic::transport::Server::builder()

@@ -5,6 +5,8 @@
 
 #![allow(clippy::all)]
 
+pub mod cluster;
+
 pub mod catalog {
     pub mod v1 {
         tonic::include_proto!("strata.catalog.v1");

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_proto::cluster::RequireSecret;
+use tonic::service::interceptor::InterceptedService;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -109,9 +111,12 @@ impl StorageNode {
                 .accept_http1(true)
                 .add_routes(
                     tonic::service::Routes::from(strata_metrics::grpc_port_router()).add_service(
-                        FlightServiceServer::new(service)
-                            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                        InterceptedService::new(
+                            FlightServiceServer::new(service)
+                                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                            RequireSecret,
+                        ),
                     ),
                 )
                 // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for

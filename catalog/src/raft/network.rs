@@ -12,6 +12,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use strata_proto::cluster::{SecretChannel, SendSecret};
 use strata_proto::raft::v1::raft_service_client::RaftServiceClient;
 use strata_proto::raft::v1::raft_service_server::RaftService;
 use strata_proto::raft::v1::RaftMessage;
@@ -35,7 +36,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let client = Channel::from_shared(format!("http://{}", node.addr)).map(|e| {
-            RaftServiceClient::new(e.connect_lazy())
+            RaftServiceClient::with_interceptor(e.connect_lazy(), SendSecret)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         });
@@ -50,7 +51,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-    client: Result<RaftServiceClient<Channel>, tonic::codegen::http::uri::InvalidUri>,
+    client: Result<RaftServiceClient<SecretChannel>, tonic::codegen::http::uri::InvalidUri>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;

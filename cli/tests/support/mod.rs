@@ -193,6 +193,11 @@ impl CpuData {
 }
 
 /// Path of the `strata` binary built for these tests.
+/// The cluster secret of the clusters tests start from separate
+/// processes (their coordinators run `--without-auth`: open to clients,
+/// while calls between roles carry the secret).
+pub const TEST_CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
+
 pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
 }
@@ -209,6 +214,7 @@ impl ServerProcess {
         let _ = std::fs::remove_file(addr_file);
         let mut child = Command::new(strata_bin())
             .args(args)
+            .env("STRATA_CLUSTER_SECRET", TEST_CLUSTER_SECRET)
             .arg("--addr-file")
             .arg(addr_file)
             .stdout(Stdio::piped())

@@ -454,7 +454,9 @@ async fn open_replica(
             let client = nodes.flight(addr).map_err(status_parts)?;
             let mut inner = client.into_inner();
             let response = inner
-                .do_get(Ticket::new(ticket.clone()))
+                .do_get(crate::node_clients::cluster_request(Ticket::new(
+                    ticket.clone(),
+                )))
                 .await
                 .map_err(status_parts)?;
             let data = response

@@ -34,6 +34,8 @@ pub struct StrataCatalog {
     pub handoff: Arc<crate::handoff::Handoff>,
     pub queries: crate::queries::Queries,
     pub query_id: String,
+    /// Who the session runs as: lists only the databases it may read.
+    pub access: crate::auth::Access,
 }
 
 impl fmt::Debug for StrataCatalog {
@@ -44,8 +46,18 @@ impl fmt::Debug for StrataCatalog {
 
 impl CatalogProvider for StrataCatalog {
     fn schema_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.catalog.state().databases.keys().cloned().collect();
-        names.push(SYSTEM_SCHEMA.to_string());
+        let access = &self.access;
+        let mut names: Vec<String> = self
+            .catalog
+            .state()
+            .databases
+            .keys()
+            .filter(|db| access.allows(Some(db), strata_catalog::tokens::Level::Read))
+            .cloned()
+            .collect();
+        if access.allows(None, strata_catalog::tokens::Level::Admin) {
+            names.push(SYSTEM_SCHEMA.to_string());
+        }
         names
     }
 

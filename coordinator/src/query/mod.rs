@@ -26,6 +26,9 @@ use strata_catalog::{CatalogClient, Command};
 use strata_storage::memory::{MemoryLimits, QueryMemory};
 use strata_storage::running::until_cancelled;
 
+use strata_catalog::tokens::Level;
+
+use crate::auth::Access;
 use crate::dist_plan::{DistributePlan, StrataOptions};
 use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
 use crate::executor::QueryExecutor;
@@ -135,6 +138,7 @@ impl QueryEngine {
         database: Option<&str>,
         query_id: &str,
         memory_limit: Option<usize>,
+        access: &Access,
     ) -> SessionContext {
         let config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
@@ -161,32 +165,94 @@ impl QueryEngine {
                 handoff: self.writer.handoff().clone(),
                 queries: self.queries.clone(),
                 query_id: query_id.to_string(),
+                access: access.clone(),
             }),
         );
         ctx
     }
 
     /// Parses and plans `sql` on a query thread, once its size is checked.
-    pub async fn plan(&self, sql: &str, database: Option<&str>, query_id: &str) -> Result<Planned> {
+    /// Fails with a 403 unless `access` may run the statement.
+    pub async fn plan(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        query_id: &str,
+        access: &Access,
+    ) -> Result<Planned> {
         // KILL is parsed here, not on the query threads: it must get
         // through while runaway queries hold all of them.
         if sql.len() <= 64 << 10 {
             if let Ok(Some(kill @ OwnStatement::KillQuery { .. })) =
                 ddl::parse(ddl::strip_leading_comments(sql))
             {
+                access.require(None, Level::Admin)?;
                 return Ok(Planned::Own(kill));
             }
         }
         let this = self.clone();
-        let (sql, database, query_id) = (
+        let (sql, database, query_id, access) = (
             sql.to_string(),
             database.map(str::to_string),
             query_id.to_string(),
+            access.clone(),
         );
         self.executor
-            .run(async move { this.plan_here(&sql, database.as_deref(), &query_id).await })
+            .run(async move {
+                let planned = this
+                    .plan_here(&sql, database.as_deref(), &query_id, &access)
+                    .await?;
+                this.authorize(&planned, database.as_deref(), &query_id, &access)
+                    .await?;
+                Ok(planned)
+            })
             .await
             .context(QuerySnafu)?
+    }
+
+    /// Whether `access` may run `planned`: read on what a query scans,
+    /// write for INSERT and DELETE (and read on an INSERT's source), admin
+    /// on the database for DDL, admin on `*` for KILL QUERY and the
+    /// system tables.
+    async fn authorize(
+        &self,
+        planned: &Planned,
+        database: Option<&str>,
+        query_id: &str,
+        access: &Access,
+    ) -> Result<()> {
+        if matches!(access, Access::Open) {
+            return Ok(());
+        }
+        match planned {
+            Planned::Sql(df) => access.require_reads(df.logical_plan(), database),
+            Planned::Own(own) => match own {
+                OwnStatement::CreateDatabase { name, .. }
+                | OwnStatement::DropDatabase { name, .. }
+                | OwnStatement::AlterDatabase { name, .. }
+                | OwnStatement::SetConsistency { name, .. } => {
+                    access.require(Some(name), Level::Admin)
+                }
+                OwnStatement::DropTable { database, .. } => {
+                    access.require(Some(database), Level::Admin)
+                }
+                // Lists the databases the token may read.
+                OwnStatement::ShowDatabases => Ok(()),
+                OwnStatement::Delete(d) => access.require(Some(&d.database), Level::Write),
+                OwnStatement::Insert(i) => {
+                    access.require(Some(&i.database), Level::Write)?;
+                    if !i.is_values {
+                        let source = self
+                            .plan_query(&i.source, i.session_database.as_deref(), query_id, access)
+                            .await?;
+                        access
+                            .require_reads(source.logical_plan(), i.session_database.as_deref())?;
+                    }
+                    Ok(())
+                }
+                OwnStatement::KillQuery { .. } => access.require(None, Level::Admin),
+            },
+        }
     }
 
     async fn plan_here(
@@ -194,6 +260,7 @@ impl QueryEngine {
         sql: &str,
         database: Option<&str>,
         query_id: &str,
+        access: &Access,
     ) -> Result<Planned> {
         limits::check_sql(sql).map_err(|reason| Error::BadStatement { reason })?;
         // strata's own statements, whatever comments or hint come first.
@@ -216,7 +283,7 @@ impl QueryEngine {
                 .map_err(|reason| Error::BadStatement { reason })?;
             return Ok(Planned::Own(OwnStatement::Insert(i)));
         }
-        let df = self.plan_query(sql, database, query_id).await?;
+        let df = self.plan_query(sql, database, query_id, access).await?;
         Ok(Planned::Sql(Box::new(df)))
     }
 
@@ -226,6 +293,7 @@ impl QueryEngine {
         sql: &str,
         database: Option<&str>,
         query_id: &str,
+        access: &Access,
     ) -> Result<DataFrame> {
         let hints = hints::settings(sql).map_err(|reason| Error::BadStatement { reason })?;
         let mut memory_limit = None;
@@ -247,7 +315,7 @@ impl QueryEngine {
                 parse_timeout(value)?;
             }
         }
-        let ctx = self.session(database, query_id, memory_limit);
+        let ctx = self.session(database, query_id, memory_limit, access);
         if !hints.is_empty() {
             let state = ctx.state_ref();
             let mut state = state.write();
@@ -315,7 +383,7 @@ impl QueryEngine {
             }
             Planned::Own(own) => {
                 let schema = Planned::Own(own.clone()).schema();
-                match self.run_own(own, schema.clone()).await {
+                match self.run_own(own, schema.clone(), &info.access).await {
                     Ok(batches) => {
                         let stream =
                             MemoryStream::try_new(batches, schema, None).context(QuerySnafu)?;
@@ -331,9 +399,14 @@ impl QueryEngine {
     }
 
     /// Plans and runs `sql`, collecting the result.
-    pub async fn query(&self, sql: &str, database: Option<&str>) -> Result<Vec<RecordBatch>> {
-        let info = RunInfo::new(sql, database);
-        let planned = self.plan(sql, database, &info.query_id).await?;
+    pub async fn query(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        access: &Access,
+    ) -> Result<Vec<RecordBatch>> {
+        let info = RunInfo::new(sql, database).with_access(access);
+        let planned = self.plan(sql, database, &info.query_id, access).await?;
         let stream = self.execute(planned, &info).await?;
         datafusion::physical_plan::common::collect(stream)
             .await
@@ -353,8 +426,14 @@ impl QueryEngine {
     async fn insert_here(&self, s: insert::InsertStatement) -> Result<usize> {
         use futures::StreamExt;
         let query_id = uuid::Uuid::new_v4().to_string();
+        // Its read permissions were checked when it was planned.
         let df = self
-            .plan_query(&s.source, s.session_database.as_deref(), &query_id)
+            .plan_query(
+                &s.source,
+                s.session_database.as_deref(),
+                &query_id,
+                &Access::Open,
+            )
             .await?;
         let columns = insert::table_columns(&self.catalog.state(), &s.database, &s.table);
         let targets = insert::targets(&s, &columns, df.schema().as_arrow())
@@ -513,7 +592,12 @@ impl QueryEngine {
         }
     }
 
-    async fn run_own(&self, own: OwnStatement, schema: SchemaRef) -> Result<Vec<RecordBatch>> {
+    async fn run_own(
+        &self,
+        own: OwnStatement,
+        schema: SchemaRef,
+        access: &Access,
+    ) -> Result<Vec<RecordBatch>> {
         match own {
             OwnStatement::CreateDatabase {
                 name,
@@ -601,7 +685,11 @@ impl QueryEngine {
             }
             OwnStatement::ShowDatabases => {
                 let state = self.catalog.state();
-                let dbs: Vec<_> = state.databases.values().collect();
+                let dbs: Vec<_> = state
+                    .databases
+                    .values()
+                    .filter(|d| access.allows(Some(&d.name), Level::Read))
+                    .collect();
                 let columns: Vec<ArrayRef> = vec![
                     Arc::new(StringArray::from_iter_values(
                         dbs.iter().map(|d| d.name.as_str()),
