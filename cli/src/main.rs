@@ -391,6 +391,9 @@ struct SqlArgs {
     /// Database to run statements in.
     #[arg(long, short = 'd', env = "STRATA_DATABASE")]
     database: Option<String>,
+    /// Token to present, when the coordinator requires one.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Run this SQL and exit.
     #[arg(short = 'c')]
     command: Option<String>,
@@ -775,9 +778,12 @@ async fn run_sql(a: SqlArgs) -> Result<(), String> {
     init_tracing("warn");
     let format = OutputFormat::parse(&a.format)
         .ok_or_else(|| format!("--format must be aligned, csv or json, not '{}'", a.format))?;
-    let client = SqlClient::connect(&a.host, a.database)
+    let mut client = SqlClient::connect(&a.host, a.database)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(token) = &a.token {
+        client.set_token(token);
+    }
     let mut session = Session {
         client,
         format,

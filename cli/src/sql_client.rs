@@ -81,6 +81,11 @@ impl SqlClient {
         })
     }
 
+    /// Sends `token` (as `authorization: Bearer`) with every call.
+    pub fn set_token(&mut self, token: &str) {
+        self.client.set_token(token.to_string());
+    }
+
     pub fn set_database(&mut self, db: &str) {
         self.client.set_header("database", db);
         self.database = Some(db.to_string());

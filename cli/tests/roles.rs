@@ -140,3 +140,35 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
         }
     }
 }
+
+/// A separate role refuses to start open unless told to, naming the ways
+/// to give a cluster secret; a secret too short is refused.
+#[test]
+fn separate_roles_need_a_cluster_secret_or_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    for role in ["catalog", "storage", "coordinator"] {
+        let out = std::process::Command::new(crate::support::strata_bin())
+            .args([role, "--data-dir", dir.path().join(role).to_str().unwrap()])
+            .env_remove("STRATA_CLUSTER_SECRET")
+            .env_remove("STRATA_CLUSTER_SECRET_FILE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{role} started without a secret");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--cluster-secret-file") && stderr.contains("--without-auth"),
+            "{role}: {stderr}"
+        );
+    }
+    let out = std::process::Command::new(crate::support::strata_bin())
+        .args([
+            "storage",
+            "--data-dir",
+            dir.path().join("s").to_str().unwrap(),
+        ])
+        .env("STRATA_CLUSTER_SECRET", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16"));
+}
