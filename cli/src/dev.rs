@@ -57,6 +57,8 @@ pub struct DevConfig {
     /// With `auth`: a token to create as `admin` (admin on `*`) when the
     /// catalog has no such token; without one, a first start makes one.
     pub admin_token: Option<String>,
+    /// HTTPS and Flight SQL over TLS with this certificate.
+    pub tls: Option<strata_coordinator::tls::TlsFiles>,
 }
 
 impl DevConfig {
@@ -83,6 +85,7 @@ impl DevConfig {
             query_timeout: None,
             auth: false,
             admin_token: None,
+            tls: None,
         }
     }
 
@@ -254,6 +257,7 @@ impl DevCluster {
             query_executor: Some(query_executor),
             query_timeout: config.query_timeout,
             require_auth: config.auth,
+            tls: config.tls.clone(),
         })
         .await
         .context(CoordinatorSnafu)?;

@@ -11,6 +11,7 @@ use strata::dev::{DevCluster, DevConfig};
 use strata::sql_client::{self, OutputFormat, Session, SqlClient};
 use strata_catalog::{CatalogConfig, CatalogServer};
 use strata_coordinator::handoff::HandoffConfig;
+use strata_coordinator::tls::TlsFiles;
 use strata_coordinator::write_router::DEFAULT_OWNER_TIMEOUT;
 use strata_coordinator::{Coordinator, CoordinatorConfig};
 use strata_storage::memory::{MemoryLimits, QueryMemory};
@@ -92,6 +93,8 @@ struct DevArgs {
         requires = "auth"
     )]
     admin_token: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Write the bound addresses as JSON to this file once ready.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -204,8 +207,41 @@ struct CoordinatorArgs {
     /// --without-auth is given.
     #[command(flatten)]
     auth: ClusterAuthArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[arg(long)]
     addr_file: Option<PathBuf>,
+}
+
+/// TLS on the front doors (HTTP and Flight SQL).
+#[derive(Args)]
+struct TlsArgs {
+    /// Serve HTTPS and Flight SQL over TLS (grpc+tls://) with this
+    /// certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "STRATA_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "STRATA_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(self, f: &ConfigFile) -> Result<Option<TlsFiles>, String> {
+        let cert: Option<String> = f
+            .pick_opt(self.tls_cert.map(|p| p.display().to_string()), "tls_cert")
+            .map_err(|e| e.0)?;
+        let key: Option<String> = f
+            .pick_opt(self.tls_key.map(|p| p.display().to_string()), "tls_key")
+            .map_err(|e| e.0)?;
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            })),
+            (None, None) => Ok(None),
+            _ => Err("--tls-cert and --tls-key go together".into()),
+        }
+    }
 }
 
 /// How much memory queries may hold.
@@ -394,6 +430,10 @@ struct SqlArgs {
     /// Token to present, when the coordinator requires one.
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) to trust for a TLS coordinator
+    /// (`--host grpc+tls://HOST:PORT`).
+    #[arg(long, env = "STRATA_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// Run this SQL and exit.
     #[arg(short = 'c')]
     command: Option<String>,
@@ -503,7 +543,12 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         write_memory_limit_bytes: a.write_memory_limit_mib << 20,
         auth: a.auth,
         admin_token: a.admin_token,
+        tls: a.tls.files(&ConfigFile::default())?,
         ..DevConfig::new(&a.data_dir)
+    };
+    let (http_scheme, flight_scheme) = match config.tls.is_some() {
+        true => ("https", "grpc+tls"),
+        false => ("http", "grpc"),
     };
     let mut config = config;
     let mut w = WriteSettings {
@@ -530,9 +575,9 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
     for (i, s) in addrs.storage.iter().enumerate() {
         println!("  storage node {} {}", i + 1, s);
     }
-    println!("  HTTP           http://{}  (line protocol: /write, /api/v2/write; SQL: /api/v3/query_sql)", addrs.http);
+    println!("  HTTP           {http_scheme}://{}  (line protocol: /write, /api/v2/write; SQL: /api/v3/query_sql)", addrs.http);
     println!(
-        "  Flight SQL     grpc://{}  (strata sql --host {})",
+        "  Flight SQL     {flight_scheme}://{}  (strata sql --host {flight_scheme}://{})",
         addrs.flight, addrs.flight
     );
     if a.auth {
@@ -748,6 +793,7 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
         query_executor: None,
         query_timeout: None,
         require_auth,
+        tls: a.tls.files(&f)?,
     };
     let mut config = config;
     let (memory, timeout) = a.queries.apply(&f)?;
@@ -778,7 +824,14 @@ async fn run_sql(a: SqlArgs) -> Result<(), String> {
     init_tracing("warn");
     let format = OutputFormat::parse(&a.format)
         .ok_or_else(|| format!("--format must be aligned, csv or json, not '{}'", a.format))?;
-    let mut client = SqlClient::connect(&a.host, a.database)
+    let tls_ca = match &a.tls_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read --tls-ca {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut client = SqlClient::connect_with(&a.host, a.database, tls_ca)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(token) = &a.token {

@@ -59,14 +59,45 @@ fn describe(e: FlightError) -> ClientError {
 
 impl SqlClient {
     pub async fn connect(host: &str, database: Option<String>) -> Result<Self, ClientError> {
-        let url = if host.contains("://") {
-            host.to_string()
-        } else {
-            format!("http://{host}")
+        Self::connect_with(host, database, None).await
+    }
+
+    /// Connects to `host` (`HOST:PORT`, `grpc://`, or over TLS
+    /// `grpc+tls://` / `https://`, trusting `tls_ca`, a PEM CA
+    /// certificate).
+    pub async fn connect_with(
+        host: &str,
+        database: Option<String>,
+        tls_ca: Option<Vec<u8>>,
+    ) -> Result<Self, ClientError> {
+        let (tls, rest) = match host.split_once("://") {
+            Some(("grpc+tls" | "https", rest)) => (true, rest),
+            Some(("grpc" | "grpc+tcp" | "http", rest)) => (false, rest),
+            Some((scheme, _)) => {
+                return Err(ClientError(format!(
+                    "unknown scheme '{scheme}' in '{host}': use grpc:// or grpc+tls://"
+                )))
+            }
+            None => (tls_ca.is_some(), host),
         };
-        let channel = Endpoint::from_shared(url)
+        let url = format!("{}://{rest}", if tls { "https" } else { "http" });
+        let mut endpoint = Endpoint::from_shared(url)
             .map_err(|e| ClientError(format!("invalid host '{host}': {e}")))?
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5));
+        if tls {
+            let ca = tls_ca.ok_or_else(|| {
+                ClientError(format!(
+                    "{host} is TLS: give the CA certificate to trust with --tls-ca"
+                ))
+            })?;
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+                .map_err(|e| ClientError(format!("TLS for {host}: {e}")))?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| ClientError(format!("cannot connect to strata at {host}: {e}")))?;

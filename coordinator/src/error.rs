@@ -120,6 +120,9 @@ pub enum Error {
     #[snafu(display("{reason}"))]
     Unauthenticated { reason: String },
 
+    #[snafu(display("TLS: {reason}"))]
+    Tls { reason: String },
+
     #[snafu(display("{reason}"))]
     PermissionDenied { reason: String },
 }
@@ -166,6 +169,7 @@ impl Error {
             Error::Bind { .. }
             | Error::Arrow { .. }
             | Error::Runtime { .. }
+            | Error::Tls { .. }
             | Error::Handoff { .. } => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -215,6 +219,7 @@ impl Error {
             Error::Bind { .. }
             | Error::Arrow { .. }
             | Error::Runtime { .. }
+            | Error::Tls { .. }
             | Error::Handoff { .. } => "internal",
         }
     }
@@ -250,6 +255,7 @@ impl Error {
             Error::Bind { .. }
             | Error::Arrow { .. }
             | Error::Runtime { .. }
+            | Error::Tls { .. }
             | Error::Handoff { .. } => tonic::Code::Internal,
         }
     }

@@ -15,6 +15,7 @@ pub mod queries;
 pub mod query;
 pub mod repair;
 pub mod server;
+pub mod tls;
 pub mod write_router;
 
 pub use error::{Error, Result};

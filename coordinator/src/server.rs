@@ -13,13 +13,14 @@ use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::auth::Auth;
-use crate::error::{BindSnafu, CatalogSnafu, HandoffSnafu, Result, RuntimeSnafu};
+use crate::error::{BindSnafu, CatalogSnafu, Error, HandoffSnafu, Result, RuntimeSnafu};
 use crate::executor::QueryExecutor;
 use crate::flight_sql::{FlightAuth, StrataFlightSql};
 use crate::handoff::{Handoff, HandoffConfig};
 use crate::http::{router, HttpState, WriteBudget};
 use crate::node_clients::{NodeClients, MAX_MESSAGE_BYTES};
 use crate::query::QueryEngine;
+use crate::tls::TlsFiles;
 use crate::write_router::WriteRouter;
 
 #[derive(Debug, Clone)]
@@ -49,6 +50,8 @@ pub struct CoordinatorConfig {
     pub query_timeout: Option<Duration>,
     /// Whether clients need a token (kept in the catalog).
     pub require_auth: bool,
+    /// Serve HTTPS and Flight SQL over TLS with this certificate.
+    pub tls: Option<TlsFiles>,
 }
 
 impl CoordinatorConfig {
@@ -66,6 +69,11 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub async fn start(config: CoordinatorConfig) -> Result<Self> {
+        // Bad certificate files fail the start before anything listens.
+        let tls = match &config.tls {
+            Some(files) => Some(files.load().map_err(|reason| Error::Tls { reason })?),
+            None => None,
+        };
         let catalog = CatalogClient::connect(&config.catalog_addr, Duration::from_secs(60))
             .await
             .context(CatalogSnafu)?;
@@ -139,14 +147,18 @@ impl Coordinator {
             auth: auth.clone(),
         });
         let mut http_rx = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(http_listener, app).with_graceful_shutdown(async move {
-                let _ = http_rx.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
+        let stopped = async move {
+            let _ = http_rx.wait_for(|s| *s).await;
+        };
+        match &tls {
+            Some(identity) => {
+                let listener = identity
+                    .https_listener(http_listener)
+                    .map_err(|reason| Error::Tls { reason })?;
+                tasks.push(tokio::spawn(serve_http(listener, app, stopped)));
             }
-        }));
+            None => tasks.push(tokio::spawn(serve_http(http_listener, app, stopped))),
+        }
 
         let flight = InterceptedService::new(
             FlightServiceServer::new(StrataFlightSql::new(engine))
@@ -155,8 +167,16 @@ impl Coordinator {
             FlightAuth(auth),
         );
         let mut flight_rx = rx;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = &tls {
+            builder = builder
+                .tls_config(identity.tonic_config())
+                .map_err(|e| Error::Tls {
+                    reason: e.to_string(),
+                })?;
+        }
         tasks.push(tokio::spawn(async move {
-            let serve = tonic::transport::Server::builder()
+            let serve = builder
                 .add_service(flight)
                 // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
                 // a listener it is handed, and Nagle's algorithm held each reply for
@@ -197,6 +217,20 @@ impl Coordinator {
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
+    }
+}
+
+async fn serve_http<L>(
+    listener: L,
+    app: axum::Router,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "HTTP server failed");
     }
 }
 

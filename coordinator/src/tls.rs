@@ -1,0 +1,200 @@
+//! TLS on the front doors: the certificate and key files, the Flight SQL
+//! server's configuration, and an HTTPS listener for the HTTP API.
+//!
+//! The HTTPS listener does handshakes off the accept loop (a slow or
+//! silent client holds only its own task, for at most
+//! [`HANDSHAKE_TIMEOUT`]) and answers a plaintext HTTP request with a 400
+//! that says to use `https://`, rather than a reset connection.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// How long a client has to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server certificate (chain) and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The files read and checked: the certificate chain and key as PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    certs: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl TlsFiles {
+    /// Reads both files; an error names the file and what is wrong.
+    pub fn load(&self) -> Result<TlsIdentity, String> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+        };
+        let cert_pem = read("--tls-cert", &self.cert)?;
+        let key_pem = read("--tls-key", &self.key)?;
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--tls-cert {}: {e}", self.cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--tls-cert {} holds no PEM certificate",
+                self.cert.display()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            format!(
+                "--tls-key {} holds no PEM private key ({e})",
+                self.key.display()
+            )
+        })?;
+        let identity = TlsIdentity {
+            cert_pem,
+            key_pem,
+            certs,
+            key: Arc::new(key),
+        };
+        // Fails here, at start, when the key does not fit the certificate.
+        identity.rustls_config(vec![])?;
+        Ok(identity)
+    }
+}
+
+impl TlsIdentity {
+    fn rustls_config(&self, alpn: Vec<Vec<u8>>) -> Result<Arc<rustls::ServerConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(self.certs.clone(), self.key.clone_key())
+            .map_err(|e| format!("--tls-cert and --tls-key do not make a usable pair: {e}"))?;
+        config.alpn_protocols = alpn;
+        Ok(Arc::new(config))
+    }
+
+    /// For the Flight SQL server (tonic).
+    pub fn tonic_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+            .timeout(HANDSHAKE_TIMEOUT)
+    }
+
+    /// An HTTPS listener on `listener`.
+    pub fn https_listener(&self, listener: TcpListener) -> Result<HttpsListener, String> {
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("HTTPS listener: {e}"))?;
+        let config = self.rustls_config(vec![b"http/1.1".to_vec()])?;
+        let acceptor = TlsAcceptor::from(config);
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(accept_loop(listener, acceptor, tx));
+        Ok(HttpsListener {
+            rx,
+            local,
+            _task: AbortOnDrop(task),
+        })
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connections that finished their TLS handshake, for `axum::serve`.
+pub struct HttpsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    _task: AbortOnDrop,
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept loop ended (the listener failed for good): serve
+            // no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, go on.
+                tracing::warn!(error = %e, "HTTPS accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, acceptor)).await {
+                Ok(Ok(Some(tls))) => {
+                    let _ = tx.send((tls, peer)).await;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// A TLS connection, or `None` when the client spoke plaintext HTTP (it
+/// was told to use https).
+async fn handshake(
+    mut tcp: TcpStream,
+    acceptor: TlsAcceptor,
+) -> std::io::Result<Option<TlsStream<TcpStream>>> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await?;
+    // 0x16: a TLS handshake record. Anything else printable is plaintext.
+    if n == 1 && first[0] != 0x16 && first[0].is_ascii_alphabetic() {
+        let body = "this port speaks HTTPS: use https:// (TLS is on, --tls-cert)\n";
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(response.as_bytes()).await?;
+        let _ = tcp.shutdown().await;
+        return Ok(None);
+    }
+    acceptor.accept(tcp).await.map(Some)
+}
