@@ -35,6 +35,9 @@ impl OutputFormat {
 
 pub struct SqlClient {
     client: FlightSqlServiceClient<Channel>,
+    /// What the server said of the last answer (an incomplete one names
+    /// the shards it lacks).
+    warning: Option<String>,
     host: String,
     database: Option<String>,
 }
@@ -107,9 +110,15 @@ impl SqlClient {
         }
         Ok(Self {
             client,
+            warning: None,
             host: host.to_string(),
             database,
         })
+    }
+
+    /// The server's warning about the last answer, if any.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// Sends `token` (as `authorization: Bearer`) with every call.
@@ -143,11 +152,26 @@ impl SqlClient {
             .try_decode_schema()
             .map_err(|e| ClientError(format!("server sent an unreadable schema: {e}")))?;
         let mut out = vec![];
+        self.warning = None;
         for ep in info.endpoint {
             let Some(ticket) = ep.ticket else { continue };
             let stream = self.client.do_get(ticket).await.map_err(describe)?;
-            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(describe)?;
-            out.extend(batches);
+            // Read message by message: a best-effort answer without some
+            // shards ends with a message whose app_metadata names them.
+            let mut messages = stream.into_inner();
+            while let Some(message) = messages.try_next().await.map_err(describe)? {
+                let meta = message.app_metadata();
+                if !meta.is_empty() {
+                    if let Ok(note) = serde_json::from_slice::<serde_json::Value>(&meta) {
+                        if let Some(w) = note["warning"].as_str() {
+                            self.warning = Some(w.to_string());
+                        }
+                    }
+                }
+                if let arrow_flight::decode::DecodedPayload::RecordBatch(b) = message.payload {
+                    out.push(b);
+                }
+            }
         }
         Ok((Arc::new(schema), out))
     }
@@ -284,7 +308,12 @@ pub struct Session {
 }
 
 /// Settings `SET` accepts without the `strata.` prefix.
-const SHORT_SETTINGS: [&str; 3] = ["statement_timeout", "memory_limit_mib", "last_value_cache"];
+const SHORT_SETTINGS: [&str; 4] = [
+    "statement_timeout",
+    "memory_limit_mib",
+    "last_value_cache",
+    "completeness",
+];
 
 /// `SET name = value` / `SET name TO value` / `RESET name` / `RESET ALL`:
 /// the setting and its new value (`None`: reset; name `all`: every one).
@@ -396,6 +425,9 @@ impl Session {
         let batches = self.client.query(input).await?;
         let text = render(&batches, self.format, self.expanded)?;
         let _ = out.write_all(text.as_bytes());
+        if let Some(w) = self.client.warning() {
+            eprintln!("WARNING: {w}");
+        }
         if self.timing {
             let _ = writeln!(
                 out,

@@ -464,3 +464,77 @@ async fn metrics_move_after_a_load_and_a_query() {
     assert_eq!(sample(&m, "strata_raft_is_leader{member=\"1\"}"), 1.0);
     assert!(sample(&m, "strata_raft_last_applied_index{member=\"1\"}") > 0.0);
 }
+
+/// With a storage node down and its shards on no other replica, a query
+/// fails by default naming the shards and the node; with
+/// `strata.completeness = 'best_effort'` it answers from the other shards
+/// and names the missing ones: in the Flight stream's last app_metadata
+/// (which `strata sql` prints) and in HTTP headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn best_effort_answers_name_the_missing_shards_and_strict_ones_fail() {
+    let mut c = TestCluster::start().await;
+    c.create_database("partial", "WITH REPLICATION 1 SHARDS 3")
+        .await;
+    let body: String = (0..300)
+        .map(|i| format!("m,host=h{i} v={i}i 1700000000000000000\n"))
+        .collect();
+    let (status, text) = c.write("partial", "ns", &body).await;
+    assert_eq!(status, 204, "{text}");
+    // The shard on node 1.
+    let mut sql = c.sql(Some("partial")).await;
+    let on_node_1 = rows(
+        &sql.query("SELECT shard_id FROM system.shards WHERE database = 'partial' AND array_has(owners, arrow_cast(1, 'UInt64'))")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(on_node_1.len(), 1, "{on_node_1:?}");
+    let shard = on_node_1[0].clone();
+    let node = c.cluster.as_mut().unwrap().storage.remove(0);
+    node.shutdown().await;
+
+    let strict = sql.query("SELECT count(*) FROM m").await.unwrap_err().0;
+    assert!(
+        strict.contains(&format!("no replica of shards [{shard}]")) && strict.contains("node 1"),
+        "{strict}"
+    );
+
+    let best_effort = "/*+ strata.completeness = 'best_effort' */ SELECT count(*) AS n FROM m";
+    let answer = rows(&sql.query(best_effort).await.unwrap());
+    let n: usize = answer[0].parse().unwrap();
+    assert!(n > 0 && n < 300, "{answer:?}");
+    let warning = sql
+        .warning()
+        .expect("the answer names what it lacks")
+        .to_string();
+    assert!(
+        warning.contains(&format!("left out: {shard}")) && warning.contains("node 1"),
+        "{warning}"
+    );
+
+    let resp = c
+        .http
+        .get(c.http_url("/api/v3/query_sql"))
+        .query(&[("db", "partial"), ("q", best_effort)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["strata-missing-shards"].to_str().unwrap(),
+        shard
+    );
+    assert!(resp.headers()["strata-warning"]
+        .to_str()
+        .unwrap()
+        .contains("best_effort"));
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(body[0]["n"].as_u64().unwrap() as usize, n);
+
+    // A setting strata does not know is refused.
+    let bad = sql
+        .query("/*+ strata.completeness = 'most' */ SELECT 1")
+        .await
+        .unwrap_err()
+        .0;
+    assert!(bad.contains("best_effort"), "{bad}");
+}

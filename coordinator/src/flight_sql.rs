@@ -29,7 +29,7 @@ use arrow_flight::{
     HandshakeResponse, Ticket,
 };
 use datafusion::execution::SendableRecordBatchStream;
-use futures::{stream, Stream, TryStreamExt};
+use futures::{stream, Stream, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -238,6 +238,19 @@ fn encode_stream(schema: SchemaRef, batches: SendableRecordBatchStream) -> DoGet
     Box::pin(flight)
 }
 
+/// An empty batch carrying `app_metadata` (a message without a batch or
+/// schema is not one every Flight client reads).
+fn note_message(schema: &SchemaRef, app_metadata: Vec<u8>) -> Result<FlightData, Status> {
+    let empty = arrow::array::RecordBatch::new_empty(schema.clone());
+    let mut messages = arrow_flight::utils::batches_to_flight_data(schema, vec![empty])
+        .map_err(|e| Status::internal(format!("encoding the answer's note: {e}")))?;
+    let mut last = messages
+        .pop()
+        .ok_or_else(|| Status::internal("encoding the answer's note: no message"))?;
+    last.app_metadata = app_metadata.into();
+    Ok(last)
+}
+
 /// The FlightInfo of a metadata command, whose ticket is the command.
 fn command_info(
     cmd: &impl ProstMessageExt,
@@ -338,6 +351,7 @@ impl StrataFlightSql {
                     .map_err(|e| e.into_status())?,
             };
             let schema = wire_schema(&planned.schema());
+            let missing = planned.missing_shards();
             let info = RunInfo {
                 query_id: query_id.clone(),
                 sql: handle.sql.clone(),
@@ -350,7 +364,15 @@ impl StrataFlightSql {
                 .execute(planned, &info)
                 .await
                 .map_err(|e| e.into_status())?;
-            Ok(encode_stream(schema, batches))
+            // A best-effort answer without some shards ends with a message
+            // whose app_metadata names them.
+            let note_schema = schema.clone();
+            let note = stream::once(async move {
+                let meta = missing.and_then(|m| m.app_metadata())?;
+                Some(note_message(&note_schema, meta))
+            })
+            .filter_map(futures::future::ready);
+            Ok(Box::pin(encode_stream(schema, batches).chain(note)) as DoGetStream)
         }
         .instrument(span)
         .await

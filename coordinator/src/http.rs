@@ -718,6 +718,12 @@ impl ResultFormat {
     }
 }
 
+/// Response header of a best-effort query answered without some shards:
+/// their ids, comma-separated.
+pub const MISSING_SHARDS_HEADER: &str = "strata-missing-shards";
+/// Response header saying why an answer is incomplete.
+pub const WARNING_HEADER: &str = "strata-warning";
+
 /// Runs a query and streams its result batch by batch (json, jsonl, csv),
 /// so memory stays at about one batch whatever the result's size. The
 /// first batch is awaited before the answer starts, so that an error in
@@ -733,8 +739,60 @@ async fn query_response(
 ) -> Result<Response, Error> {
     let info = RunInfo::new(q, db).with_access(access);
     let planned = state.engine.plan(q, db, &info.query_id, access).await?;
+    let best_effort = planned.best_effort();
+    let missing = planned.missing_shards();
     let mut stream = state.engine.execute(planned, &info).await?;
     let content_type = [(http::header::CONTENT_TYPE, format.content_type())];
+    if best_effort {
+        // The missing shards are known once every shard was tried: the
+        // answer is read whole, so that its headers can name them.
+        let mut encoder = ResultEncoder::new(format);
+        let mut body = vec![];
+        let mut batches = vec![];
+        while let Some(b) = stream.next().await {
+            let b = b.context(crate::error::QuerySnafu)?;
+            match format {
+                ResultFormat::Pretty => batches.push(b),
+                _ => body.extend(encoder.batch(&b)?),
+            }
+        }
+        match format {
+            ResultFormat::Pretty => {
+                let text = arrow::util::pretty::pretty_format_batches(&batches)
+                    .map_err(|source| Error::Arrow { source })?;
+                body = format!("{text}\n").into_bytes();
+            }
+            _ => body.extend(encoder.finish()),
+        }
+        let mut response = (content_type, body).into_response();
+        if let Some(m) = missing.filter(|m| !m.shard_ids().is_empty()) {
+            let ids = m
+                .shard_ids()
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let warning: String = m
+                .warning()
+                .unwrap_or_default()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            let headers = response.headers_mut();
+            for (name, value) in [(MISSING_SHARDS_HEADER, ids), (WARNING_HEADER, warning)] {
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    headers.insert(name, v);
+                }
+            }
+        }
+        return Ok(response);
+    }
     if format == ResultFormat::Pretty {
         let mut batches = vec![];
         let mut rows = 0;

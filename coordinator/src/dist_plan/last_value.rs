@@ -71,6 +71,9 @@ datafusion::common::extensions_options! {
         /// How long the query may run, e.g. `30s` (empty: the
         /// coordinator's `--query-timeout`).
         pub statement_timeout: String, default = String::new()
+        /// `strict` (fail when a shard has no readable replica) or
+        /// `best_effort` (answer without it, naming it).
+        pub completeness: String, default = String::new()
     }
 }
 

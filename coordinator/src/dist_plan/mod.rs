@@ -8,6 +8,7 @@
 //! nodes' last-value caches ([`last_value`]), and what the nodes report
 //! having done ([`reported`]).
 
+pub mod completeness;
 pub mod last_value;
 pub mod pruning;
 pub mod reported;

@@ -379,18 +379,29 @@ impl ExecutionPlan for ShardFragmentExec {
         };
         let metrics = TaskMetrics::new(&self.metrics, partition, self.reports.clone());
         // The query's own memory limit goes with it to the nodes.
-        let memory_limit = ctx
+        let options = ctx
             .session_config()
             .options()
             .extensions
             .get::<super::StrataOptions>()
-            .map_or(0, |o| o.memory_limit_mib);
+            .cloned()
+            .unwrap_or_default();
+        let memory_limit = options.memory_limit_mib;
+        // Best effort: a task with no readable replica is noted in the
+        // query's list of missing shards and reads as empty.
+        let missing = match super::completeness::parse(&options.completeness) {
+            Ok(true) => ctx
+                .session_config()
+                .get_extension::<super::completeness::MissingShards>(),
+            Ok(false) => None,
+            Err(e) => return Err(DataFusionError::Plan(e)),
+        };
         let memory_limit = (memory_limit > 0).then_some((memory_limit as usize) << 20);
         let ticket = self.ticket(&task, memory_limit)?;
         let nodes = self.nodes.clone();
         let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
-            open_replica(&nodes, ticket, &task, out_schema, metrics).await
+            open_replica(&nodes, ticket, &task, out_schema, metrics, missing).await
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
@@ -438,6 +449,7 @@ async fn open_replica(
     task: &Task,
     schema: SchemaRef,
     metrics: TaskMetrics,
+    missing: Option<Arc<super::completeness::MissingShards>>,
 ) -> Result<BatchStream> {
     let started = Instant::now();
     let ticket = bytes::Bytes::from(ticket);
@@ -535,6 +547,11 @@ async fn open_replica(
                 failures.push(format!("node {node_id} at {addr}: {e}"));
             }
         }
+    }
+    if let Some(missing) = missing {
+        tracing::warn!(shards = ?task.shard_ids, "no replica could be read; answering without them (best effort)");
+        missing.note(&task.shard_ids, failures.join("; "));
+        return Ok(futures::stream::empty().boxed());
     }
     Err(DataFusionError::External(Box::new(
         tonic::Status::unavailable(format!(

@@ -29,6 +29,7 @@ use strata_storage::running::until_cancelled;
 use strata_catalog::tokens::Level;
 
 use crate::auth::Access;
+use crate::dist_plan::completeness::{self, MissingShards};
 use crate::dist_plan::{DistributePlan, StrataOptions};
 use crate::error::{CatalogSnafu, Error, QuerySnafu, Result};
 use crate::executor::QueryExecutor;
@@ -82,6 +83,31 @@ fn show_databases_schema() -> SchemaRef {
 }
 
 impl Planned {
+    /// Whether the statement set `strata.completeness = 'best_effort'`.
+    pub fn best_effort(&self) -> bool {
+        match self {
+            Planned::Sql(df) => df
+                .task_ctx()
+                .session_config()
+                .options()
+                .extensions
+                .get::<StrataOptions>()
+                .is_some_and(|o| completeness::parse(&o.completeness).unwrap_or(false)),
+            Planned::Own(_) => false,
+        }
+    }
+
+    /// Where a best-effort query notes the shards it answers without.
+    pub fn missing_shards(&self) -> Option<Arc<MissingShards>> {
+        match self {
+            Planned::Sql(df) => df
+                .task_ctx()
+                .session_config()
+                .get_extension::<MissingShards>(),
+            Planned::Own(_) => None,
+        }
+    }
+
     pub fn schema(&self) -> SchemaRef {
         match self {
             Planned::Sql(df) => Arc::new(df.schema().as_arrow().clone()),
@@ -148,7 +174,8 @@ impl QueryEngine {
             .with_sort_spill_reservation_bytes(strata_storage::memory::sort_spill_reservation(
                 self.memory.per_query(memory_limit),
             ))
-            .with_option_extension(StrataOptions::default());
+            .with_option_extension(StrataOptions::default())
+            .with_extension(Arc::new(MissingShards::default()));
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.memory.runtime(memory_limit))
@@ -313,6 +340,9 @@ impl QueryEngine {
             }
             if key == "strata.statement_timeout" {
                 parse_timeout(value)?;
+            }
+            if key == "strata.completeness" {
+                completeness::parse(value).map_err(|reason| Error::BadStatement { reason })?;
             }
         }
         let ctx = self.session(database, query_id, memory_limit, access);
