@@ -27,6 +27,10 @@ use strata_storage::{EngineConfig, StorageConfig, StorageNode};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or `json` (one object per line, with the span
+    /// fields: a query's `query_id` on the coordinator and the nodes).
+    #[arg(long, global = true, env = "STRATA_LOG_FORMAT", default_value = "text")]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -445,13 +449,23 @@ struct SqlArgs {
     format: String,
 }
 
-fn init_tracing(default: &str) {
+/// Logs to stderr, filtered by `RUST_LOG` or else `default`, as text or
+/// one JSON object per line.
+fn init_tracing(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
 }
 
 async fn wait_for_signal() {
@@ -489,6 +503,22 @@ pub static malloc_conf: &[u8; 60] =
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = match cli.log_format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => {
+            eprintln!("strata: --log-format must be text or json, not '{other}'");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(
+        match &cli.command {
+            Command::Dev(_) | Command::Catalog(_) => "info,openraft=warn",
+            Command::Storage(_) | Command::Coordinator(_) => "info",
+            Command::Sql(_) | Command::Admin(_) | Command::Bench(_) => "warn",
+        },
+        json,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("strata-io")
@@ -507,14 +537,8 @@ fn main() -> ExitCode {
             Command::Storage(a) => run_storage(a).await,
             Command::Coordinator(a) => run_coordinator(a).await,
             Command::Sql(a) => run_sql(a).await,
-            Command::Admin(a) => {
-                init_tracing("warn");
-                strata::admin::run(a).await
-            }
-            Command::Bench(b) => {
-                init_tracing("warn");
-                strata::bench::run(b).await
-            }
+            Command::Admin(a) => strata::admin::run(a).await,
+            Command::Bench(b) => strata::bench::run(b).await,
         }
     });
     match result {
@@ -527,7 +551,6 @@ fn main() -> ExitCode {
 }
 
 async fn run_dev(a: DevArgs) -> Result<(), String> {
-    init_tracing("info,openraft=warn");
     if a.data_dir.as_os_str().is_empty() {
         return Err("--data-dir must name a directory, not be empty".into());
     }
@@ -602,7 +625,6 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
 }
 
 async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
-    init_tracing("info,openraft=warn");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e: ConfigError| e.0)?;
     a.auth.apply(&f, "catalog")?;
     let config = CatalogConfig {
@@ -648,7 +670,6 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
 }
 
 async fn run_storage(a: StorageArgs) -> Result<(), String> {
-    init_tracing("info");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
     a.auth.apply(&f, "storage")?;
     let data_dir = data_dir_flag(
@@ -765,7 +786,6 @@ fn duration_flag(flag: &str, value: String) -> Result<std::time::Duration, Strin
 }
 
 async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
-    init_tracing("info");
     let f = ConfigFile::load(a.config.as_deref()).map_err(|e| e.0)?;
     let require_auth = a.auth.apply(&f, "coordinator")?;
     let config = CoordinatorConfig {
@@ -821,7 +841,6 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<(), String> {
 }
 
 async fn run_sql(a: SqlArgs) -> Result<(), String> {
-    init_tracing("warn");
     let format = OutputFormat::parse(&a.format)
         .ok_or_else(|| format!("--format must be aligned, csv or json, not '{}'", a.format))?;
     let tls_ca = match &a.tls_ca {

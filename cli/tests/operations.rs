@@ -538,3 +538,81 @@ async fn best_effort_answers_name_the_missing_shards_and_strict_ones_fail() {
         .0;
     assert!(bad.contains("best_effort"), "{bad}");
 }
+
+/// With `--log-format json`, log lines are JSON objects, and the lines of
+/// one query on the coordinator and on the storage nodes carry the same
+/// `query_id` (sent to the nodes in gRPC metadata).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_query_id_across_roles() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let addr_file = dir.path().join("addrs.json");
+    let log_file = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(crate::support::strata_bin())
+        .args(["dev", "--log-format", "json", "--http-addr", "127.0.0.1:0"])
+        .args(["--flight-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env(
+            "RUST_LOG",
+            "info,strata_coordinator=debug,strata_storage=debug",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = BufReader::new(stdout)
+        .lines()
+        .any(|l| l.unwrap() == "strata is ready");
+    assert!(ready);
+    let addrs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&addr_file).unwrap()).unwrap();
+    let http = addrs["http"].as_str().unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{http}/write?db=logs"))
+        .body("m,host=a v=1 1\nm,host=b v=2 2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let mut sql = strata::sql_client::SqlClient::connect(
+        addrs["flight"].as_str().unwrap(),
+        Some("logs".into()),
+    )
+    .await
+    .unwrap();
+    let counted = rows(
+        &sql.query("SELECT count(*) AS counted FROM m")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(counted, vec!["2"]);
+    let id = rows(
+        &sql.query(
+            "SELECT query_id FROM system.queries WHERE query_text LIKE '%AS counted%' \
+             AND query_text NOT LIKE '%system.queries%'",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(id.len(), 1, "{id:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    let mut targets = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+        assert!(entry["timestamp"].is_string() && entry["level"].is_string());
+        if entry["span"]["query_id"] == id[0].as_str() {
+            let target = entry["target"].as_str().unwrap();
+            targets.insert(target.split("::").next().unwrap().to_string());
+        }
+    }
+    assert!(
+        targets.contains("strata_coordinator") && targets.contains("strata_storage"),
+        "lines with the query id came from {targets:?}"
+    );
+}

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use snafu::ResultExt;
+use tracing::Instrument;
 
 use crate::auth::{credential_from_header, Access, Auth};
 use crate::error::Error;
@@ -738,10 +739,16 @@ async fn query_response(
     format: ResultFormat,
 ) -> Result<Response, Error> {
     let info = RunInfo::new(q, db).with_access(access);
-    let planned = state.engine.plan(q, db, &info.query_id, access).await?;
-    let best_effort = planned.best_effort();
-    let missing = planned.missing_shards();
-    let mut stream = state.engine.execute(planned, &info).await?;
+    let span = tracing::info_span!("query", query_id = %info.query_id, database = ?db);
+    let (planned, mut stream) = async {
+        let planned = state.engine.plan(q, db, &info.query_id, access).await?;
+        let (best_effort, missing) = (planned.best_effort(), planned.missing_shards());
+        let stream = state.engine.execute(planned, &info).await?;
+        Ok::<_, Error>(((best_effort, missing), stream))
+    }
+    .instrument(span)
+    .await?;
+    let (best_effort, missing) = planned;
     let content_type = [(http::header::CONTENT_TYPE, format.content_type())];
     if best_effort {
         // The missing shards are known once every shard was tried: the

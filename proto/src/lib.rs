@@ -30,6 +30,11 @@ pub mod storage {
 /// for that version before checking the batches against it.
 pub const CATALOG_VERSION_HEADER: &str = "strata-catalog-version";
 
+/// gRPC request metadata of a plan fragment's `DoGet`: the id of the
+/// query it belongs to, so the node's log lines carry the coordinator's
+/// query id.
+pub const QUERY_ID_HEADER: &str = "strata-query-id";
+
 /// Storage-node Flight action: how the node is doing, as JSON
 /// (`{"node_id", "flush_failures", "last_flush_error"}`).
 pub const HEALTH_ACTION: &str = "health";

@@ -15,6 +15,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::running::Cancel;
 
@@ -76,8 +77,9 @@ impl QueryExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        // The caller's span (a query's id) follows the work.
         self.handle
-            .spawn(work)
+            .spawn(work.instrument(tracing::Span::current()))
             .await
             .map_err(|e| DataFusionError::Execution(join_message(e)))
     }
@@ -125,14 +127,17 @@ impl QueryExecutor {
                 }
             }
         };
-        let task = self.handle.spawn(async move {
-            tokio::select! {
-                _ = work => {}
-                // Dropping the work drops its streams, and with them the
-                // streams it reads from other nodes.
-                _ = cancel.cancelled() => {}
+        let task = self.handle.spawn(
+            async move {
+                tokio::select! {
+                    _ = work => {}
+                    // Dropping the work drops its streams, and with them the
+                    // streams it reads from other nodes.
+                    _ = cancel.cancelled() => {}
+                }
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
         // A panic in the task ends the channel; say why instead of
         // ending the stream as if it were complete. Dropping the stream
         // aborts the task (a sort or aggregate may not send for a while).

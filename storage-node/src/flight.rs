@@ -373,6 +373,13 @@ impl FlightService for StorageFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let started = std::time::Instant::now();
+        // The coordinator's query id, for the log lines of this fragment
+        // (the ticket carries it too).
+        let sent_id = request
+            .metadata()
+            .get(strata_proto::QUERY_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let fragment = Fragment::decode(&request.into_inner().ticket, &self.ctx.task_ctx())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (sent, report_metrics) = (fragment.plan.clone(), fragment.report_metrics);
@@ -384,7 +391,7 @@ impl FlightService for StorageFlightService {
         }
         let span = tracing::info_span!(
             "fragment",
-            query_id = %fragment.query_id,
+            query_id = %sent_id.as_deref().unwrap_or(&fragment.query_id),
             tables = ?leaves.iter().map(|l| l.table.as_str()).collect::<Vec<_>>(),
             shards = ?leaves.iter().flat_map(|l| l.shard_ids.iter()).collect::<Vec<_>>()
         );
@@ -394,6 +401,7 @@ impl FlightService for StorageFlightService {
             .instrument(span.clone())
             .await
             .map_err(|e| into_status(StorageError::Query { source: e }))?;
+        span.in_scope(|| tracing::debug!("fragment started"));
         // Listed while it runs, cancellable by query id; its operators draw
         // on a memory pool of its own and run on the query threads.
         let (guard, cancel) = self.fragments.register(FragmentInfo {

@@ -399,9 +399,13 @@ impl ExecutionPlan for ShardFragmentExec {
         let memory_limit = (memory_limit > 0).then_some((memory_limit as usize) << 20);
         let ticket = self.ticket(&task, memory_limit)?;
         let nodes = self.nodes.clone();
+        let query_id = self.query_id.clone();
         let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
-            open_replica(&nodes, ticket, &task, out_schema, metrics, missing).await
+            open_replica(
+                &nodes, ticket, &query_id, &task, out_schema, metrics, missing,
+            )
+            .await
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
@@ -446,6 +450,7 @@ type BatchStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 async fn open_replica(
     nodes: &NodeClients,
     ticket: Vec<u8>,
+    query_id: &str,
     task: &Task,
     schema: SchemaRef,
     metrics: TaskMetrics,
@@ -465,12 +470,13 @@ async fn open_replica(
         let attempt = async {
             let client = nodes.flight(addr).map_err(status_parts)?;
             let mut inner = client.into_inner();
-            let response = inner
-                .do_get(crate::node_clients::cluster_request(Ticket::new(
-                    ticket.clone(),
-                )))
-                .await
-                .map_err(status_parts)?;
+            let mut request = crate::node_clients::cluster_request(Ticket::new(ticket.clone()));
+            if let Ok(id) = query_id.parse() {
+                request
+                    .metadata_mut()
+                    .insert(strata_proto::QUERY_ID_HEADER, id);
+            }
+            let response = inner.do_get(request).await.map_err(status_parts)?;
             let data = response
                 .into_inner()
                 .map_err(|s| FlightError::Tonic(Box::new(s)))
