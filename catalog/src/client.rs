@@ -20,7 +20,6 @@ use strata_proto::catalog::v1::{
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::command::{Command, CommandResult};
@@ -91,8 +90,7 @@ impl Members {
         };
         let mut list: Vec<String> = vec![];
         for a in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            Endpoint::from_shared(format!("http://{a}"))
-                .map_err(|e| bad(format!("'{a}' is not host:port ({e})")))?;
+            strata_proto::cluster::endpoint(a).map_err(bad)?;
             if !list.iter().any(|x| x == a) {
                 list.push(a.to_string());
             }
@@ -122,7 +120,7 @@ impl Members {
         if let Some(c) = clients.get(addr) {
             return c.clone();
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = strata_proto::cluster::endpoint(addr)
             .expect("checked when the address was added")
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
@@ -144,7 +142,7 @@ impl Members {
             for m in &status.members {
                 if !m.addr.is_empty()
                     && !addrs.contains(&m.addr)
-                    && Endpoint::from_shared(format!("http://{}", m.addr)).is_ok()
+                    && strata_proto::cluster::endpoint(&m.addr).is_ok()
                 {
                     addrs.push(m.addr.clone());
                 }

@@ -48,6 +48,8 @@ pub struct CatalogConfig {
     pub join: Option<String>,
     /// How often the leader drops shard groups past their retention.
     pub retention_check_interval: Duration,
+    /// Serve the member's port over TLS (callers trust the cluster CA).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl CatalogConfig {
@@ -63,6 +65,7 @@ impl CatalogConfig {
             bootstrap: false,
             join: None,
             retention_check_interval: Self::DEFAULT_RETENTION_CHECK_INTERVAL,
+            tls: None,
         }
     }
 }
@@ -142,8 +145,15 @@ impl CatalogServer {
         ));
         register_metrics(config.node_id, &raft);
         let (tx, rx) = oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = config.tls.clone() {
+            builder = builder.tls_config(tls).map_err(|e| crate::Error::Bind {
+                addr: addr.to_string(),
+                source: std::io::Error::other(format!("TLS: {e}")),
+            })?;
+        }
         let task = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 // HTTP/1.1 for `GET /metrics` beside gRPC on the one port.
                 .accept_http1(true)
                 .add_routes(

@@ -20,7 +20,6 @@ use strata_proto::catalog::v1::{
 };
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::client::MAX_STATE_BYTES;
@@ -167,8 +166,8 @@ impl Forwarder {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad member address {addr}: {e}")))?
+        let channel = strata_proto::cluster::endpoint(addr)
+            .map_err(|e| Status::invalid_argument(format!("bad member address: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))

@@ -134,6 +134,9 @@ pub struct CatalogAddrs {
     /// secret itself in STRATA_CLUSTER_SECRET).
     #[arg(long, env = "STRATA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) of a cluster whose roles serve TLS.
+    #[arg(long, env = "STRATA_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -230,6 +233,7 @@ fn addrs(command: &AdminCommand) -> &CatalogAddrs {
 
 pub async fn run(command: AdminCommand) -> Result<(), String> {
     let secret = crate::cluster_auth::load_secret(addrs(&command).cluster_secret_file.as_deref())?;
+    crate::cluster_auth::set_cluster_tls_ca(addrs(&command).cluster_tls_ca.as_deref())?;
     if let Some(secret) = secret {
         strata_proto::cluster::set_secret(Some(&secret))?;
     }

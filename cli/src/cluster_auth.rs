@@ -22,6 +22,11 @@ pub struct ClusterAuthArgs {
     /// coordinator, no client tokens.
     #[arg(long)]
     pub without_auth: bool,
+    /// Call the other roles over TLS, trusting this CA certificate (PEM);
+    /// catalog members and storage nodes then serve TLS (--tls-cert,
+    /// --tls-key).
+    #[arg(long, env = "STRATA_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 impl ClusterAuthArgs {
@@ -38,6 +43,13 @@ impl ClusterAuthArgs {
             )
             .map_err(|e| e.0)?;
         let secret = load_secret(file.as_deref().map(Path::new))?;
+        let ca: Option<String> = f
+            .pick_opt(
+                self.cluster_tls_ca.map(|p| p.display().to_string()),
+                "cluster_tls_ca",
+            )
+            .map_err(|e| e.0)?;
+        set_cluster_tls_ca(ca.as_deref().map(Path::new))?;
         match (secret, without_auth) {
             (Some(s), _) => {
                 strata_proto::cluster::set_secret(Some(&s))?;
@@ -52,6 +64,16 @@ impl ClusterAuthArgs {
             )),
         }
     }
+}
+
+/// Makes calls to other roles go over TLS trusting the CA in `file`.
+pub fn set_cluster_tls_ca(file: Option<&Path>) -> Result<(), String> {
+    let Some(path) = file else {
+        return Ok(());
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read --cluster-tls-ca {}: {e}", path.display()))?;
+    strata_proto::cluster::set_tls_ca(Some(pem))
 }
 
 /// The secret in `file`, else in `STRATA_CLUSTER_SECRET`, else none.

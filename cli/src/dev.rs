@@ -59,6 +59,9 @@ pub struct DevConfig {
     pub admin_token: Option<String>,
     /// HTTPS and Flight SQL over TLS with this certificate.
     pub tls: Option<strata_coordinator::tls::TlsFiles>,
+    /// With `tls`: the catalog and storage nodes serve TLS too (the same
+    /// certificate), and calls between roles trust this CA (PEM file).
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 impl DevConfig {
@@ -86,6 +89,7 @@ impl DevConfig {
             auth: false,
             admin_token: None,
             tls: None,
+            cluster_tls_ca: None,
         }
     }
 
@@ -155,6 +159,25 @@ impl DevCluster {
                 .and_then(|s| strata_proto::cluster::set_secret(Some(&s)))
                 .map_err(|message| DevError::Auth { message })?;
         }
+        let internal_tls = match (&config.cluster_tls_ca, &config.tls) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(DevError::Auth {
+                    message: "--cluster-tls-ca needs --tls-cert and --tls-key (the roles serve \
+                              that certificate)"
+                        .into(),
+                })
+            }
+            (Some(ca), Some(files)) => {
+                let pem = std::fs::read(ca).map_err(|e| DevError::Auth {
+                    message: format!("cannot read --cluster-tls-ca {}: {e}", ca.display()),
+                })?;
+                strata_proto::cluster::set_tls_ca(Some(pem))
+                    .map_err(|message| DevError::Auth { message })?;
+                let identity = files.load().map_err(|message| DevError::Auth { message })?;
+                Some(identity.tonic_config())
+            }
+        };
         // Members find each other by address: with several, each keeps the
         // port it got on the first start, so the directory starts again.
         let members_file = config.data_dir.join("catalog-members.json");
@@ -176,6 +199,7 @@ impl DevCluster {
             bootstrap: true,
             join: None,
             retention_check_interval: config.retention_check_interval,
+            tls: internal_tls.clone(),
         })
         .await
         .context(CatalogSnafu)?;
@@ -192,6 +216,7 @@ impl DevCluster {
                 bootstrap: false,
                 join: Some(seed.clone()),
                 retention_check_interval: config.retention_check_interval,
+                tls: internal_tls.clone(),
             })
             .await
             .context(CatalogSnafu)?;
@@ -235,6 +260,7 @@ impl DevCluster {
                 heartbeat_timeout: config.heartbeat_timeout,
                 query_memory: query_memory.clone(),
                 query_executor: Some(query_executor.clone()),
+                tls: internal_tls.clone(),
             })
             .await
             .context(StorageSnafu { node_id: id })?;

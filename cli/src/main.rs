@@ -99,6 +99,10 @@ struct DevArgs {
     admin_token: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
+    /// With --tls-cert: the catalog and storage nodes serve TLS too, and
+    /// the roles call each other trusting this CA certificate (PEM).
+    #[arg(long, requires = "tls_cert")]
+    cluster_tls_ca: Option<PathBuf>,
     /// Write the bound addresses as JSON to this file once ready.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -132,6 +136,8 @@ struct CatalogArgs {
     retention_check_interval: Option<String>,
     #[command(flatten)]
     auth: ClusterAuthArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -180,6 +186,8 @@ struct StorageArgs {
     heartbeat_timeout: Option<String>,
     #[command(flatten)]
     auth: ClusterAuthArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[arg(long)]
     addr_file: Option<PathBuf>,
 }
@@ -567,6 +575,7 @@ async fn run_dev(a: DevArgs) -> Result<(), String> {
         auth: a.auth,
         admin_token: a.admin_token,
         tls: a.tls.files(&ConfigFile::default())?,
+        cluster_tls_ca: a.cluster_tls_ca,
         ..DevConfig::new(&a.data_dir)
     };
     let (http_scheme, flight_scheme) = match config.tls.is_some() {
@@ -654,6 +663,7 @@ async fn run_catalog(a: CatalogArgs) -> Result<(), String> {
                 (!j.is_empty()).then_some(j)
             }
         },
+        tls: role_tls(a.tls, &f)?,
     };
     let server = CatalogServer::start(config)
         .await
@@ -752,6 +762,7 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
         engine,
         query_memory: QueryMemory::new(a.queries.limits(&f)?),
         query_executor: None,
+        tls: role_tls(a.tls, &f)?,
     };
     let node = StorageNode::start(config)
         .await
@@ -765,6 +776,17 @@ async fn run_storage(a: StorageArgs) -> Result<(), String> {
     wait_for_signal().await;
     node.shutdown().await;
     Ok(())
+}
+
+/// The TLS a catalog member or storage node serves its port with.
+fn role_tls(
+    args: TlsArgs,
+    f: &ConfigFile,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+    match args.files(f)? {
+        Some(files) => Ok(Some(files.load()?.tonic_config())),
+        None => Ok(None),
+    }
 }
 
 /// A `--data-dir` value: any path but an empty one.

@@ -196,6 +196,7 @@ async fn a_stopped_storage_node_is_marked_down_avoided_and_back_up_after_restart
         heartbeat_timeout: Duration::from_secs(1),
         query_memory: strata_storage::memory::QueryMemory::new(Default::default()),
         query_executor: None,
+        tls: None,
     })
     .await
     .unwrap();
@@ -219,6 +220,7 @@ async fn a_stopped_storage_node_is_marked_down_avoided_and_back_up_after_restart
         heartbeat_timeout: Duration::from_secs(1),
         query_memory: strata_storage::memory::QueryMemory::new(Default::default()),
         query_executor: None,
+        tls: None,
     })
     .await
     .err()

@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use strata_proto::CATALOG_VERSION_HEADER;
 use strata_storage::digest::ShardDigest;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest gRPC message exchanged with a storage node.
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
@@ -31,9 +31,9 @@ impl NodeClients {
             match channels.get(addr) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Endpoint::from_shared(format!("http://{addr}"))
+                    let c = strata_proto::cluster::endpoint(addr)
                         .map_err(|e| {
-                            tonic::Status::invalid_argument(format!("bad node address {addr}: {e}"))
+                            tonic::Status::invalid_argument(format!("bad node address: {e}"))
                         })?
                         .connect_timeout(std::time::Duration::from_secs(3))
                         .tcp_nodelay(true)

@@ -102,3 +102,34 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// A channel whose calls carry the cluster secret.
 pub type SecretChannel =
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, SendSecret>;
+
+static TLS_CA: OnceLock<Option<tonic::transport::Certificate>> = OnceLock::new();
+
+/// Sets the CA (PEM) this process trusts for calls to other roles, which
+/// then go over TLS (`None`: plaintext). Set once, at start.
+pub fn set_tls_ca(pem: Option<Vec<u8>>) -> Result<(), String> {
+    let ca = pem.map(tonic::transport::Certificate::from_pem);
+    let set = TLS_CA.get_or_init(|| ca.clone());
+    if set.as_ref().map(|c| c.as_ref()) != ca.as_ref().map(|c| c.as_ref()) {
+        return Err("the cluster TLS CA was already set to another one".into());
+    }
+    Ok(())
+}
+
+/// Whether calls to other roles go over TLS.
+pub fn uses_tls() -> bool {
+    TLS_CA.get().is_some_and(|c| c.is_some())
+}
+
+/// Where to reach the role at `addr` (`host:port`): plaintext, or TLS
+/// trusting the cluster CA when one is set.
+pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, String> {
+    match TLS_CA.get().and_then(|c| c.as_ref()) {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("'{addr}' is not host:port ({e})")),
+        Some(ca) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| format!("'{addr}' is not host:port ({e})"))?
+            .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(ca.clone()))
+            .map_err(|e| format!("TLS to {addr}: {e}")),
+    }
+}

@@ -43,6 +43,8 @@ pub struct StorageConfig {
     /// Threads running plan fragments; `None`: a runtime of the node's
     /// own, a thread per core.
     pub query_executor: Option<QueryExecutor>,
+    /// Serve the node's port over TLS (callers trust the cluster CA).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl StorageConfig {
@@ -105,8 +107,15 @@ impl StorageNode {
             move || fragments.list().len() as f64,
         );
         let (tx, rx) = oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = config.tls.clone() {
+            builder = builder.tls_config(tls).map_err(|e| StorageError::Bind {
+                addr: addr.to_string(),
+                source: std::io::Error::other(format!("TLS: {e}")),
+            })?;
+        }
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 // HTTP/1.1 for `GET /metrics` beside gRPC on the one port.
                 .accept_http1(true)
                 .add_routes(

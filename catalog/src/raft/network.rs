@@ -16,7 +16,6 @@ use strata_proto::cluster::{SecretChannel, SendSecret};
 use strata_proto::raft::v1::raft_service_client::RaftServiceClient;
 use strata_proto::raft::v1::raft_service_server::RaftService;
 use strata_proto::raft::v1::RaftMessage;
-use tonic::transport::Channel;
 
 use super::{NodeId, Raft, TypeConfig};
 
@@ -35,7 +34,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let client = Channel::from_shared(format!("http://{}", node.addr)).map(|e| {
+        let client = strata_proto::cluster::endpoint(&node.addr).map(|e| {
             RaftServiceClient::with_interceptor(e.connect_lazy(), SendSecret)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -51,7 +50,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-    client: Result<RaftServiceClient<SecretChannel>, tonic::codegen::http::uri::InvalidUri>,
+    client: Result<RaftServiceClient<SecretChannel>, String>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -65,7 +64,10 @@ impl PeerClient {
     {
         let client = match &mut self.client {
             Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
+            Err(e) => {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, e.clone());
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
         };
         let payload =
             serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -166,3 +166,42 @@ def test_plaintext_grpc_to_the_tls_port_fails_cleanly(tls):
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) AS n FROM cpu")
             assert cur.fetch_arrow_table().column("n").to_pylist() == [2]
+
+
+@pytest.fixture(scope="module")
+def cluster_tls():
+    """`strata dev` whose catalog and storage nodes serve TLS too, the
+    roles calling each other trusting the test CA."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ca, cert, key = make_ca_and_leaf(tmp)
+        s = start_dev(tmp, ["--tls-cert", cert, "--tls-key", key, "--cluster-tls-ca", ca])
+        try:
+            yield s, ca
+        finally:
+            stop(s)
+
+
+def test_roles_talk_to_each_other_over_tls(cluster_tls):
+    import pyarrow.flight as flight
+
+    s, ca = cluster_tls
+    status, _ = https(s, ca, "/write?db=inner&precision=s",
+                      b"cpu,host=a usage=1 1451606400\ncpu,host=b usage=2 1451606400")
+    assert status == 204
+    q = "/api/v3/query_sql?" + urllib.parse.urlencode({"db": "inner", "q": "SELECT count(*) AS n FROM cpu"})
+    assert https(s, ca, q) == (200, '[{"n":2}]')
+    with open(ca, "rb") as f:
+        roots = f.read()
+    node = s.storage[0]
+    # A storage node's port speaks TLS only.
+    plain = flight.FlightClient(f"grpc://{node}")
+    with pytest.raises(flight.FlightError):
+        list(plain.list_flights(options=flight.FlightCallOptions(timeout=10)))
+    plain.close()
+    secure = flight.FlightClient(f"grpc+tls://{node}", tls_root_certs=roots)
+    assert len(list(secure.list_flights())) >= 1
+    secure.close()
+    # Its /metrics too.
+    context = ssl.create_default_context(cafile=ca)
+    with urllib.request.urlopen(f"https://{node}/metrics", context=context, timeout=30) as resp:
+        assert resp.status == 200
