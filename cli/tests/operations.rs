@@ -616,3 +616,45 @@ async fn json_logs_carry_the_query_id_across_roles() {
         "lines with the query id came from {targets:?}"
     );
 }
+
+/// A real `strata dev` process with a 32 MiB query limit: an aggregate
+/// that would hold 30 million values (240 MB as raw numbers, several times
+/// that as DataFusion holds them) fails naming the limit, and the
+/// process's peak RSS stays far below what the query would have taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_its_limit_leaves_the_process_rss_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--flight-addr",
+        "127.0.0.1:0",
+        "--query-memory-limit-mib",
+        "32",
+    ];
+    let (dev, addrs) = crate::support::ServerProcess::start(&args, &dir.path().join("addrs.json"));
+    let mut sql = strata::sql_client::SqlClient::connect(addrs["flight"].as_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(rows(&sql.query("SELECT 1").await.unwrap()), vec!["1"]);
+    dev.reset_peak();
+    let before = dev.status_mib("VmRSS");
+    let err = sql
+        .query("SELECT array_length(array_agg(value)) FROM generate_series(1, 30000000)")
+        .await
+        .unwrap_err()
+        .0;
+    assert!(err.contains("memory limit of 32.0 MiB"), "{err}");
+    let peak = dev.status_mib("VmHWM");
+    println!("array_agg of 30M values at a 32 MiB limit: RSS {before} MiB before, peak {peak} MiB");
+    assert!(
+        peak < before + 200,
+        "peak RSS {peak} MiB, {before} MiB before the query"
+    );
+    // Still serving.
+    assert_eq!(rows(&sql.query("SELECT 2").await.unwrap()), vec!["2"]);
+}
