@@ -26,6 +26,8 @@ pub struct LoadConfig {
     /// `?consistency=` of every request (`any`, `one`, `quorum`, `all`);
     /// none leaves it to the server.
     pub consistency: Option<String>,
+    /// Sent as `Authorization: Token <token>` with every request.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Snafu)]
@@ -219,6 +221,7 @@ pub async fn load(
     let mut workers = vec![];
     for _ in 0..config.workers.max(1) {
         let (rx, client, url) = (rx.clone(), client.clone(), url.clone());
+        let token = config.token.clone();
         let (rows_done, metrics_done, bytes_done, retries) = (
             rows_done.clone(),
             metrics_done.clone(),
@@ -233,16 +236,20 @@ pub async fn load(
                 let body = bytes::Bytes::from(batch.body);
                 let mut attempt = 0;
                 loop {
-                    let resp = client
-                        .post(&url)
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .map_err(|e| LoadError::Send {
-                            batch: batch.index,
-                            url: url.clone(),
-                            reason: e.to_string(),
-                        })?;
+                    let mut request = client.post(&url);
+                    if let Some(t) = &token {
+                        request = request.header("Authorization", format!("Token {t}"));
+                    }
+                    let resp =
+                        request
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .map_err(|e| LoadError::Send {
+                                batch: batch.index,
+                                url: url.clone(),
+                                reason: e.to_string(),
+                            })?;
                     let status = resp.status().as_u16();
                     if (200..300).contains(&status) {
                         break;
@@ -381,6 +388,7 @@ mod tests {
             progress_every: None,
             total_bytes: None,
             consistency: None,
+            token: None,
         };
         let summary = load(&config, std::io::Cursor::new("m v=1 1\nm v=2 2\n"))
             .await

@@ -163,6 +163,9 @@ pub struct LoadArgs {
     /// default: the database's).
     #[arg(long)]
     consistency: Option<String>,
+    /// Token to send, when the server requires one.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -172,6 +175,9 @@ pub struct RunArgs {
     host: String,
     #[arg(long)]
     db: String,
+    /// Token to send, when the server requires one.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(flatten)]
     data: DataSetArgs,
     /// Queries per type.
@@ -341,6 +347,7 @@ async fn load(a: LoadArgs) -> Result<(), String> {
         progress_every: Some(Duration::from_secs(1)),
         total_bytes: None,
         consistency: a.consistency,
+        token: a.token,
     };
     let summary = if a.file.as_os_str() == "-" {
         strata_benches::load::load(&config, BufReader::new(std::io::stdin())).await
@@ -389,11 +396,13 @@ async fn run_queries(a: RunArgs) -> Result<(), String> {
     };
     let mut executors = Vec::with_capacity(a.workers);
     for _ in 0..a.workers {
-        executors.push(
-            SqlClient::connect(&a.host, Some(a.db.clone()))
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        let mut client = SqlClient::connect(&a.host, Some(a.db.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = &a.token {
+            client.set_token(t);
+        }
+        executors.push(client);
     }
     let mut stats = Vec::new();
     let mut latencies = Vec::new();
