@@ -49,7 +49,7 @@ impl Grant {
     /// Parses `db:read`, `db:write`, `db:admin` or `*:level`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (database, level) = s
-            .rsplit_once(':')
+            .split_once(':')
             .ok_or_else(|| format!("permission '{s}': expected DATABASE:LEVEL (e.g. mydb:read)"))?;
         let level = match level.to_ascii_lowercase().as_str() {
             "read" => Level::Read,
@@ -151,8 +151,10 @@ mod tests {
         assert!(Grant::parse("metrics").is_err());
         assert!(Grant::parse(":read").is_err());
         assert!(Grant::parse("db:owner").unwrap_err().contains("owner"));
-        // A database name may hold a colon; the level is after the last.
-        assert_eq!(Grant::parse("a:b:read").unwrap().database, "a:b");
+        // One colon: the level is what follows it.
+        assert!(Grant::parse("b:read:admin")
+            .unwrap_err()
+            .contains("read:admin"));
     }
 
     #[test]

@@ -592,8 +592,15 @@ async fn token(command: TokenCommand) -> Result<(), String> {
             let grants = a
                 .permissions
                 .iter()
-                .map(|p| Grant::parse(p))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|p| {
+                    let g = Grant::parse(p)?;
+                    if g.database != "*" {
+                        strata_coordinator::query::ddl::validate_name(&g.database)
+                            .map_err(|e| format!("permission '{p}': {e}"))?;
+                    }
+                    Ok(g)
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             let token = tokens::generate()?;
             let catalog = connect(&a.addrs).await?;
             catalog

@@ -142,7 +142,8 @@ pub enum DevError {
     Coordinator { source: strata_coordinator::Error },
     #[snafu(display("cannot start the query threads: {message}"))]
     QueryThreads { message: String },
-    #[snafu(display("authentication: {message}"))]
+    /// Authentication or TLS settings (the message names the flag).
+    #[snafu(display("{message}"))]
     Auth { message: String },
 }
 
@@ -158,6 +159,10 @@ impl DevCluster {
             crate::cluster_auth::dev_secret(&config.data_dir)
                 .and_then(|s| strata_proto::cluster::set_secret(Some(&s)))
                 .map_err(|message| DevError::Auth { message })?;
+        }
+        // Bad certificate files fail the start before anything is made.
+        if let Some(files) = &config.tls {
+            files.load().map_err(|message| DevError::Auth { message })?;
         }
         let internal_tls = match (&config.cluster_tls_ca, &config.tls) {
             (None, _) => None,
@@ -288,9 +293,13 @@ impl DevCluster {
         .await
         .context(CoordinatorSnafu)?;
         let new_admin_token = match config.auth {
-            true => ensure_admin_token(&catalog_list(&catalog), config.admin_token.as_deref())
-                .await
-                .map_err(|message| DevError::Auth { message })?,
+            true => ensure_admin_token(
+                &catalog_list(&catalog),
+                config.admin_token.as_deref(),
+                &config.data_dir,
+            )
+            .await
+            .map_err(|message| DevError::Auth { message })?,
             false => None,
         };
         Ok(Self {
@@ -323,42 +332,60 @@ impl DevCluster {
     }
 }
 
-/// Makes sure an admin can get in: `given` is created as the token
-/// `admin` unless the catalog holds it already; with none given, a catalog
-/// without tokens gets a new random `admin` token, returned to be shown.
-async fn ensure_admin_token(catalog: &str, given: Option<&str>) -> Result<Option<String>, String> {
+/// Makes sure an admin can get in, once per data directory: the first
+/// start creates `given` as the token `admin` (or, with none given, a new
+/// random one, returned to be shown) and leaves a marker, so that a later
+/// start does not bring back an admin token that was revoked since.
+async fn ensure_admin_token(
+    catalog: &str,
+    given: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<Option<String>, String> {
     use strata_catalog::tokens::{self, Grant, Level, Token};
+    let marker = data_dir.join("admin-token-created");
+    if marker.exists() {
+        if given.is_some() {
+            tracing::info!(
+                "--admin-token is used on the first start only; this directory's admin token \
+                 was made before (strata admin token create makes others)"
+            );
+        }
+        return Ok(None);
+    }
     let client = strata_catalog::CatalogClient::connect(catalog, Duration::from_secs(30))
         .await
         .map_err(|e| e.to_string())?;
     let state = client.state();
-    let (token, created) = match given {
-        Some(t) => {
-            if state.tokens.values().any(|k| k.hash == tokens::hash(t)) {
-                return Ok(None);
-            }
-            if state.tokens.contains_key("admin") {
-                return Err("a token named 'admin' exists and is not the --admin-token given;                             revoke it first (strata admin token revoke --name admin)"
-                    .into());
-            }
-            (t.to_string(), false)
+    let token = match given {
+        Some(t) if state.tokens.values().any(|k| k.hash == tokens::hash(t)) => None,
+        Some(_) if state.tokens.contains_key("admin") => {
+            return Err(
+                "a token named 'admin' exists and is not the --admin-token given; \
+                        revoke it first (strata admin token revoke --name admin)"
+                    .into(),
+            )
         }
-        None if state.tokens.is_empty() => (tokens::generate()?, true),
-        None => return Ok(None),
+        Some(t) => Some(t.to_string()),
+        None if state.tokens.is_empty() => Some(tokens::generate()?),
+        None => None,
     };
-    let command = strata_catalog::Command::CreateToken {
-        token: Token {
-            name: "admin".into(),
-            hash: tokens::hash(&token),
-            grants: vec![Grant {
-                database: "*".into(),
-                level: Level::Admin,
-            }],
-            created_ms: chrono::Utc::now().timestamp_millis(),
-        },
-    };
-    client.execute(command).await.map_err(|e| e.to_string())?;
-    Ok(created.then_some(token))
+    if let Some(token) = &token {
+        let command = strata_catalog::Command::CreateToken {
+            token: Token {
+                name: "admin".into(),
+                hash: tokens::hash(token),
+                grants: vec![Grant {
+                    database: "*".into(),
+                    level: Level::Admin,
+                }],
+                created_ms: chrono::Utc::now().timestamp_millis(),
+            },
+        };
+        client.execute(command).await.map_err(|e| e.to_string())?;
+    }
+    strata_catalog::fsutil::write_atomic(&marker, b"")
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    Ok(token.filter(|_| given.is_none()))
 }
 
 fn catalog_list(members: &[CatalogServer]) -> String {

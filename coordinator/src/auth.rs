@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::TableReference;
@@ -39,10 +40,6 @@ impl Auth {
         Self {
             catalog: Some(catalog),
         }
-    }
-
-    pub fn is_required(&self) -> bool {
-        self.catalog.is_some()
     }
 
     /// Who presents `credential` (what [`credential_from_header`] found).
@@ -131,25 +128,26 @@ impl Access {
         databases.sort();
         databases.dedup();
         for db in databases {
-            match db.as_deref() {
-                Some("information_schema") => {}
-                Some(SYSTEM_SCHEMA) => self.require(None, Level::Admin)?,
-                Some(db) => self.require(Some(db), Level::Read)?,
-                // A scan of no database (the session has none): nothing
-                // there to protect; planning already failed or it reads
-                // a table function.
-                None => {}
+            match db.as_str() {
+                "information_schema" => {}
+                SYSTEM_SCHEMA => self.require(None, Level::Admin)?,
+                db => self.require(Some(db), Level::Read)?,
             }
         }
         Ok(())
     }
 }
 
-fn scan_database(table: &TableReference, default_db: Option<&str>) -> Option<String> {
+/// The database (schema) a scan reads.
+fn scan_database(table: &TableReference, default_db: Option<&str>) -> String {
     match table {
-        TableReference::Bare { .. } => default_db.map(str::to_string),
+        // A session without a database resolves bare names in the
+        // default schema, which a database may be named after.
+        TableReference::Bare { .. } => default_db
+            .unwrap_or(crate::query::DEFAULT_SCHEMA)
+            .to_string(),
         TableReference::Partial { schema, .. } | TableReference::Full { schema, .. } => {
-            Some(schema.to_string())
+            schema.to_string()
         }
     }
 }
@@ -163,7 +161,12 @@ pub fn credential_from_header(value: &str) -> Result<String> {
         return Ok(rest.to_string());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = STANDARD
+        // Padded or not: Go's Flight client (ADBC) sends it unpadded.
+        const BASIC: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let decoded = BASIC
             .decode(rest)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
@@ -173,10 +176,11 @@ pub fn credential_from_header(value: &str) -> Result<String> {
         let (_, password) = decoded.split_once(':').unwrap_or(("", &decoded));
         return Ok(password.to_string());
     }
+    // The "scheme" may be a bare token: not echoed back.
     Err(Error::Unauthenticated {
-        reason: format!(
-            "Authorization scheme '{scheme}' is not supported: send Token, Bearer or Basic"
-        ),
+        reason: "the Authorization header must be `Token <token>`, `Bearer <token>` or `Basic \
+                 <base64 of user:token>`"
+            .into(),
     })
 }
 
@@ -186,6 +190,7 @@ mod tests {
 
     #[test]
     fn credentials_are_read_as_influxdb_and_flight_clients_send_them() {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
         assert_eq!(credential_from_header("Token abc").unwrap(), "abc");
         assert_eq!(credential_from_header("bearer  abc ").unwrap(), "abc");
         let basic = format!("Basic {}", STANDARD.encode("me:secret:with:colons"));
@@ -195,6 +200,12 @@ mod tests {
         );
         let no_user = format!("Basic {}", STANDARD.encode(":tok"));
         assert_eq!(credential_from_header(&no_user).unwrap(), "tok");
+        // As Go's Flight client sends it: no padding.
+        let unpadded = format!("Basic {}", STANDARD_NO_PAD.encode("x:strata_abc"));
+        assert!(!unpadded.ends_with('='));
+        assert_eq!(credential_from_header(&unpadded).unwrap(), "strata_abc");
+        let bare = credential_from_header("strata_sometoken").unwrap_err();
+        assert!(!bare.to_string().contains("strata_sometoken"), "{bare}");
         assert!(matches!(
             credential_from_header("Basic ***"),
             Err(Error::Unauthenticated { .. })
@@ -203,6 +214,75 @@ mod tests {
             credential_from_header("Digest x"),
             Err(Error::Unauthenticated { .. })
         ));
+    }
+
+    /// Plans over schemas `a` and `b` (each with a table `t`) in a
+    /// session whose database is `a`.
+    async fn plan(sql: &str) -> LogicalPlan {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+        use datafusion::datasource::MemTable;
+        use datafusion::prelude::{SessionConfig, SessionContext};
+        let config = SessionConfig::new().with_default_catalog_and_schema("datafusion", "a");
+        let ctx = SessionContext::new_with_config(config);
+        let catalog = ctx.catalog("datafusion").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        for name in ["a", "b"] {
+            let provider = Arc::new(MemorySchemaProvider::new());
+            let table = MemTable::try_new(schema.clone(), vec![vec![]]).unwrap();
+            provider
+                .register_table("t".into(), Arc::new(table))
+                .unwrap();
+            catalog.register_schema(name, provider).unwrap();
+        }
+        ctx.state().create_logical_plan(sql).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn reads_are_checked_on_every_table_a_plan_scans() {
+        let token = Token {
+            name: "a-reader".into(),
+            hash: tokens::hash("t"),
+            grants: vec![strata_catalog::tokens::Grant::parse("a:read").unwrap()],
+            created_ms: 0,
+        };
+        let access = Access::Token(Arc::new(token));
+        for allowed in [
+            "SELECT * FROM t",
+            "SELECT * FROM a.t",
+            "EXPLAIN SELECT * FROM t",
+        ] {
+            assert!(
+                access
+                    .require_reads(&plan(allowed).await, Some("a"))
+                    .is_ok(),
+                "{allowed}"
+            );
+        }
+        for denied in [
+            "SELECT * FROM b.t",
+            "SELECT * FROM t JOIN b.t USING (x)",
+            "SELECT * FROM t WHERE x IN (SELECT x FROM b.t)",
+            "SELECT * FROM t WHERE EXISTS (SELECT 1 FROM b.t WHERE b.t.x = t.x)",
+            "WITH c AS (SELECT * FROM b.t) SELECT * FROM c",
+            "SELECT x FROM t UNION ALL SELECT x FROM \"b\".t",
+            "EXPLAIN SELECT * FROM b.t",
+        ] {
+            let e = access
+                .require_reads(&plan(denied).await, Some("a"))
+                .unwrap_err();
+            assert!(e.to_string().contains("database 'b'"), "{denied}: {e}");
+        }
+        // Bare names of a session without a database read the default
+        // schema, which may be a database's name too.
+        let e = access
+            .require_reads(&plan("SELECT * FROM a.t").await, None)
+            .is_ok();
+        assert!(e);
+        assert_eq!(
+            scan_database(&TableReference::bare("t"), None),
+            crate::query::DEFAULT_SCHEMA
+        );
     }
 
     #[test]

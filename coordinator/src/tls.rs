@@ -19,6 +19,9 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// Certificate and key files are PEM text, far smaller than this.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
 /// How long a client has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,7 +45,19 @@ impl TlsFiles {
     /// Reads both files; an error names the file and what is wrong.
     pub fn load(&self) -> Result<TlsIdentity, String> {
         let read = |flag: &str, path: &PathBuf| {
-            std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+            use std::io::Read;
+            let cannot = |e: std::io::Error| format!("cannot read {flag} {}: {e}", path.display());
+            let mut bytes = vec![];
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes))
+                .map_err(cannot)?;
+            if bytes.len() as u64 > MAX_PEM_BYTES {
+                return Err(format!(
+                    "{flag} {} is larger than 1 MiB: not a PEM file",
+                    path.display()
+                ));
+            }
+            Ok(bytes)
         };
         let cert_pem = read("--tls-cert", &self.cert)?;
         let key_pem = read("--tls-key", &self.key)?;

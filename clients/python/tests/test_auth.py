@@ -124,8 +124,10 @@ def test_adbc_refuses_missing_and_wrong_tokens(strata_auth, tokens):
 def test_adbc_with_username_and_password(strata_auth, tokens):
     # The Flight handshake with Basic credentials (the token as password)
     # answers a bearer token the driver sends from then on.
-    with adbc(strata_auth, username="anyone", password=tokens["reader"]) as conn:
-        assert adbc_query(conn, "SELECT count(*) AS n FROM cpu").column("n").to_pylist()[0] >= 2
+    # User names of every length: the Go client's base64 is unpadded.
+    for user in ("x", "xy", "xyz", "anyone"):
+        with adbc(strata_auth, username=user, password=tokens["reader"]) as conn:
+            assert adbc_query(conn, "SELECT count(*) AS n FROM cpu").column("n").to_pylist()[0] >= 2
     with pytest.raises(adbc_driver_manager.Error):
         with adbc(strata_auth, username="anyone", password="strata_wrong") as conn:
             adbc_query(conn, "SELECT 1")
@@ -192,3 +194,58 @@ def test_basic_auth_on_http(strata_auth, tokens):
     q = "/api/v3/query_sql?" + urllib.parse.urlencode({"db": DB, "q": "SELECT count(*) AS n FROM mem"})
     status, body = http(strata_auth, q, basic, scheme="Basic")
     assert status == 200, body
+
+
+def test_databases_the_token_cannot_read_show_nothing(strata_auth, tokens):
+    s = strata_auth
+    for q in (
+        "DESCRIBE authdb.cpu",
+        "SELECT no_such_column FROM authdb.cpu",
+        "SELECT * FROM authdb.no_such_table",
+        "SELECT * FROM no_such_db.cpu",
+    ):
+        path = "/api/v3/query_sql?" + urllib.parse.urlencode({"q": q})
+        status, body = http(s, path, tokens["other"])
+        assert status == 403, (q, body)
+        assert "usage" not in body and "host" not in body, (q, body)
+    # A bare table name in a session without a database reads the
+    # database named `public`: checked like any other.
+    status, _ = http(s, "/write?db=public", ADMIN_TOKEN, b"payroll,emp=a salary=1 1")
+    assert status == 204
+    path = "/api/v3/query_sql?" + urllib.parse.urlencode({"q": "SELECT * FROM payroll"})
+    status, body = http(s, path, tokens["reader"])
+    assert status == 403 and "'public'" in body, body
+
+
+def test_statements_cannot_raise_the_operators_limits(strata_auth, tokens):
+    q = "/*+ strata.memory_limit_mib = 100000 */ SELECT 1 AS one"
+    path = "/api/v3/query_sql?" + urllib.parse.urlencode({"db": DB, "q": q})
+    status, body = http(strata_auth, path, tokens["reader"])
+    assert status == 403 and "--query-memory-limit-mib" in body, body
+    assert http(strata_auth, path, ADMIN_TOKEN) == (200, '[{"one":1}]')
+    lower = "/*+ strata.memory_limit_mib = 64 */ SELECT 1 AS one"
+    path = "/api/v3/query_sql?" + urllib.parse.urlencode({"db": DB, "q": lower})
+    assert http(strata_auth, path, tokens["reader"]) == (200, '[{"one":1}]')
+
+
+def test_a_revoked_admin_token_stays_revoked_after_a_restart():
+    import tempfile
+
+    from conftest import start_dev, stop
+
+    token = "strata_restart-admin-token-0123456789"
+    env = dict(os.environ, STRATA_ADMIN_TOKEN=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = start_dev(tmp, ["--auth"], env=env)
+        try:
+            assert http(s, "/write?db=r", token, b"m v=1 1")[0] == 204
+            admin(s, "token", "create", "--name", "ops", "--permission", "*:admin")
+            admin(s, "token", "revoke", "--name", "admin")
+            assert http(s, "/write?db=r", token, b"m v=1 1")[0] == 401
+        finally:
+            stop(s)
+        s = start_dev(tmp, ["--auth"], env=env)
+        try:
+            assert http(s, "/write?db=r", token, b"m v=1 1")[0] == 401
+        finally:
+            stop(s)

@@ -62,6 +62,21 @@ impl CatalogProvider for StrataCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        use strata_catalog::tokens::Level;
+        // A database the session may not read is refused whether it
+        // exists or not, before any of its tables or columns is shown.
+        let denied = match name {
+            SYSTEM_SCHEMA => !self.access.allows(None, Level::Admin),
+            _ => !self.access.allows(Some(name), Level::Read),
+        };
+        if denied {
+            let refused = match name {
+                SYSTEM_SCHEMA => self.access.require(None, Level::Admin),
+                db => self.access.require(Some(db), Level::Read),
+            };
+            let reason = refused.err().map(|e| e.to_string()).unwrap_or_default();
+            return Some(Arc::new(DeniedSchema { reason }));
+        }
         if name == SYSTEM_SCHEMA {
             return Some(Arc::new(SystemSchema {
                 catalog: self.catalog.clone(),
@@ -128,6 +143,32 @@ impl SchemaProvider for DatabaseSchema {
             .databases
             .get(&self.database)
             .is_some_and(|d| d.tables.contains_key(name))
+    }
+}
+
+/// A database the session's token may not read: every table lookup fails
+/// with the permission error.
+#[derive(Debug)]
+struct DeniedSchema {
+    reason: String,
+}
+
+#[async_trait]
+impl SchemaProvider for DeniedSchema {
+    fn table_names(&self) -> Vec<String> {
+        vec![]
+    }
+
+    async fn table(&self, _name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Err(datafusion::error::DataFusionError::External(Box::new(
+            crate::error::Error::PermissionDenied {
+                reason: self.reason.clone(),
+            },
+        )))
+    }
+
+    fn table_exist(&self, _name: &str) -> bool {
+        false
     }
 }
 

@@ -82,6 +82,22 @@ fn show_databases_schema() -> SchemaRef {
     ]))
 }
 
+/// The permission error a database the token may not read raised while
+/// the statement was planned (see `catalog_provider::DeniedSchema`).
+fn permission_denied(e: &datafusion::error::DataFusionError) -> Option<String> {
+    use datafusion::error::DataFusionError as D;
+    match e {
+        D::External(inner) => match inner.downcast_ref::<Error>() {
+            Some(Error::PermissionDenied { reason }) => Some(reason.clone()),
+            _ => None,
+        },
+        D::Context(_, inner) => permission_denied(inner),
+        D::Shared(inner) => permission_denied(inner),
+        D::Diagnostic(_, inner) => permission_denied(inner),
+        _ => None,
+    }
+}
+
 impl Planned {
     /// Whether the statement set `strata.completeness = 'best_effort'`.
     pub fn best_effort(&self) -> bool {
@@ -324,6 +340,9 @@ impl QueryEngine {
     ) -> Result<DataFrame> {
         let hints = hints::settings(sql).map_err(|reason| Error::BadStatement { reason })?;
         let mut memory_limit = None;
+        // A statement may lower the operator's limits; raising them is an
+        // admin's call.
+        let may_raise_limits = access.allows(None, Level::Admin);
         for (key, value) in &hints {
             if key == "strata.memory_limit_mib" {
                 let mib = value
@@ -336,10 +355,30 @@ impl QueryEngine {
                              least 1"
                         ),
                     })?;
+                let over = self.memory.per_query(None).is_some_and(|l| mib << 20 > l);
+                if over && !may_raise_limits {
+                    return Err(Error::PermissionDenied {
+                        reason: format!(
+                            "strata.memory_limit_mib = {mib} is above the coordinator's \
+                             --query-memory-limit-mib; raising it needs admin permission on *"
+                        ),
+                    });
+                }
                 memory_limit = Some(mib << 20);
             }
             if key == "strata.statement_timeout" {
-                parse_timeout(value)?;
+                let asked = parse_timeout(value)?;
+                let over = self
+                    .timeout
+                    .is_some_and(|max| asked.is_none_or(|t| t > max));
+                if over && !may_raise_limits {
+                    return Err(Error::PermissionDenied {
+                        reason: format!(
+                            "strata.statement_timeout = '{value}' is beyond the coordinator's \
+                             --query-timeout; raising it needs admin permission on *"
+                        ),
+                    });
+                }
             }
             if key == "strata.completeness" {
                 completeness::parse(value).map_err(|reason| Error::BadStatement { reason })?;
@@ -365,7 +404,10 @@ impl QueryEngine {
             .with_allow_statements(true);
         ctx.sql_with_options(sql, options)
             .await
-            .map_err(|e| self.not_found(explain_missing_database(e, database), database))
+            .map_err(|e| match permission_denied(&e) {
+                Some(reason) => Error::PermissionDenied { reason },
+                None => self.not_found(explain_missing_database(e, database), database),
+            })
     }
 
     /// Runs a planned statement; SQL runs on the query threads. The query
