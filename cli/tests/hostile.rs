@@ -645,3 +645,33 @@ async fn memory_stays_bounded_for_wide_tables_and_gzip_bodies() {
     assert!(gzip_peak < LIMIT_MIB, "peak RSS {gzip_peak} MiB");
     drop(dev);
 }
+
+/// A client that connects to the HTTP port and never finishes its request
+/// headers is disconnected (after `HEADER_READ_TIMEOUT`, 30 s) instead of
+/// holding the connection, and a file descriptor, forever; others are
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = TestCluster::start().await;
+    let addr = c.cluster().coordinator.http_addr();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let ping = c.http.get(c.http_url("/ping")).send().await.unwrap();
+    assert_eq!(ping.status(), 204);
+    let limit = strata_coordinator::http_serve::HEADER_READ_TIMEOUT * 3;
+    for (name, conn) in [("silent", &mut silent), ("half a header", &mut half)] {
+        let mut buf = vec![];
+        let read = tokio::time::timeout(limit, conn.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "{name}: still open after {limit:?}");
+        println!(
+            "{name} connection closed after {:?} ({} bytes sent to it)",
+            started.elapsed(),
+            buf.len()
+        );
+    }
+}

@@ -9,6 +9,7 @@ pub use strata_storage::executor;
 pub mod flight_sql;
 pub mod handoff;
 pub mod http;
+pub mod http_serve;
 pub mod line_protocol;
 pub mod node_clients;
 pub mod queries;

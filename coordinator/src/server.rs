@@ -157,7 +157,14 @@ impl Coordinator {
                     .map_err(|reason| Error::Tls { reason })?;
                 tasks.push(tokio::spawn(serve_http(listener, app, stopped)));
             }
-            None => tasks.push(tokio::spawn(serve_http(http_listener, app, stopped))),
+            None => {
+                use axum::serve::ListenerExt;
+                // Replies go out at once, not after the peer's delayed ACK.
+                let listener = http_listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                tasks.push(tokio::spawn(serve_http(listener, app, stopped)))
+            }
         }
 
         let flight = InterceptedService::new(
@@ -226,12 +233,8 @@ async fn serve_http<L>(
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
 {
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-    if let Err(e) = serve.await {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
+    crate::http_serve::serve(listener, app, stopped).await
 }
 
 impl Drop for Coordinator {
