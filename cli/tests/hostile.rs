@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use prost::Message;
 use strata_catalog::CatalogClient;
 
-use crate::support::{error_lines, post, sql_status, walk, TestCluster};
+use crate::support::{error_lines, post, rows, sql_status, walk, TestCluster};
 
 /// The cluster still writes and answers, and `db` holds `rows` rows in `m`.
 async fn still_serves(c: &TestCluster, db: &str, rows: usize) {
@@ -648,7 +648,8 @@ async fn memory_stays_bounded_for_wide_tables_and_gzip_bodies() {
 
 /// A client that connects to the HTTP port and never finishes its request
 /// headers is disconnected (after `HEADER_READ_TIMEOUT`, 30 s) instead of
-/// holding the connection, and a file descriptor, forever; others are
+/// holding the connection, and a file descriptor, forever; one that says
+/// nothing to a gRPC port, after `FIRST_BYTES_TIMEOUT` (10 s). Others are
 /// served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
@@ -674,4 +675,25 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
             buf.len()
         );
     }
+    // The gRPC ports (Flight SQL, a storage node) close connections that
+    // never send a byte.
+    let grpc = [
+        ("Flight SQL", c.cluster().coordinator.flight_addr()),
+        ("storage node", c.cluster().storage[0].addr()),
+    ];
+    for (name, addr) in grpc {
+        let started = std::time::Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let limit = strata_proto::incoming::FIRST_BYTES_TIMEOUT * 3;
+        let mut buf = vec![];
+        let read = tokio::time::timeout(limit, silent.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "{name}: still open after {limit:?}");
+        println!(
+            "silent connection to the {name} port closed after {:?}",
+            started.elapsed()
+        );
+    }
+    // They go on serving.
+    let mut sql = c.sql(None).await;
+    assert_eq!(rows(&sql.query("SELECT 1").await.unwrap()), vec!["1"]);
 }

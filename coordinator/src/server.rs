@@ -185,12 +185,10 @@ impl Coordinator {
         tasks.push(tokio::spawn(async move {
             let serve = builder
                 .add_service(flight)
-                // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
-                // a listener it is handed, and Nagle's algorithm held each reply for
-                // the peer's delayed ACK (about 40 ms a request).
+                // Accepted sockets get TCP_NODELAY, and are served once they
+                // speak (a silent one is closed after 10 s).
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(flight_listener)
-                        .with_nodelay(Some(true)),
+                    strata_proto::incoming::speaking(flight_listener),
                     async move {
                         let _ = flight_rx.wait_for(|s| *s).await;
                     },

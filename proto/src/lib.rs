@@ -6,6 +6,7 @@
 #![allow(clippy::all)]
 
 pub mod cluster;
+pub mod incoming;
 
 pub mod catalog {
     pub mod v1 {

@@ -128,15 +128,11 @@ impl StorageNode {
                         ),
                     ),
                 )
-                // Accepted sockets get TCP_NODELAY: tonic ignores its own setting for
-                // a listener it is handed, and Nagle's algorithm held each reply for
-                // the peer's delayed ACK (about 40 ms a request).
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = rx.await;
-                    },
-                ),
+                // Accepted sockets get TCP_NODELAY, and are served once they
+                // speak (a silent one is closed after 10 s).
+                .serve_with_incoming_shutdown(strata_proto::incoming::speaking(listener), async {
+                    let _ = rx.await;
+                }),
         );
         let flusher = engine.spawn_flusher();
 
