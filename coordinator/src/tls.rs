@@ -71,10 +71,20 @@ impl TlsFiles {
             ));
         }
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            format!(
-                "--tls-key {} holds no PEM private key ({e})",
-                self.key.display()
-            )
+            let encrypted = key_pem
+                .windows(b"ENCRYPTED".len())
+                .any(|w| w == b"ENCRYPTED");
+            match encrypted {
+                true => format!(
+                    "--tls-key {} is encrypted; give the key unencrypted (e.g. `openssl pkey \
+                     -in key.pem -out plain-key.pem`), readable by strata only",
+                    self.key.display()
+                ),
+                false => format!(
+                    "--tls-key {} holds no PEM private key ({e})",
+                    self.key.display()
+                ),
+            }
         })?;
         let identity = TlsIdentity {
             cert_pem,
@@ -212,4 +222,47 @@ async fn handshake(
         return Ok(None);
     }
     acceptor.accept(tcp).await.map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &std::path::Path, cert: &[u8], key: &[u8]) -> TlsFiles {
+        std::fs::write(dir.join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.join("key.pem"), key).unwrap();
+        TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+
+    #[test]
+    fn bad_files_are_named_with_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |f: TlsFiles| f.load().err().expect("refused");
+        let e = err(files(dir.path(), b"", b""));
+        assert!(
+            e.contains("--tls-cert") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let encrypted =
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let e = err(files(dir.path(), cert, encrypted));
+        assert!(e.contains("is encrypted"), "{e}");
+        let e = err(files(dir.path(), cert, b"not a key"));
+        assert!(
+            e.contains("--tls-key") && e.contains("no PEM private key"),
+            "{e}"
+        );
+        let big = vec![b'a'; (MAX_PEM_BYTES + 10) as usize];
+        let e = err(files(dir.path(), &big, b""));
+        assert!(e.contains("larger than 1 MiB"), "{e}");
+        let e = err(TlsFiles {
+            cert: dir.path().join("missing.pem"),
+            key: dir.path().join("key.pem"),
+        });
+        assert!(e.contains("cannot read --tls-cert"), "{e}");
+    }
 }
