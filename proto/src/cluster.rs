@@ -45,11 +45,6 @@ fn secret() -> Option<&'static MetadataValue<Ascii>> {
     SECRET.get().and_then(|s| s.as_ref())
 }
 
-/// Whether this process has a cluster secret.
-pub fn has_secret() -> bool {
-    secret().is_some()
-}
-
 /// The secret's text, for clients that add it themselves (Arrow Flight's
 /// `FlightClient::add_header`).
 pub fn secret_str() -> Option<&'static str> {
@@ -114,11 +109,6 @@ pub fn set_tls_ca(pem: Option<Vec<u8>>) -> Result<(), String> {
         return Err("the cluster TLS CA was already set to another one".into());
     }
     Ok(())
-}
-
-/// Whether calls to other roles go over TLS.
-pub fn uses_tls() -> bool {
-    TLS_CA.get().is_some_and(|c| c.is_some())
 }
 
 /// Where to reach the role at `addr` (`host:port`): plaintext, or TLS
