@@ -94,13 +94,16 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
     // [database, table, shard_id].
     // The storage port serves the cluster only: a call without the
     // cluster secret is refused.
-    let addr = s1["storage"].as_str().unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
+    let flight_client = |addr: String| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        arrow_flight::FlightClient::new(channel)
+    };
+    let refused = flight_client(s1["storage"].as_str().unwrap().to_string())
         .await
-        .unwrap();
-    let refused = arrow_flight::FlightClient::new(channel)
         .list_flights(bytes::Bytes::new())
         .await
         .err()
@@ -113,12 +116,7 @@ async fn separate_catalog_storage_and_coordinator_processes_serve_a_cluster() {
     }
     for node in [&s1, &s2] {
         let addr = node["storage"].as_str().unwrap();
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = arrow_flight::FlightClient::new(channel);
+        let mut client = flight_client(addr.to_string()).await;
         client
             .add_header(
                 strata_proto::cluster::CLUSTER_SECRET_HEADER,

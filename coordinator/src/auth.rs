@@ -238,15 +238,19 @@ mod tests {
         ctx.state().create_logical_plan(sql).await.unwrap()
     }
 
+    /// A token named `name` holding one grant.
+    fn access(name: &str, grant: &str) -> Access {
+        Access::Token(Arc::new(Token {
+            name: name.into(),
+            hash: tokens::hash("t"),
+            grants: vec![strata_catalog::tokens::Grant::parse(grant).unwrap()],
+            created_ms: 0,
+        }))
+    }
+
     #[tokio::test]
     async fn reads_are_checked_on_every_table_a_plan_scans() {
-        let token = Token {
-            name: "a-reader".into(),
-            hash: tokens::hash("t"),
-            grants: vec![strata_catalog::tokens::Grant::parse("a:read").unwrap()],
-            created_ms: 0,
-        };
-        let access = Access::Token(Arc::new(token));
+        let access = access("a-reader", "a:read");
         for allowed in [
             "SELECT * FROM t",
             "SELECT * FROM a.t",
@@ -275,10 +279,9 @@ mod tests {
         }
         // Bare names of a session without a database read the default
         // schema, which may be a database's name too.
-        let e = access
+        assert!(access
             .require_reads(&plan("SELECT * FROM a.t").await, None)
-            .is_ok();
-        assert!(e);
+            .is_ok());
         assert_eq!(
             scan_database(&TableReference::bare("t"), None),
             crate::query::DEFAULT_SCHEMA
@@ -287,13 +290,7 @@ mod tests {
 
     #[test]
     fn access_follows_the_grants() {
-        let token = Token {
-            name: "reader".into(),
-            hash: tokens::hash("t"),
-            grants: vec![strata_catalog::tokens::Grant::parse("metrics:read").unwrap()],
-            created_ms: 0,
-        };
-        let access = Access::Token(Arc::new(token));
+        let access = access("reader", "metrics:read");
         assert!(access.require(Some("metrics"), Level::Read).is_ok());
         let denied = access.require(Some("metrics"), Level::Write).unwrap_err();
         assert_eq!(
